@@ -1,0 +1,36 @@
+# Two commands for a new machine: `make run` (the whole pipeline through the Prefect flow) and `make test`.
+# Both create the virtual environment first when it is missing.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(abspath $(VENV))/bin
+# dvc.yaml's commands call `python`: the venv's, also when `make repro` is used.
+export PATH := $(BIN):$(PATH)
+UI_PORT ?= 5000
+
+.PHONY: help run test lint repro ui clean
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first and pinned: this release is on the local disk of our machines (a CUDA build that runs on CPU)
+	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+run: $(VENV)/.installed  ## run the whole pipeline through the Prefect flow
+	$(BIN)/python -m flows.pipeline
+
+test: $(VENV)/.installed  ## lint, then run the test suite
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+repro: $(VENV)/.installed  ## run the pipeline with plain `dvc repro` (same stages, cache and dvc.lock)
+	$(BIN)/dvc repro
+
+ui: $(VENV)/.installed  ## open the MLflow UI on the project's store, at http://127.0.0.1:$(UI_PORT)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(UI_PORT)
+
+clean:  ## remove pipeline outputs and the tracking store (keeps the venv and DVC's cache)
+	rm -rf data models reports mlflow.db mlartifacts dvc.lock

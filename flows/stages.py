@@ -1,0 +1,66 @@
+"""The DVC side of orchestration: the stage order from DVC's graph, and one stage run through `dvc repro`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+RAN, SKIPPED = "ran", "skipped"
+
+
+class StageFailed(RuntimeError):
+    """`dvc repro` of one stage exited non-zero; the message carries the stage's own error lines."""
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """What happened to one stage in one flow run."""
+
+    stage: str
+    status: str  # RAN or SKIPPED (unchanged, or restored from DVC's run cache)
+    seconds: float
+
+
+def stage_order(root: Path) -> list[str]:
+    """The stages of root/dvc.yaml in an order that runs every stage after the stages it depends on."""
+    import networkx as nx
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        stages = list(repo.index.stages)
+        position = {stage.addressing: index for index, stage in enumerate(stages)}
+        # DVC's edges point from a stage to the stages it depends on: reverse them for execution order.
+        graph = repo.index.graph.reverse(copy=True)
+        ordered = nx.lexicographical_topological_sort(graph, key=lambda stage: position[stage.addressing])
+        return [stage.addressing for stage in ordered]
+
+
+def stage_environment(extra: Mapping[str, str]) -> dict[str, str]:
+    """This process's environment plus `extra`, with this interpreter's bin folder first on PATH, so that
+    the `python` in dvc.yaml's commands is the one that runs the flow."""
+    env = {**os.environ, **extra}
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
+def repro_stage(stage: str, *, root: Path, env: Mapping[str, str], echo: Callable[[str], None]) -> StageResult:
+    """Run `dvc repro --single-item <stage>`, echoing its output line by line; raise StageFailed on error."""
+    started = time.perf_counter()
+    command = [sys.executable, "-m", "dvc", "repro", "--single-item", stage]
+    lines: list[str] = []
+    with subprocess.Popen(command, cwd=root, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, bufsize=1) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append(line.rstrip())
+            echo(line.rstrip())
+    if process.returncode != 0:
+        tail = "\n".join(line for line in lines[-25:] if line.strip())
+        raise StageFailed(f"stage '{stage}' failed (dvc repro exited {process.returncode}):\n{tail}")
+    ran = any(line.startswith(f"Running stage '{stage}'") for line in lines)
+    return StageResult(stage=stage, status=RAN if ran else SKIPPED, seconds=time.perf_counter() - started)

@@ -1,0 +1,82 @@
+"""augment: materialise an augmented copy of the source training set (rotation, scaling, translation,
+brightness and contrast, each with a probability and a magnitude from params) and save a preview grid."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tasks.augmentation import augment_batch
+from tasks.data import Split, load_dataset, save_dataset, to_float, to_uint8
+from tasks.params import AugmentParams, Params
+from tasks.plots import image_grid
+from tasks.stage import stage_main, stage_parser
+from tasks.tracking import NullTracker, Tracker
+
+log = logging.getLogger(__name__)
+CHUNK = 2048  # images per augmentation call: large enough to amortise, small enough for memory
+
+
+def augmented_copies(split: Split, cfg: AugmentParams, *, seed: int) -> Split:
+    """The originals followed by `cfg.copies` augmented copies of every image, labels alongside."""
+    generator = torch.Generator().manual_seed(seed)
+    images, labels = split.tensors()
+    copies = [images]
+    for _ in range(cfg.copies):
+        copies.append(torch.cat([
+            to_uint8(augment_batch(to_float(images[i:i + CHUNK]), cfg, generator))
+            for i in range(0, len(images), CHUNK)
+        ]))
+    return Split(torch.cat(copies).numpy(), labels.repeat(cfg.copies + 1).numpy())
+
+
+def run(params: Params, *, source: Path, out: Path, preview: Path, tracker: Tracker | None = None) -> dict[str, Any]:
+    """Augment the source training split, write it and a preview of originals against their copies."""
+    tracker = tracker or NullTracker()
+    dataset, source_digest = load_dataset(source, splits=("train",))
+    train = dataset["train"]
+    started = time.perf_counter()
+    augmented = augmented_copies(train, params.augment, seed=params.seed)
+    seconds = time.perf_counter() - started
+    out_digest = save_dataset(out, {"train": augmented})
+    shown = params.augment.preview_images
+    rows = [train.images[:shown]] + [augmented.images[len(train) * k:len(train) * k + shown]
+                                     for k in range(1, params.augment.copies + 1)]
+    image_grid(preview, rows, ["original"] + [f"copy {k}" for k in range(1, len(rows))],
+               "Source digits and their augmented copies")
+    tracker.log_artifact(preview, "plots")
+    tracker.set_tags({"data_digest.source": source_digest, "data_digest.augmented": out_digest})
+    changed = float(np.mean(augmented.images[len(train):] != np.tile(train.images, (params.augment.copies, 1, 1))))
+    return {
+        "images_in": len(train),
+        "images_out": len(augmented),
+        "seconds": round(seconds, 3),
+        "images_per_second": round(len(train) * params.augment.copies / max(seconds, 1e-9)),
+        "pixels_changed": round(changed, 4),
+        "digest": out_digest,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point (the DVC stage's cmd)."""
+    parser = stage_parser("augment", __doc__)
+    parser.add_argument("--source", type=Path, required=True, help="source dataset (.npz) from ingest")
+    parser.add_argument("--out", type=Path, required=True, help="augmented training set (.npz) to write")
+    parser.add_argument("--preview", type=Path, required=True, help="preview grid (.png) to write")
+
+    def work(params: Params, args: argparse.Namespace, tracker: Tracker) -> dict[str, Any]:
+        return run(params, source=args.source, out=args.out, preview=args.preview, tracker=tracker)
+
+    return stage_main("augment", parser, work, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""evaluate: every model variant on the target's test split: accuracy, macro precision, recall and F1,
+confusion matrices, size on disk and CPU latency; a JSON of metrics, a CSV table and plots."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+from tasks.checkpoint import load_model
+from tasks.data import NUM_CLASSES, load_dataset
+from tasks.export import onnx_logits, onnx_session, size_report
+from tasks.io import atomic_path
+from tasks.params import EvaluateParams, Params
+from tasks.plots import confusion_grid
+from tasks.stage import stage_main, stage_parser
+from tasks.tracking import NullTracker, Tracker
+from tasks.training import logits_of
+
+log = logging.getLogger(__name__)
+Predict = Callable[[torch.Tensor], torch.Tensor]  # uint8 images (N, 28, 28) -> logits (N, classes)
+TIMING_THREADS = 2  # every variant timed with the same thread budget, the cores of the reference machine
+
+
+def variants(transferred: Path, compressed: Path) -> dict[str, tuple[Path, Predict]]:
+    """Each variant's deployable file and a function that runs it on the CPU."""
+    cpu = torch.device("cpu")
+    fp32, _ = load_model(transferred)
+    pruned, _ = load_model(compressed / "pruned.pt")
+    fp32_onnx, int8 = onnx_session(compressed / "fp32.onnx"), onnx_session(compressed / "int8.onnx")
+    return {
+        "fp32": (transferred, lambda x: logits_of(fp32, x, device=cpu)),
+        "pruned": (compressed / "pruned.pt", lambda x: logits_of(pruned, x, device=cpu)),
+        "fp32_onnx": (compressed / "fp32.onnx", lambda x: onnx_logits(fp32_onnx, x)),
+        "int8": (compressed / "int8.onnx", lambda x: onnx_logits(int8, x)),
+    }
+
+
+def classification_scores(labels: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    """Accuracy and macro-averaged precision, recall and F1."""
+    precision, recall, f1, _ = precision_recall_fscore_support(labels, predicted, average="macro", zero_division=0)
+    return {"accuracy": float(np.mean(labels == predicted)), "precision": float(precision),
+            "recall": float(recall), "f1": float(f1)}
+
+
+def latency_ms(predict: Predict, image: torch.Tensor, cfg: EvaluateParams) -> dict[str, float]:
+    """p50 and p95 wall time of one single-image prediction, after warm-up runs."""
+    for _ in range(cfg.warmup_runs):
+        predict(image)
+    times = []
+    for _ in range(cfg.latency_runs):
+        started = time.perf_counter()
+        predict(image)
+        times.append((time.perf_counter() - started) * 1000)
+    cuts = statistics.quantiles(times, n=20)
+    return {"latency_p50_ms": statistics.median(times), "latency_p95_ms": cuts[18]}
+
+
+def run(params: Params, *, transferred: Path, compressed: Path, target: Path, table_out: Path,
+        confusion_out: Path, predictions_dir: Path, tracker: Tracker | None = None) -> dict[str, Any]:
+    """Score and time every variant; write the table, the confusion plot and per-variant predictions."""
+    tracker = tracker or NullTracker()
+    data, digest = load_dataset(target, splits=("test",))
+    tracker.set_tags({"data_digest.target": digest})
+    images, labels = data["test"].tensors()
+    torch.set_num_threads(TIMING_THREADS)
+    results: dict[str, dict[str, float]] = {}
+    matrices: dict[str, np.ndarray] = {}
+    for name, (path, predict) in variants(transferred, compressed).items():
+        predicted = predict(images).argmax(1).numpy()
+        results[name] = {**classification_scores(labels.numpy(), predicted), **size_report(path),
+                         **latency_ms(predict, images[:1], params.evaluate)}
+        matrices[name] = confusion_matrix(labels.numpy(), predicted, labels=range(NUM_CLASSES))
+        with atomic_path(predictions_dir / f"{name}.csv") as tmp:
+            pd.DataFrame({"actual": labels.numpy(), "predicted": predicted}).to_csv(tmp, index=False)
+        log.info("%-9s %s", name, " ".join(f"{k}={v:.4g}" for k, v in results[name].items()))
+    table = pd.DataFrame.from_dict(results, orient="index").rename_axis("variant")
+    with atomic_path(table_out) as tmp:
+        table.to_csv(tmp)
+    confusion_grid(confusion_out, matrices, {name: r["accuracy"] for name, r in results.items()})
+    for path in (table_out, confusion_out):
+        tracker.log_artifact(path, "evaluation")
+    return {"test_images": len(labels), "variants": results}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point (the DVC stage's cmd)."""
+    parser = stage_parser("evaluate", __doc__)
+    parser.add_argument("--transferred", type=Path, required=True, help="transferred checkpoint (.pt)")
+    parser.add_argument("--compressed", type=Path, required=True, help="folder of compressed variants")
+    parser.add_argument("--target", type=Path, required=True, help="target dataset (.npz) from ingest")
+    parser.add_argument("--table-out", type=Path, required=True, help="per-variant table (.csv) to write")
+    parser.add_argument("--confusion-out", type=Path, required=True, help="confusion matrices (.png) to write")
+    parser.add_argument("--predictions-dir", type=Path, required=True,
+                        help="folder for per-variant predictions (.csv, for DVC's confusion plot)")
+
+    def work(params: Params, args: argparse.Namespace, tracker: Tracker) -> dict[str, Any]:
+        return run(params, transferred=args.transferred, compressed=args.compressed, target=args.target,
+                   table_out=args.table_out, confusion_out=args.confusion_out,
+                   predictions_dir=args.predictions_dir, tracker=tracker)
+
+    return stage_main("evaluate", parser, work, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

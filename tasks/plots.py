@@ -1,0 +1,55 @@
+"""Figures the stages write (PNG, via matplotlib's non-interactive backend)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers and CI; selected before pyplot is imported
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from tasks.io import atomic_path  # noqa: E402
+
+
+def _save(figure: plt.Figure, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(figure)
+
+
+def image_grid(path: Path, rows: Sequence[np.ndarray], row_titles: Sequence[str], title: str) -> None:
+    """One row of uint8 images (N, 28, 28) per entry of `rows`, each titled on its left."""
+    columns = max(len(row) for row in rows)
+    figure, axes = plt.subplots(len(rows), columns, figsize=(columns * 0.8, len(rows) * 0.9), squeeze=False)
+    for r, (row, label) in enumerate(zip(rows, row_titles, strict=True)):
+        for c in range(columns):
+            axis = axes[r][c]
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if c < len(row):
+                axis.imshow(row[c], cmap="gray", vmin=0, vmax=255)
+            else:
+                axis.axis("off")
+        axes[r][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+    figure.suptitle(title)
+    _save(figure, path)
+
+
+def confusion_grid(path: Path, matrices: Mapping[str, np.ndarray], scores: Mapping[str, float]) -> None:
+    """One confusion matrix (rows: true class, columns: predicted) per model variant, side by side."""
+    figure, axes = plt.subplots(1, len(matrices), figsize=(3.6 * len(matrices), 3.6), squeeze=False)
+    for axis, (name, matrix) in zip(axes[0], matrices.items(), strict=True):
+        axis.imshow(matrix, cmap="Blues")
+        for (i, j), count in np.ndenumerate(matrix):
+            if count:
+                colour = "white" if count > matrix.max() / 2 else "black"
+                axis.text(j, i, str(count), ha="center", va="center", fontsize=6, color=colour)
+        axis.set_title(f"{name} (accuracy {scores[name]:.2%})", fontsize=9)
+        axis.set_xlabel("predicted")
+        axis.set_ylabel("true")
+        axis.set_xticks(range(matrix.shape[1]))
+        axis.set_yticks(range(matrix.shape[0]))
+    _save(figure, path)

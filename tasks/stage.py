@@ -1,0 +1,80 @@
+"""The thin entry point every stage shares: arguments, logging, params validation, tracking, metrics file."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tasks.checkpoint import CheckpointError
+from tasks.data import DataError
+from tasks.io import write_json
+from tasks.params import DEFAULT_PARAMS_PATH, Params, ParamsError, load_params
+from tasks.tracking import Tracker, numeric, stage_run
+from tasks.training import TrainingDiverged
+
+log = logging.getLogger(__name__)
+
+# Failures with a clear cause: reported in one line, no traceback. Exit code 2 marks bad params (nothing
+# ran); 1 marks a stage that started and failed.
+EXPECTED_FAILURES = (DataError, CheckpointError, TrainingDiverged, FileNotFoundError, ValueError)
+EXIT_BAD_PARAMS = 2
+EXIT_FAILED = 1
+
+StageWork = Callable[[Params, argparse.Namespace, Tracker], dict[str, Any]]
+
+
+def stage_parser(stage: str, description: str | None) -> argparse.ArgumentParser:
+    """A parser with the options every stage takes; the stage adds its input and output paths."""
+    parser = argparse.ArgumentParser(prog=f"python -m tasks.{stage}", description=description,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS_PATH, help="params file to validate and use")
+    parser.add_argument("--metrics", type=Path, default=Path(f"reports/{stage}.json"),
+                        help="where to write the stage's metrics (declared under `metrics:` in dvc.yaml)")
+    return parser
+
+
+def configure_logging() -> None:
+    """Log lines with time and module on stderr; the libraries' chatter kept to warnings."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("alembic", "mlflow", "urllib3", "matplotlib", "PIL", "onnx_ir", "onnxscript", "torch.onnx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def declared_params(stage: str, params: Params, dvc_file: Path = Path("dvc.yaml")) -> dict[str, Any]:
+    """The params the stage declares in dvc.yaml (what it reads), to log on its run; all when not found."""
+    everything = params.model_dump(mode="json")
+    try:
+        keys = yaml.safe_load(dvc_file.read_text())["stages"][stage]["params"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return everything
+    return {key: everything[key] for key in keys if isinstance(key, str) and key in everything}
+
+
+def stage_main(stage: str, parser: argparse.ArgumentParser, work: StageWork,
+               argv: Sequence[str] | None = None) -> int:
+    """Validate params, run the stage inside its MLflow run, write and log its metrics; return an exit code."""
+    args = parser.parse_args(argv)
+    configure_logging()
+    try:
+        params = load_params(args.params)
+    except ParamsError as exc:
+        print(f"{stage}: {exc}", file=sys.stderr)
+        return EXIT_BAD_PARAMS
+    try:
+        with stage_run(stage, declared_params(stage, params)) as tracker:
+            metrics = work(params, args, tracker)
+            write_json(args.metrics, metrics)
+            tracker.log_metrics(numeric(metrics))
+            tracker.log_artifact(args.metrics)
+    except EXPECTED_FAILURES as exc:
+        log.error("%s failed: %s", stage, exc)
+        return EXIT_FAILED
+    log.info("%s done; metrics in %s", stage, args.metrics)
+    return 0
