@@ -27,17 +27,17 @@ class StageResult:
 
 
 def stage_order(root: Path) -> list[str]:
-    """The stages of root/dvc.yaml in an order that runs every stage after the stages it depends on."""
+    """The stages of root/dvc.yaml (by name) in an order that runs every stage after those it depends on."""
     import networkx as nx
     from dvc.repo import Repo
 
     with Repo(str(root)) as repo:
         stages = list(repo.index.stages)
-        position = {stage.addressing: index for index, stage in enumerate(stages)}
+        position = {stage.name: index for index, stage in enumerate(stages)}
         # DVC's edges point from a stage to the stages it depends on: reverse them for execution order.
         graph = repo.index.graph.reverse(copy=True)
-        ordered = nx.lexicographical_topological_sort(graph, key=lambda stage: position[stage.addressing])
-        return [stage.addressing for stage in ordered]
+        ordered = nx.lexicographical_topological_sort(graph, key=lambda stage: position[stage.name])
+        return [stage.name for stage in ordered]
 
 
 def stage_environment(extra: Mapping[str, str]) -> dict[str, str]:

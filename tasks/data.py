@@ -57,7 +57,9 @@ def _check_split(name: str, split: Split, source: str) -> None:
             f"got {images.dtype} {images.shape}"
         )
     if labels.dtype != np.int64 or labels.ndim != 1:
-        raise DataError(f"{source}: split '{name}' labels must be int64 of shape (N,), got {labels.dtype} {labels.shape}")
+        raise DataError(
+            f"{source}: split '{name}' labels must be int64 of shape (N,), got {labels.dtype} {labels.shape}"
+        )
     if len(labels) != len(images):
         raise DataError(f"{source}: split '{name}' has {len(images)} images but {len(labels)} labels")
     if len(labels) == 0:

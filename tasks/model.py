@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import torch
 from torch import nn
 
@@ -31,7 +33,7 @@ class Backbone(nn.Module):
     def __init__(self, channels: tuple[int, ...], embedding_dim: int) -> None:
         super().__init__()
         widths = (1, *channels)
-        self.features = nn.Sequential(*(_conv_block(a, b) for a, b in zip(widths, widths[1:], strict=False)))
+        self.features = nn.Sequential(*(_conv_block(a, b) for a, b in pairwise(widths)))
         side = IMAGE_SIDE // 2 ** len(channels)
         self.embed = nn.Sequential(
             nn.Flatten(),

@@ -8,10 +8,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # no display on servers and CI; selected before pyplot is imported
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from tasks.io import atomic_path  # noqa: E402
+from tasks.io import atomic_path
 
 
 def _save(figure: plt.Figure, path: Path) -> None:

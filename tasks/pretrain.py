@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 
 from tasks.checkpoint import save_checkpoint
 from tasks.data import example_input, load_dataset

@@ -23,7 +23,7 @@ def prune_to(model: nn.Module, target: float) -> None:
     """
     layers = prunable_layers(model)
     magnitudes = torch.cat([getattr(module, name).detach().abs().flatten() for module, name in layers])
-    count = int(round(target * magnitudes.numel()))
+    count = round(target * magnitudes.numel())
     if count == 0:
         return
     threshold = torch.kthvalue(magnitudes, count).values

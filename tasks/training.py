@@ -21,6 +21,9 @@ log = logging.getLogger(__name__)
 EpochCallback = Callable[[int, dict[str, float]], None]
 BatchAugment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 EVAL_BATCH = 512
+# A batch loss this many times the first batch's loss means the run has blown up even if still finite
+# (an untrained 10-class model starts near ln 10 = 2.3; a healthy run only goes down from there).
+DIVERGENCE_FACTOR = 100.0
 
 
 class TrainingDiverged(RuntimeError):
@@ -120,6 +123,7 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor],
     optimizer = build_optimizer(groups if groups is not None else [{"params": trainable}], cfg)
     scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
     history: list[dict[str, float]] = []
+    first_loss: float | None = None
     progress = tqdm(total=cfg.epochs * steps_per_epoch, desc=desc, unit="batch", disable=None, leave=False)
     try:
         for epoch in range(1, cfg.epochs + 1):
@@ -131,10 +135,11 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor],
                     inputs = augment(inputs, generator)
                 outputs = model(inputs)
                 loss = nn.functional.cross_entropy(outputs, targets)
-                if not math.isfinite(loss.item()):
+                first_loss = loss.item() if first_loss is None else first_loss
+                if not math.isfinite(loss.item()) or loss.item() > DIVERGENCE_FACTOR * first_loss:
                     raise TrainingDiverged(
-                        f"{desc}: loss became {loss.item()} in epoch {epoch}; lower the learning rate "
-                        f"(lr={cfg.lr}) or enable grad_clip"
+                        f"{desc}: loss became {loss.item():.4g} in epoch {epoch} (first batch: {first_loss:.4g}); "
+                        f"lower the learning rate (lr={cfg.lr}) or enable grad_clip"
                     )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

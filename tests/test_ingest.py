@@ -1,0 +1,58 @@
+"""ingest: the target brought to the source format, seeded stratified splits, the label budget."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tasks import ingest
+from tasks.data import NUM_CLASSES, Split, load_dataset
+from tasks.params import Params
+
+
+def test_target_is_resized_and_centred_like_mnist() -> None:
+    raw, _ = ingest.load_target_raw()
+    images = ingest.to_source_format(raw[:50], max_value=16.0, size=20)
+    assert images.shape == (50, 28, 28) and images.dtype == np.uint8
+    assert images[:, :4, :].max() == 0 and images[:, -4:, :].max() == 0  # 4-pixel empty border, as MNIST
+    assert images[:, :, :4].max() == 0 and images[:, :, -4:].max() == 0
+    assert images.max() > 200  # full ink reaches near 255 after scaling 0..16 to 0..255
+
+
+def test_splits_are_stratified_disjoint_and_seeded(tiny_params: Params) -> None:
+    source, target = ingest.build_datasets(tiny_params.ingest, seed=tiny_params.seed)
+    assert sum(len(s) for s in source.values()) == 300
+    for split in source.values():
+        counts = np.bincount(split.labels, minlength=NUM_CLASSES)
+        assert counts.max() - counts.min() <= 2, "every class keeps its share in every split"
+    flat = [s.images.reshape(len(s), -1) for s in target.values()]
+    rows = {row.tobytes() for part in flat for row in part}
+    assert len(rows) >= sum(len(p) for p in flat) - 5, "splits do not share images (a few exact duplicates exist)"
+    again, _ = ingest.build_datasets(tiny_params.ingest, seed=tiny_params.seed)
+    np.testing.assert_array_equal(again["train"].images, source["train"].images)
+
+
+def test_label_budget_keeps_exactly_k_per_class() -> None:
+    labels = np.repeat(np.arange(NUM_CLASSES), 7)
+    split = Split(np.zeros((len(labels), 28, 28), np.uint8), labels)
+    kept = ingest.label_budget(split, 3, seed=1)
+    assert np.bincount(kept.labels).tolist() == [3] * NUM_CLASSES
+    assert ingest.label_budget(split, None, seed=1) is split
+
+
+def test_label_budget_larger_than_the_data_is_refused() -> None:
+    labels = np.repeat(np.arange(NUM_CLASSES), 4)
+    split = Split(np.zeros((len(labels), 28, 28), np.uint8), labels)
+    with pytest.raises(ValueError, match=r"labels_per_class=5 exceeds .* only 4 images"):
+        ingest.label_budget(split, 5, seed=0)
+
+
+def test_run_writes_both_datasets_with_counts(tmp_path: Path, tiny_params: Params) -> None:
+    metrics = ingest.run(tiny_params, source_out=tmp_path / "s.npz", target_out=tmp_path / "t.npz")
+    target, digest = load_dataset(tmp_path / "t.npz")
+    assert metrics["digest"]["target"] == digest
+    assert metrics["target"]["train"]["count"] == 3 * NUM_CLASSES == len(target["train"])
+    assert set(metrics["target"]["train"]["per_class"].values()) == {3}
+    assert metrics["target"]["test"]["count"] == len(target["test"]) > 600

@@ -1,0 +1,103 @@
+"""params.yaml validation: every bad key is named with its reason, before any work."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tasks.params import ParamsError, load_params, parse_params
+from tests.conftest import ROOT, project_params_dict, tiny_params_dict
+
+
+def test_project_params_file_is_valid() -> None:
+    params = load_params(ROOT / "params.yaml")
+    assert params.pretrain.optimizer in {"sgd", "momentum", "adam", "adamw"}
+    assert params.ingest.labels_per_class == 10
+
+
+@pytest.mark.parametrize(
+    ("changes", "key", "reason"),
+    [
+        ({"pretrain": {"lrate": 0.1}}, "pretrain.lrate", "Extra inputs are not permitted"),
+        ({"pretrain": {"epochs": "many"}}, "pretrain.epochs", "valid integer"),
+        ({"pretrain": {"epochs": -1}}, "pretrain.epochs", "greater than or equal to 1"),
+        ({"transfer": {"lr": 0}}, "transfer.lr", "greater than 0"),
+        ({"pretrain": {"optimizer": "rmsprop"}}, "pretrain.optimizer", "'sgd', 'momentum', 'adam' or 'adamw'"),
+        ({"transfer": {"schedule": "linear"}}, "transfer.schedule", "'none', 'cosine', 'step' or 'onecycle'"),
+        ({"ingest": {"source_val_fraction": 1.5}}, "ingest.source_val_fraction", "less than 1"),
+        ({"augment": {"scale": [1.2, 0.8]}}, "augment", "low <= high"),
+        ({"device": "tpu"}, "device", "'auto', 'cpu' or 'cuda'"),
+        ({"compress": {"finetune": {"batch_size": 0}}}, "compress.finetune.batch_size", "greater than or equal"),
+        ({"evaluation": {}}, "evaluation", "Extra inputs are not permitted"),
+    ],
+)
+def test_bad_param_names_key_and_reason(changes: dict, key: str, reason: str) -> None:
+    with pytest.raises(ParamsError) as caught:
+        parse_params(tiny_params_dict(**changes), source="params.yaml")
+    message = str(caught.value)
+    assert f"  {key}:" in message
+    assert reason in message
+    assert message.startswith("params.yaml:")
+
+
+def test_missing_key_is_named() -> None:
+    raw = project_params_dict()
+    del raw["transfer"]["epochs"]
+    with pytest.raises(ParamsError, match=r"transfer\.epochs: Field required"):
+        parse_params(raw)
+
+
+def test_every_error_is_reported_at_once() -> None:
+    with pytest.raises(ParamsError, match="2 invalid param") as caught:
+        parse_params(tiny_params_dict(seed=-3, pretrain={"batch_size": 0}))
+    assert "seed:" in str(caught.value)
+    assert "pretrain.batch_size:" in str(caught.value)
+
+
+def test_unreadable_files_are_named(tmp_path: Path) -> None:
+    with pytest.raises(ParamsError, match=r"missing\.yaml: params file not found"):
+        load_params(tmp_path / "missing.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("pretrain: [unclosed\n")
+    with pytest.raises(ParamsError, match=r"broken\.yaml: not valid YAML"):
+        load_params(broken)
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- 1\n- 2\n")
+    with pytest.raises(ParamsError, match="expected a mapping"):
+        load_params(listed)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    section=st.sampled_from(["pretrain", "transfer", "augment", "ingest", "model", "compress", "evaluate"]),
+    value=st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=8),
+                    st.lists(st.integers(), max_size=3)),
+    data=st.data(),
+)
+def test_fuzzed_values_either_validate_or_name_the_key(section: str, value: object, data: st.DataObject) -> None:
+    raw = project_params_dict()
+    key = data.draw(st.sampled_from(sorted(raw[section])))
+    raw[section][key] = value
+    try:
+        parse_params(raw)
+    except ParamsError as exc:
+        assert f"{section}.{key}" in str(exc) or f"  {section}:" in str(exc)
+
+
+def test_stage_entry_point_rejects_bad_params_before_any_work(tmp_path: Path) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(tiny_params_dict(ingest={"labels_per_class": 0})))
+    result = subprocess.run(
+        [sys.executable, "-m", "tasks.ingest", "--params", str(params), "--source-out", "s.npz",
+         "--target-out", "t.npz", "--metrics", "ingest.json"],
+        cwd=tmp_path, capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
+    )
+    assert result.returncode == 2
+    assert "ingest.labels_per_class: Input should be greater than or equal to 1 (got 0)" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # no data, metrics or mlflow.db

@@ -1,0 +1,146 @@
+"""The flow end to end: a real Prefect test server, real `dvc repro`, a real MLflow store, on a temporary copy
+of the project with tiny params."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+from prefect.testing.utilities import prefect_test_harness
+
+from flows.pipeline import pipeline
+from flows.stages import RAN, SKIPPED, stage_order
+from tasks.tracking import DEFAULT_EXPERIMENT, tracking_uri
+from tests.conftest import ROOT, tiny_params_dict
+
+STAGES = ["ingest", "augment", "pretrain", "transfer", "compress", "evaluate"]
+
+
+def copy_project(destination: Path) -> Path:
+    """The project's files as git sees them (tracked and new, not ignored), committed in a fresh repository."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True, text=True, check=True).stdout.split()
+    for name in listed:
+        if (ROOT / name).is_file():
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, destination / name)
+    (destination / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict(), sort_keys=False))
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
+    subprocess.run(["git", "init", "-q"], cwd=destination, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=destination, check=True)
+    subprocess.run([*git, "commit", "-qm", "copy"], cwd=destination, check=True)
+    return destination
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A temporary copy of the project, run under a Prefect test server, tracked in its own MLflow store."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
+            patch.delenv(name, raising=False)
+        with prefect_test_harness(server_startup_timeout=60):
+            yield copy_project(tmp_path_factory.mktemp("project"))
+
+
+def statuses(results: list[Any]) -> dict[str, str]:
+    return {result.stage: result.status for result in results}
+
+
+def child_runs(client: MlflowClient, parent_id: str) -> list[Any]:
+    experiment = client.get_experiment_by_name(DEFAULT_EXPERIMENT)
+    return client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
+
+
+def parent_runs(client: MlflowClient) -> list[Any]:
+    experiment = client.get_experiment_by_name(DEFAULT_EXPERIMENT)
+    return client.search_runs([experiment.experiment_id], "tags.stage = 'pipeline'", order_by=["start_time ASC"])
+
+
+def dvc(project: Path, *args: str) -> str:
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project, capture_output=True, text=True,
+                          check=True).stdout
+
+
+def test_stage_order_comes_from_dvc() -> None:
+    assert stage_order(ROOT) == STAGES
+
+
+def test_first_run_executes_every_stage_and_records_them(project: Path) -> None:
+    results = pipeline(project_dir=str(project))
+    assert statuses(results) == dict.fromkeys(STAGES, RAN)
+    declared = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
+    for stage, spec in declared.items():
+        for out in [*spec["outs"], *spec["metrics"]]:
+            assert (project / out).exists(), f"{stage} did not write {out}"
+    assert (project / "dvc.lock").exists()
+
+    client = MlflowClient(tracking_uri(project))
+    [parent] = parent_runs(client)
+    assert parent.info.status == "FINISHED"
+    children = child_runs(client, parent.info.run_id)
+    assert sorted(run.data.tags["stage"] for run in children) == sorted(STAGES)
+    for run in children:
+        assert run.info.status == "FINISHED"
+        assert run.data.metrics, f"{run.info.run_name} has no metrics"
+        assert run.data.tags["git_commit"] == parent.data.tags["git_commit"]
+        assert run.data.tags["prefect_flow_run_id"] == parent.data.tags["prefect_flow_run_id"]
+        assert any(tag.startswith("data_digest.") for tag in run.data.tags)
+    by_stage = {run.data.tags["stage"]: run for run in children}
+    pretrain_history = client.get_metric_history(by_stage["pretrain"].info.run_id, "val_accuracy")
+    assert [m.step for m in pretrain_history] == list(range(1, tiny_params_dict()["pretrain"]["epochs"] + 1))
+    experiment = client.get_experiment_by_name(DEFAULT_EXPERIMENT)
+    models = client.search_logged_models(experiment_ids=[experiment.experiment_id])
+    model_stages = {by_run.data.tags["stage"] for by_run in children
+                    if any(m.source_run_id == by_run.info.run_id for m in models)}
+    assert model_stages == {"pretrain", "transfer", "compress"}
+
+
+def test_second_run_executes_nothing(project: Path) -> None:
+    results = pipeline(project_dir=str(project))
+    assert statuses(results) == dict.fromkeys(STAGES, SKIPPED)
+    client = MlflowClient(tracking_uri(project))
+    second = parent_runs(client)[-1]
+    assert child_runs(client, second.info.run_id) == []
+    assert "up to date" in dvc(project, "status")
+
+
+def test_transfer_param_change_reruns_exactly_its_descendants(project: Path) -> None:
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["transfer"]["epochs"] += 1
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    results = pipeline(project_dir=str(project))
+    ran = [stage for stage, status in statuses(results).items() if status == RAN]
+    assert ran == ["transfer", "compress", "evaluate"]
+    assert "transfer.epochs" in dvc(project, "params", "diff")
+
+
+def test_failing_stage_fails_the_flow_with_its_error(project: Path) -> None:
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["ingest"]["labels_per_class"] = 500  # valid type and range, more than the data holds
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    state = pipeline(project_dir=str(project), return_state=True)
+    assert state.is_failed()
+    with pytest.raises(Exception, match=r"stage 'ingest' failed[\s\S]*labels_per_class=500 exceeds"):
+        state.result()
+    client = MlflowClient(tracking_uri(project))
+    assert parent_runs(client)[-1].info.status == "FAILED"
+
+
+def test_bad_params_stop_the_flow_before_any_stage(project: Path) -> None:
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["pretrain"]["optimizer"] = "rmsprop"
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    client = MlflowClient(tracking_uri(project))
+    runs_before = len(parent_runs(client))
+    state = pipeline(project_dir=str(project), return_state=True)
+    assert state.is_failed()
+    with pytest.raises(Exception, match=r"pretrain\.optimizer: Input should be 'sgd'"):
+        state.result()
+    assert len(parent_runs(client)) == runs_before, "no MLflow run is opened for a flow that cannot start"
