@@ -8,11 +8,12 @@ batched tensors without that correlation.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch.nn import functional
 
-from tasks.params import AugmentParams
+from tasks.params import AugmentParams, Erasing
 
 
 def _uniform(count: int, low: float, high: float, generator: torch.Generator) -> torch.Tensor:
@@ -25,21 +26,48 @@ def _gate(values: torch.Tensor, identity: float, probability: float, generator: 
     return torch.where(keep, values, torch.full_like(values, identity))
 
 
+def _erase(images: torch.Tensor, cfg: Erasing, generator: torch.Generator) -> torch.Tensor:
+    """Zero a random rectangle (area share from cfg.area, aspect ratio 1/2..2) in the chosen images."""
+    count, _, height, width = images.shape
+    area = _uniform(count, *cfg.area, generator) * height * width
+    aspect = torch.exp(_uniform(count, -math.log(2.0), math.log(2.0), generator))
+    box_h = (area * aspect).sqrt().clamp(1, height)
+    box_w = (area / aspect).sqrt().clamp(1, width)
+    top = torch.rand(count, generator=generator) * (height - box_h)
+    left = torch.rand(count, generator=generator) * (width - box_w)
+    chosen = torch.rand(count, generator=generator) < cfg.probability
+    rows = torch.arange(height).view(1, height, 1)
+    cols = torch.arange(width).view(1, 1, width)
+    inside = ((rows >= top.view(-1, 1, 1)) & (rows < (top + box_h).view(-1, 1, 1))
+              & (cols >= left.view(-1, 1, 1)) & (cols < (left + box_w).view(-1, 1, 1)))
+    mask = (inside & chosen.view(-1, 1, 1)).unsqueeze(1).to(images.device)
+    return images.masked_fill(mask, 0.0)
+
+
 def augment_batch(images: torch.Tensor, params: AugmentParams, generator: torch.Generator) -> torch.Tensor:
-    """Rotate, scale, translate, and change brightness and contrast of float images (N, 1, H, W) in 0..1."""
-    count, p = len(images), params.probability
-    angle = _gate(_uniform(count, -params.rotation_degrees, params.rotation_degrees, generator), 0.0, p, generator)
-    scale = _gate(_uniform(count, *params.scale, generator), 1.0, p, generator)
-    shift = _gate(_uniform(2 * count, -params.translate, params.translate, generator), 0.0, p, generator)
-    brightness = _gate(_uniform(count, 1 - params.brightness, 1 + params.brightness, generator), 1.0, p, generator)
-    contrast = _gate(_uniform(count, 1 - params.contrast, 1 + params.contrast, generator), 1.0, p, generator)
+    """Rotate, scale, translate, change brightness and contrast, and erase, each image with its own draws.
+
+    `images` are floats (N, 1, H, W) in 0..1 on any device; random draws come from `generator` (CPU), so
+    the same seed gives the same augmentation on every device.
+    """
+    count = len(images)
+    rotation, scale, shift = params.rotation, params.scale, params.translate
+    angle = _gate(_uniform(count, -rotation.degrees, rotation.degrees, generator), 0.0, rotation.probability,
+                  generator)
+    zoom = _gate(_uniform(count, *scale.range, generator), 1.0, scale.probability, generator)
+    offset = _gate(_uniform(2 * count, -shift.fraction, shift.fraction, generator), 0.0, shift.probability,
+                   generator)
+    brightness = _gate(_uniform(count, 1 - params.brightness.magnitude, 1 + params.brightness.magnitude, generator),
+                       1.0, params.brightness.probability, generator)
+    contrast = _gate(_uniform(count, 1 - params.contrast.magnitude, 1 + params.contrast.magnitude, generator),
+                     1.0, params.contrast.probability, generator)
 
     # affine_grid maps output coordinates to input coordinates in [-1, 1]: the inverse of the transform.
     radians = angle * (math.pi / 180.0)
-    cos, sin = torch.cos(radians) / scale, torch.sin(radians) / scale
+    cos, sin = torch.cos(radians) / zoom, torch.sin(radians) / zoom
     theta = torch.stack([
-        torch.stack([cos, -sin, shift[:count] * 2.0], dim=1),
-        torch.stack([sin, cos, shift[count:] * 2.0], dim=1),
+        torch.stack([cos, -sin, offset[:count] * 2.0], dim=1),
+        torch.stack([sin, cos, offset[count:] * 2.0], dim=1),
     ], dim=1).to(images.device, images.dtype)
     grid = functional.affine_grid(theta, list(images.shape), align_corners=False)
     moved = functional.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
@@ -48,4 +76,10 @@ def augment_batch(images: torch.Tensor, params: AugmentParams, generator: torch.
     mean = moved.mean(dim=(1, 2, 3), keepdim=True)
     contrast = contrast.view(shape).to(images.device, images.dtype)
     brightness = brightness.view(shape).to(images.device, images.dtype)
-    return ((moved - mean) * contrast + mean).mul_(brightness).clamp_(0.0, 1.0)
+    adjusted = ((moved - mean) * contrast + mean).mul_(brightness).clamp_(0.0, 1.0)
+    return _erase(adjusted, params.erasing, generator) if params.erasing.probability > 0 else adjusted
+
+
+def online_augmentation(params: AugmentParams) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
+    """augment_batch bound to params: the per-batch hook of the training loop."""
+    return lambda images, generator: augment_batch(images, params, generator)

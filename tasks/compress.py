@@ -22,7 +22,7 @@ from tasks.params import CompressParams, Params
 from tasks.pruning import make_permanent, prune_to, sparsity
 from tasks.stage import stage_main, stage_parser
 from tasks.tracking import NullTracker, Tracker
-from tasks.training import evaluate, fit, resolve_device
+from tasks.training import evaluate, fit, resolve_device, validation
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,9 @@ def prune_iteratively(model: DigitNet, data: Dataset, cfg: CompressParams, *, se
     """Raise sparsity in equal steps to the target, fine-tuning on the target's labels after each step."""
     for step in range(1, cfg.prune_iterations + 1):
         prune_to(model, cfg.sparsity * step / cfg.prune_iterations)
-        history = fit(model, data["train"].tensors(), data["val"].tensors(), cfg.finetune, device=device,
-                      seed=seed + step, desc=f"prune {step}/{cfg.prune_iterations}")
+        history = fit(model, data["train"].tensors(), cfg.finetune, device=device, seed=seed + step,
+                      validate=validation(*data["val"].tensors(), device=device),
+                      desc=f"prune {step}/{cfg.prune_iterations}")
         tracker.log_metrics({"prune_sparsity": sparsity(model), "prune_val_accuracy": history[-1]["val_accuracy"]},
                             step=step)
     make_permanent(model)

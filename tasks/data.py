@@ -35,6 +35,10 @@ class Split:
         """The split as torch tensors, still uint8: floats are made one batch at a time."""
         return torch.from_numpy(self.images), torch.from_numpy(self.labels)
 
+    def images_tensor(self) -> torch.Tensor:
+        """The images alone as a uint8 tensor (for label-free use)."""
+        return torch.from_numpy(self.images)
+
 
 Dataset = dict[str, Split]
 

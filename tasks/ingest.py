@@ -91,7 +91,9 @@ def build_datasets(cfg: IngestParams, seed: int) -> tuple[Dataset, Dataset]:
     target_x = to_source_format(target_x, max_value=TARGET_MAX_VALUE, size=cfg.target_size)
     target = stratified_splits(target_x, target_y, val_fraction=cfg.target_val_fraction,
                                test_fraction=cfg.target_test_fraction, seed=seed)
-    target["train"] = label_budget(target["train"], cfg.labels_per_class, seed=seed)
+    # the whole labelled pool is kept too: the label-budget sweep draws other budgets from it
+    target["pool"] = target["train"]
+    target["train"] = label_budget(target["pool"], cfg.labels_per_class, seed=seed)
     return source, target
 
 

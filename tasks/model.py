@@ -55,9 +55,23 @@ class DigitNet(nn.Module):
         self.num_classes = num_classes
         self.backbone = Backbone(tuple(arch.channels), arch.embedding_dim)
         self.head = new_head(arch, num_classes)
+        self.backbone_frozen = False
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(images))
+
+    def freeze_backbone(self, frozen: bool = True) -> DigitNet:
+        """Stop (or resume) training the backbone: no gradients, and BatchNorm statistics kept as they are."""
+        self.backbone_frozen = frozen
+        self.backbone.requires_grad_(not frozen)
+        return self.train(self.training)
+
+    def train(self, mode: bool = True) -> DigitNet:
+        """As nn.Module.train, but a frozen backbone stays in eval mode (its BatchNorm must not drift)."""
+        super().train(mode)
+        if self.backbone_frozen:
+            self.backbone.eval()
+        return self
 
 
 def new_head(arch: ModelParams, num_classes: int = NUM_CLASSES) -> nn.Sequential:

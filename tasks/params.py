@@ -57,49 +57,140 @@ class IngestParams(Section):
         return self
 
 
-class AugmentParams(Section):
-    """Magnitudes of the augmentations materialised for pretraining, each applied with a probability."""
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+ScaleRange = tuple[Annotated[float, Field(gt=0.2, lt=3.0)], Annotated[float, Field(gt=0.2, lt=3.0)]]
+AreaRange = tuple[Annotated[float, Field(gt=0.0, lt=1.0)], Annotated[float, Field(gt=0.0, lt=1.0)]]
 
-    copies: int = Field(ge=1, le=20, description="augmented copies per source training image")
-    probability: float = Field(ge=0.0, le=1.0)
-    rotation_degrees: float = Field(ge=0.0, le=180.0)
-    scale: tuple[Annotated[float, Field(gt=0.2, lt=3.0)], Annotated[float, Field(gt=0.2, lt=3.0)]]
-    translate: float = Field(ge=0.0, le=0.5, description="fraction of the image side")
-    brightness: float = Field(ge=0.0, le=1.0)
-    contrast: float = Field(ge=0.0, le=1.0)
-    preview_images: int = Field(ge=1, le=64)
+
+def _ordered(pair: tuple[float, float], name: str) -> None:
+    if pair[0] > pair[1]:
+        raise ValueError(f"{name} must be [low, high] with low <= high, got {list(pair)}")
+
+
+class Rotation(Section):
+    """Rotate by a uniform angle in [-degrees, degrees]."""
+
+    probability: Probability
+    degrees: float = Field(ge=0.0, le=180.0)
+
+
+class Scaling(Section):
+    """Zoom by a uniform factor in range (below 1 shrinks the digit)."""
+
+    probability: Probability
+    range: ScaleRange
 
     @model_validator(mode="after")
-    def _scale_is_a_range(self) -> AugmentParams:
-        if self.scale[0] > self.scale[1]:
-            raise ValueError(f"scale must be [low, high] with low <= high, got {list(self.scale)}")
+    def _range_is_ordered(self) -> Scaling:
+        _ordered(self.range, "range")
         return self
 
 
+class Translation(Section):
+    """Shift by up to `fraction` of the image side on each axis: a random crop with padding."""
+
+    probability: Probability
+    fraction: float = Field(ge=0.0, le=0.5)
+
+
+class Photometric(Section):
+    """Multiply brightness, or stretch contrast about the mean, by a uniform factor in [1 - m, 1 + m]."""
+
+    probability: Probability
+    magnitude: float = Field(ge=0.0, le=1.0)
+
+
+class Erasing(Section):
+    """Blank a random rectangle covering a uniform share `area` of the image."""
+
+    probability: Probability
+    area: AreaRange
+
+    @model_validator(mode="after")
+    def _area_is_ordered(self) -> Erasing:
+        _ordered(self.area, "area")
+        return self
+
+
+class AugmentParams(Section):
+    """The augmentations (the survey's rotation, scaling, cropping and colour, plus erasing), each with a
+    probability and a magnitude; used by the augment stage and by on-the-fly augmentation in training."""
+
+    copies: int = Field(ge=1, le=20, description="augmented copies per source training image (augment stage)")
+    rotation: Rotation
+    scale: Scaling
+    translate: Translation
+    brightness: Photometric
+    contrast: Photometric
+    erasing: Erasing
+    preview_images: int = Field(ge=1, le=64)
+
+
 class TrainParams(Section):
-    """One training run of the shared loop: optimizer, schedule and budget."""
+    """One training run of the shared loop: budget, optimizer, LR schedule, regularisation, stopping."""
 
     epochs: int = Field(ge=1, le=1000)
-    batch_size: int = Field(ge=1, le=8192)
+    batch_size: int = Field(ge=2, le=8192)
     optimizer: Literal["sgd", "momentum", "adam", "adamw"]
     lr: float = Field(gt=0.0, le=10.0)
     momentum: float = Field(ge=0.0, lt=1.0, description="used by the momentum optimizer")
     nesterov: bool
     weight_decay: NonNegativeFloat
-    schedule: Literal["none", "cosine", "step", "onecycle"]
+    schedule: Literal["none", "cosine", "step", "onecycle", "plateau"]
+    warmup_epochs: int = Field(ge=0, le=100, description="linear LR warm-up before the schedule starts")
     step_size: int = Field(ge=1, description="epochs between decays of the step schedule")
-    gamma: float = Field(gt=0.0, le=1.0, description="decay factor of the step schedule")
+    gamma: float = Field(gt=0.0, le=1.0, description="LR decay factor of the step and plateau schedules")
+    plateau_patience: int = Field(ge=0, le=100, description="epochs without val-loss gain before an LR cut")
     grad_clip: NonNegativeFloat = Field(description="max gradient norm; 0 disables clipping")
+    early_stopping: int = Field(ge=0, le=1000, description="stop after this many epochs without val-loss gain; 0 never")
+    restore_best: bool = Field(description="end with the weights of the epoch with the lowest val loss")
+    augmentation: Literal["none", "online"] = Field(description="online: augment every batch as it is drawn")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainParams:
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be below epochs ({self.epochs})")
+        if self.schedule == "onecycle" and self.warmup_epochs:
+            raise ValueError("warmup_epochs must be 0 with the onecycle schedule, which warms up by itself")
+        return self
 
 
 class PretrainParams(TrainParams):
-    """Supervised pretraining on the augmented source corpus."""
+    """Pretraining on the source corpus: supervised, or contrastive (label-free, SimCLR's NT-Xent)."""
+
+    augmentation: Literal["none", "online", "offline"] = Field(
+        description="offline: train on the augment stage's copies; online: augment every batch"
+    )
+    objective: Literal["supervised", "contrastive"]
+    temperature: float = Field(gt=0.0, le=10.0, description="NT-Xent temperature (contrastive)")
+    projection_dim: int = Field(ge=8, le=1024, description="projection head output (contrastive)")
+    probe_epochs: int = Field(ge=1, le=1000, description="linear-probe training on frozen features (contrastive)")
 
 
 class TransferParams(TrainParams):
-    """Fine-tuning a new head (and the backbone) on the target label budget, plus a from-scratch baseline."""
+    """Transfer to the target label budget, beside a from-scratch baseline with the same optimizer steps."""
 
-    backbone_lr_scale: float = Field(ge=0.0, le=1.0, description="backbone LR relative to lr")
+    mode: Literal["linear_probe", "finetune", "discriminative"] = Field(
+        description="linear_probe: frozen backbone; finetune: one LR; discriminative: lower backbone LR"
+    )
+    backbone_lr_scale: float = Field(gt=0.0, le=1.0, description="backbone LR relative to lr (discriminative)")
+    freeze_epochs: int = Field(ge=0, le=1000, description="head-only epochs first (discriminative)")
+
+    @model_validator(mode="after")
+    def _freeze_within_budget(self) -> TransferParams:
+        if self.freeze_epochs >= self.epochs:
+            raise ValueError(f"freeze_epochs ({self.freeze_epochs}) must be below epochs ({self.epochs})")
+        return self
+
+
+class BudgetParams(Section):
+    """The label-budget sweep: transfer against scratch at several labels-per-class budgets."""
+
+    labels_per_class: list[Annotated[int, Field(ge=1)] | None] = Field(
+        min_length=1, description="budgets to sweep; null means every labelled image of the training pool"
+    )
+    draws: int = Field(ge=1, le=20, description="labelled sets drawn per budget (each with its own seed)")
+    steps: int = Field(ge=1, le=100000, description="optimizer steps per model, the same at every budget")
 
 
 class CompressParams(Section):
@@ -128,6 +219,7 @@ class Params(Section):
     augment: AugmentParams
     pretrain: PretrainParams
     transfer: TransferParams
+    budget: BudgetParams
     compress: CompressParams
     evaluate: EvaluateParams
 

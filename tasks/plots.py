@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display on servers and CI; selected before pyplot is imported
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 
 from tasks.io import atomic_path
 
@@ -52,4 +53,22 @@ def confusion_grid(path: Path, matrices: Mapping[str, np.ndarray], scores: Mappi
         axis.set_ylabel("true")
         axis.set_xticks(range(matrix.shape[1]))
         axis.set_yticks(range(matrix.shape[0]))
+    _save(figure, path)
+
+
+def budget_curve(path: Path, summary: pd.DataFrame) -> None:
+    """Transfer and scratch accuracy (mean, with a band of one standard deviation) against labels per class."""
+    figure, axis = plt.subplots(figsize=(6, 4))
+    x = summary["labels_per_class"]
+    for name, colour in (("transfer", "tab:blue"), ("scratch", "tab:orange")):
+        mean, std = summary[f"{name}_accuracy_mean"], summary[f"{name}_accuracy_std"]
+        axis.plot(x, mean, marker="o", color=colour, label=name)
+        axis.fill_between(x, mean - std, mean + std, color=colour, alpha=0.2)
+    axis.set_xscale("log")
+    axis.set_xticks(x, [f"{b}\n({n})" if b == "all" else str(n) for b, n in zip(summary["budget"], x, strict=True)])
+    axis.set_xlabel("labelled target images per class")
+    axis.set_ylabel("target test accuracy")
+    axis.set_title("Transfer against training from scratch, same optimizer steps")
+    axis.grid(alpha=0.3)
+    axis.legend()
     _save(figure, path)

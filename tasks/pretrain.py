@@ -1,4 +1,5 @@
-"""pretrain: train the CNN on the augmented source corpus with the optimizer and LR schedule from params,
+"""pretrain: train the CNN on the source corpus, supervised (on the augment stage's copies or with on-the-fly
+augmentation) or contrastive (label-free, SimCLR's NT-Xent over two augmented views, then a linear probe),
 validating every epoch, and save a self-describing checkpoint."""
 
 from __future__ import annotations
@@ -12,14 +13,16 @@ from typing import Any
 
 import pandas as pd
 
+from tasks.augmentation import online_augmentation
 from tasks.checkpoint import save_checkpoint
-from tasks.data import example_input, load_dataset
+from tasks.contrastive import Projector, contrastive_objective, contrastive_validation
+from tasks.data import Dataset, Split, example_input, load_dataset
 from tasks.io import atomic_path
 from tasks.model import DigitNet
 from tasks.params import Params
 from tasks.stage import stage_main, stage_parser
 from tasks.tracking import NullTracker, Tracker
-from tasks.training import evaluate, fit, resolve_device, seed_everything
+from tasks.training import EpochCallback, evaluate, fit, resolve_device, seed_everything, supervised, validation
 
 log = logging.getLogger(__name__)
 
@@ -30,36 +33,78 @@ def write_history(path: Path, history: list[dict[str, float]]) -> None:
         pd.DataFrame(history).to_csv(tmp, index=False)
 
 
+def pretrain_supervised(model: DigitNet, train: Split, source: Dataset, params: Params,
+                        on_epoch: EpochCallback) -> list[dict[str, float]]:
+    """Cross-entropy on the source labels, augmenting on the fly when params say so."""
+    cfg, device = params.pretrain, resolve_device(params.device)
+    augment = online_augmentation(params.augment) if cfg.augmentation == "online" else None
+    return fit(model, train.tensors(), cfg, device=device, seed=params.seed, objective=supervised(augment),
+               validate=validation(*source["val"].tensors(), device=device), on_epoch=on_epoch, desc="pretrain")
+
+
+def pretrain_contrastive(model: DigitNet, train: Split, source: Dataset, params: Params,
+                         on_epoch: EpochCallback) -> tuple[list[dict[str, float]], float]:
+    """NT-Xent on unlabelled images, then a linear probe (frozen backbone, labels for the head only)."""
+    cfg, device = params.pretrain, resolve_device(params.device)
+    projector = Projector(model.backbone, params.model.embedding_dim, cfg.projection_dim)
+    history = fit(projector, train.tensors(), cfg, device=device, seed=params.seed,
+                  objective=contrastive_objective(params.augment, cfg.temperature),
+                  validate=contrastive_validation(source["val"].images_tensor(), params.augment, cfg.temperature,
+                                                  device=device, seed=params.seed),
+                  on_epoch=on_epoch, desc="pretrain (contrastive)")
+    probe = cfg.model_copy(update={"epochs": cfg.probe_epochs, "warmup_epochs": 0, "schedule": "cosine",
+                                   "early_stopping": 0, "restore_best": False})
+    model.freeze_backbone()
+    fit(model, source["train"].tensors(), probe, device=device, seed=params.seed, desc="linear probe",
+        validate=validation(*source["val"].tensors(), device=device))
+    model.freeze_backbone(False)
+    return history, evaluate(model, *source["test"].tensors(), device=device)["accuracy"]
+
+
 def run(params: Params, *, train: Path, source: Path, model_out: Path, history_out: Path,
         tracker: Tracker | None = None) -> dict[str, Any]:
-    """Pretrain on `train` (augmented), validate and test on `source`'s held-out splits; save the model."""
+    """Pretrain, test on the source's held-out split, save the model and its per-epoch history."""
     tracker = tracker or NullTracker()
-    train_set, train_digest = load_dataset(train, splits=("train",))
-    held_out, source_digest = load_dataset(source, splits=("val", "test"))
-    tracker.set_tags({"data_digest.augmented": train_digest, "data_digest.source": source_digest})
-    device = resolve_device(params.device)
+    cfg = params.pretrain
+    source_set, source_digest = load_dataset(source)
+    tracker.set_tags({"data_digest.source": source_digest})
+    if cfg.augmentation == "offline":
+        copies, train_digest = load_dataset(train, splits=("train",))
+        tracker.set_tags({"data_digest.augmented": train_digest})
+        train_split = copies["train"]
+    else:
+        train_split = source_set["train"]
     seed_everything(params.seed)
     model = DigitNet(params.model)
-    history = fit(model, train_set["train"].tensors(), held_out["val"].tensors(), params.pretrain, device=device,
-                  seed=params.seed, desc="pretrain",
-                  on_epoch=lambda epoch, metrics: tracker.log_metrics(metrics, step=epoch))
-    test = evaluate(model, *held_out["test"].tensors(), device=device)
-    last = history[-1]
-    metrics = {"source_val_accuracy": last["val_accuracy"], "source_test_accuracy": test["accuracy"],
-               "source_test_loss": test["loss"], "train_loss": last["train_loss"], "epochs": len(history)}
+
+    def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        tracker.log_metrics(metrics, step=epoch)
+
+    metrics: dict[str, Any] = {"objective": cfg.objective, "train_images": len(train_split)}
+    if cfg.objective == "contrastive":
+        history, metrics["linear_probe_accuracy"] = pretrain_contrastive(model, train_split, source_set, params,
+                                                                         on_epoch)
+    else:
+        history = pretrain_supervised(model, train_split, source_set, params, on_epoch)
+    device = resolve_device(params.device)
+    test = evaluate(model, *source_set["test"].tensors(), device=device)
+    val = evaluate(model, *source_set["val"].tensors(), device=device)
+    metrics |= {"source_val_accuracy": val["accuracy"], "source_test_accuracy": test["accuracy"],
+                "source_test_loss": test["loss"], "epochs": len(history)}
     model.cpu()
     save_checkpoint(model_out, model, stage="pretrain", params=params.model_dump(mode="json"), metrics=metrics)
     write_history(history_out, history)
     tracker.log_artifact(history_out, "history")
-    tracker.log_torch_model(model, "pretrained", example_input(held_out["test"]))
+    tracker.log_torch_model(model, "pretrained", example_input(source_set["test"]))
     return metrics
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point (the DVC stage's cmd)."""
     parser = stage_parser("pretrain", __doc__)
-    parser.add_argument("--train", type=Path, required=True, help="augmented source training set (.npz)")
-    parser.add_argument("--source", type=Path, required=True, help="source dataset with val/test splits (.npz)")
+    parser.add_argument("--train", type=Path, required=True,
+                        help="augmented source training set (.npz), used when pretrain.augmentation is offline")
+    parser.add_argument("--source", type=Path, required=True, help="source dataset with its splits (.npz)")
     parser.add_argument("--model-out", type=Path, required=True, help="checkpoint (.pt) to write")
     parser.add_argument("--history-out", type=Path, required=True, help="per-epoch metrics (.csv) to write")
 

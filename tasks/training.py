@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import random
@@ -20,6 +21,9 @@ log = logging.getLogger(__name__)
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 BatchAugment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+# (model, float inputs, labels, generator) -> (loss to minimise, correct predictions in the batch)
+Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, int]]
+Validate = Callable[[nn.Module], dict[str, float]]
 EVAL_BATCH = 512
 # A batch loss this many times the first batch's loss means the run has blown up even if still finite
 # (an untrained 10-class model starts near ln 10 = 2.3; a healthy run only goes down from there).
@@ -59,22 +63,49 @@ def build_optimizer(groups: Iterable[dict[str, Any]], cfg: TrainParams) -> torch
     return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainParams,
-                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler | None:
-    """A per-step LR schedule, so every schedule advances at the same granularity."""
-    total = cfg.epochs * steps_per_epoch
-    if cfg.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
-    if cfg.schedule == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size * steps_per_epoch,
-                                               gamma=cfg.gamma)
-    if cfg.schedule == "onecycle":
-        max_lrs = [group["lr"] for group in optimizer.param_groups]
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lrs, total_steps=total)
-    return None
+class LRPolicy:
+    """Warm-up, then the named schedule: per-step schedulers advance after every batch, the plateau
+    schedule after every epoch with the validation loss."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, cfg: TrainParams, steps_per_epoch: int) -> None:
+        warmup_steps = cfg.warmup_epochs * steps_per_epoch
+        main_steps = cfg.epochs * steps_per_epoch - warmup_steps
+        self._plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
+        self._warmup_steps, self._taken = warmup_steps, 0
+        schedulers: list[torch.optim.lr_scheduler.LRScheduler] = []
+        if warmup_steps:
+            schedulers.append(torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.05, total_iters=warmup_steps))
+        if cfg.schedule == "cosine":
+            schedulers.append(torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=main_steps))
+        elif cfg.schedule == "step":
+            schedulers.append(torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size * steps_per_epoch,
+                                                              gamma=cfg.gamma))
+        elif cfg.schedule == "onecycle":
+            max_lrs = [group["lr"] for group in optimizer.param_groups]
+            schedulers.append(torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lrs, total_steps=main_steps))
+        elif cfg.schedule == "plateau":
+            self._plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=cfg.gamma,
+                                                                       patience=cfg.plateau_patience)
+        if len(schedulers) > 1:
+            self._stepper: torch.optim.lr_scheduler.LRScheduler | None = torch.optim.lr_scheduler.SequentialLR(
+                optimizer, schedulers, milestones=[warmup_steps])
+        else:
+            self._stepper = schedulers[0] if schedulers else None
+
+    def after_step(self) -> None:
+        """Advance the per-step schedule (and the warm-up) by one batch."""
+        self._taken += 1
+        if self._stepper is not None and (self._plateau is None or self._taken <= self._warmup_steps):
+            self._stepper.step()
+
+    def after_epoch(self, val_loss: float | None) -> None:
+        """Let the plateau schedule see the epoch's validation loss, once warm-up is over."""
+        if self._plateau is not None and val_loss is not None and self._taken > self._warmup_steps:
+            self._plateau.step(val_loss)
 
 
-def _prepare(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+def prepare_batch(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 images (N, 28, 28) -> the model's float input on `device`, in channels_last layout."""
     # channels_last: measured here, a 3x3 conv ran ~20x faster than on NCHW on the CPU.
     return to_float(images).to(device).contiguous(memory_format=torch.channels_last)
 
@@ -83,7 +114,7 @@ def _prepare(images: torch.Tensor, device: torch.device) -> torch.Tensor:
 def logits_of(model: nn.Module, images: torch.Tensor, *, device: torch.device) -> torch.Tensor:
     """Logits for uint8 images (N, 28, 28), computed in eval mode in batches; returned on the CPU."""
     model.eval().to(device, memory_format=torch.channels_last)
-    chunks = [model(_prepare(images[i:i + EVAL_BATCH], device)).cpu() for i in range(0, len(images), EVAL_BATCH)]
+    chunks = [model(prepare_batch(images[i:i + EVAL_BATCH], device)).cpu() for i in range(0, len(images), EVAL_BATCH)]
     return torch.cat(chunks)
 
 
@@ -105,36 +136,60 @@ def _epoch_order(count: int, batch_size: int, generator: torch.Generator) -> lis
     return list(order.split(batch_size))
 
 
-def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor],
-        val: tuple[torch.Tensor, torch.Tensor] | None, cfg: TrainParams, *, device: torch.device, seed: int,
-        groups: list[dict[str, Any]] | None = None, augment: BatchAugment | None = None,
-        on_epoch: EpochCallback | None = None, desc: str = "train") -> list[dict[str, float]]:
+def steps_per_epoch(count: int, batch_size: int) -> int:
+    """Optimizer steps in one epoch over `count` images: what equal-budget baselines are matched on."""
+    return len(_epoch_order(count, batch_size, torch.Generator().manual_seed(0)))
+
+
+def supervised(augment: BatchAugment | None = None) -> Objective:
+    """Cross-entropy on the labels, with an optional on-the-fly augmentation of every batch."""
+    def objective(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+                  generator: torch.Generator) -> tuple[torch.Tensor, int]:
+        if augment is not None:
+            inputs = augment(inputs, generator)
+        outputs = model(inputs)
+        return nn.functional.cross_entropy(outputs, targets), int((outputs.argmax(1) == targets).sum())
+    return objective
+
+
+def validation(images: torch.Tensor, labels: torch.Tensor, *, device: torch.device) -> Validate:
+    """Loss and accuracy on a held-out split, as the loop's per-epoch validation."""
+    def validate(model: nn.Module) -> dict[str, float]:
+        scores = evaluate(model, images, labels, device=device)
+        return {"val_loss": scores["loss"], "val_accuracy": scores["accuracy"]}
+    return validate
+
+
+def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], cfg: TrainParams, *, device: torch.device,
+        seed: int, validate: Validate | None = None, objective: Objective | None = None,
+        groups: list[dict[str, Any]] | None = None, on_epoch: EpochCallback | None = None,
+        desc: str = "train") -> list[dict[str, float]]:
     """Train `model` in place on uint8 images; return one metrics dict per epoch.
 
-    `groups` overrides the optimizer's param groups (e.g. a lower LR for the backbone); `augment` is applied
-    to each float batch on the fly; `on_epoch(epoch, metrics)` is called after every epoch.
-    Raises TrainingDiverged as soon as the loss stops being finite.
+    `objective` computes a batch's loss (default: supervised cross-entropy); `validate(model)` scores each
+    epoch (its 'val_loss' drives the plateau schedule, early stopping and restore-best); `groups` overrides
+    the optimizer's param groups (e.g. a lower LR for the backbone); `on_epoch(epoch, metrics)` is called
+    after every epoch. Raises TrainingDiverged as soon as the loss blows up or stops being finite.
     """
     images, labels = train
+    objective = objective or supervised()
     generator = torch.Generator().manual_seed(seed)
-    steps_per_epoch = len(_epoch_order(len(labels), cfg.batch_size, torch.Generator().manual_seed(0)))
+    batches_per_epoch = steps_per_epoch(len(labels), cfg.batch_size)
     model.to(device, memory_format=torch.channels_last)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(groups if groups is not None else [{"params": trainable}], cfg)
-    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
+    policy = LRPolicy(optimizer, cfg, batches_per_epoch)
     history: list[dict[str, float]] = []
     first_loss: float | None = None
-    progress = tqdm(total=cfg.epochs * steps_per_epoch, desc=desc, unit="batch", disable=None, leave=False)
+    best_loss, best_state, stale = math.inf, None, 0
+    progress = tqdm(total=cfg.epochs * batches_per_epoch, desc=desc, unit="batch", disable=None, leave=False)
     try:
         for epoch in range(1, cfg.epochs + 1):
             model.train()
             loss_sum, correct, seen = 0.0, 0, 0
             for batch in _epoch_order(len(labels), cfg.batch_size, generator):
-                inputs, targets = _prepare(images[batch], device), labels[batch].to(device)
-                if augment is not None:
-                    inputs = augment(inputs, generator)
-                outputs = model(inputs)
-                loss = nn.functional.cross_entropy(outputs, targets)
+                inputs, targets = prepare_batch(images[batch], device), labels[batch].to(device)
+                loss, batch_correct = objective(model, inputs, targets, generator)
                 first_loss = loss.item() if first_loss is None else first_loss
                 if not math.isfinite(loss.item()) or loss.item() > DIVERGENCE_FACTOR * first_loss:
                     raise TrainingDiverged(
@@ -146,23 +201,35 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor],
                 if cfg.grad_clip > 0:
                     nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
                 optimizer.step()
-                if scheduler is not None:
-                    scheduler.step()
+                policy.after_step()
                 loss_sum += loss.item() * len(batch)
-                correct += (outputs.argmax(1) == targets).sum().item()
+                correct += batch_correct
                 seen += len(batch)
                 progress.update()
             metrics = {"train_loss": loss_sum / seen, "train_accuracy": correct / seen,
                        "lr": optimizer.param_groups[-1]["lr"]}
-            if val is not None:
-                scores = evaluate(model, *val, device=device)
-                metrics |= {"val_loss": scores["loss"], "val_accuracy": scores["accuracy"]}
+            if validate is not None:
+                metrics |= validate(model)
+            policy.after_epoch(metrics.get("val_loss"))
             progress.set_postfix({k: f"{v:.3g}" for k, v in metrics.items() if k != "lr"})
             log.info("%s epoch %d/%d %s", desc, epoch, cfg.epochs,
                      " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
             history.append({"epoch": epoch, **metrics})
             if on_epoch is not None:
                 on_epoch(epoch, metrics)
+            if "val_loss" in metrics:
+                if metrics["val_loss"] < best_loss:
+                    best_loss, stale = metrics["val_loss"], 0
+                    if cfg.restore_best:
+                        best_state = copy.deepcopy(model.state_dict())
+                else:
+                    stale += 1
+                if cfg.early_stopping and stale >= cfg.early_stopping:
+                    log.info("%s: stopping early after epoch %d, no val-loss gain in %d epochs", desc, epoch, stale)
+                    break
     finally:
         progress.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+        log.info("%s: restored the weights of the epoch with val_loss %.4g", desc, best_loss)
     return history

@@ -1,5 +1,6 @@
-"""transfer: put a new head on the pretrained backbone and fine-tune it on the target label budget; train the
-same architecture from scratch on the same labels, with the same optimizer steps, as the baseline."""
+"""transfer: put a new head on the pretrained backbone and train it on the target label budget (as a linear
+probe, a full fine-tune, or discriminatively with a lower backbone LR); train the same architecture from
+scratch on the same labels with the same optimizer steps as the baseline; report both and the gain."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 
+from tasks.augmentation import online_augmentation
 from tasks.checkpoint import load_model, save_checkpoint
 from tasks.data import Dataset, example_input, load_dataset
 from tasks.io import atomic_path
@@ -19,9 +21,10 @@ from tasks.model import DigitNet, new_head
 from tasks.params import Params
 from tasks.stage import stage_main, stage_parser
 from tasks.tracking import NullTracker, Tracker
-from tasks.training import evaluate, fit, resolve_device, seed_everything
+from tasks.training import EpochCallback, evaluate, fit, resolve_device, seed_everything, supervised, validation
 
 log = logging.getLogger(__name__)
+History = list[dict[str, float]]
 
 
 def transferred_model(pretrained: DigitNet, *, seed: int) -> DigitNet:
@@ -32,26 +35,77 @@ def transferred_model(pretrained: DigitNet, *, seed: int) -> DigitNet:
 
 
 def param_groups(model: DigitNet, lr: float, backbone_lr_scale: float) -> list[dict[str, Any]]:
-    """The head at the full LR and the backbone at a scaled one (0 freezes it)."""
-    groups: list[dict[str, Any]] = [{"params": list(model.head.parameters()), "lr": lr}]
-    if backbone_lr_scale > 0:
-        groups.append({"params": list(model.backbone.parameters()), "lr": lr * backbone_lr_scale})
-    else:
-        model.backbone.requires_grad_(False)
-    return groups
+    """The head at the full LR and the backbone at a scaled one."""
+    return [{"params": list(model.head.parameters()), "lr": lr},
+            {"params": list(model.backbone.parameters()), "lr": lr * backbone_lr_scale}]
 
 
-def train_on_target(model: DigitNet, target: Dataset, params: Params, *, name: str, tracker: Tracker,
-                    groups: list[dict[str, Any]] | None = None) -> list[dict[str, float]]:
-    """Fit on the target's labelled split, logging each epoch's metrics prefixed with `name`."""
-    def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
-        tracker.log_metrics({f"{name}_{k}": v for k, v in metrics.items()}, step=epoch)
+def _train(model: DigitNet, data: Dataset, params: Params, *, epochs: int, seed: int, desc: str,
+           groups: list[dict[str, Any]] | None, on_epoch: EpochCallback | None) -> History:
+    cfg, device = params.transfer, resolve_device(params.device)
+    augment = online_augmentation(params.augment) if cfg.augmentation == "online" else None
+    return fit(model, data["train"].tensors(), cfg.model_copy(update={"epochs": epochs}), device=device, seed=seed,
+               objective=supervised(augment), validate=validation(*data["val"].tensors(), device=device),
+               groups=groups, on_epoch=on_epoch, desc=desc)
 
-    return fit(model, target["train"].tensors(), target["val"].tensors(), params.transfer,
-               device=resolve_device(params.device), seed=params.seed, groups=groups, on_epoch=on_epoch, desc=name)
+
+def fine_tune(model: DigitNet, data: Dataset, params: Params, *, seed: int,
+              on_epoch: EpochCallback | None = None) -> History:
+    """Train a transferred model in the configured mode; epochs (and so optimizer steps) as in params."""
+    cfg = params.transfer
+    if cfg.mode == "linear_probe":
+        model.freeze_backbone()
+        history = _train(model, data, params, epochs=cfg.epochs, seed=seed, desc="transfer (linear probe)",
+                         groups=None, on_epoch=on_epoch)
+        model.freeze_backbone(False)
+        return history
+    if cfg.mode == "finetune":
+        return _train(model, data, params, epochs=cfg.epochs, seed=seed, desc="transfer", groups=None,
+                      on_epoch=on_epoch)
+    history: History = []
+    if cfg.freeze_epochs:
+        model.freeze_backbone()
+        history = _train(model, data, params, epochs=cfg.freeze_epochs, seed=seed, desc="transfer (head only)",
+                         groups=None, on_epoch=on_epoch)
+        model.freeze_backbone(False)
+
+    def shifted(epoch: int, metrics: dict[str, float]) -> None:
+        if on_epoch is not None:
+            on_epoch(epoch + cfg.freeze_epochs, metrics)
+
+    rest = _train(model, data, params, epochs=cfg.epochs - cfg.freeze_epochs, seed=seed + 1,
+                  desc="transfer (discriminative)", groups=param_groups(model, cfg.lr, cfg.backbone_lr_scale),
+                  on_epoch=shifted)
+    return history + [{**row, "epoch": row["epoch"] + cfg.freeze_epochs} for row in rest]
 
 
-def write_history(path: Path, histories: dict[str, list[dict[str, float]]]) -> None:
+def transfer_and_scratch(pretrained: Path, data: Dataset, params: Params, *, seed: int,
+                         tracker: Tracker | None = None) -> tuple[DigitNet, dict[str, float], dict[str, History]]:
+    """Source-only, transfer and from-scratch (same labels, same optimizer steps) accuracy on the test split."""
+    device = resolve_device(params.device)
+    test = data["test"].tensors()
+    base, _ = load_model(pretrained)
+    source_only = evaluate(base, *test, device=device)["accuracy"]
+
+    def logger(name: str) -> EpochCallback | None:
+        if tracker is None:
+            return None
+        return lambda epoch, metrics: tracker.log_metrics({f"{name}_{k}": v for k, v in metrics.items()}, step=epoch)
+
+    model = transferred_model(base, seed=seed)
+    transfer_history = fine_tune(model, data, params, seed=seed, on_epoch=logger("transfer"))
+    seed_everything(seed)
+    scratch = DigitNet(params.model)
+    scratch_history = _train(scratch, data, params, epochs=params.transfer.epochs, seed=seed, desc="scratch",
+                             groups=None, on_epoch=logger("scratch"))
+    scores = {"source_only_accuracy": source_only,
+              "scratch_accuracy": evaluate(scratch, *test, device=device)["accuracy"],
+              "transfer_accuracy": evaluate(model, *test, device=device)["accuracy"]}
+    scores["gain_points"] = round(100 * (scores["transfer_accuracy"] - scores["scratch_accuracy"]), 2)
+    return model.cpu(), scores, {"transfer": transfer_history, "scratch": scratch_history}
+
+
+def write_history(path: Path, histories: dict[str, History]) -> None:
     """One row per epoch with each model's metrics side by side (columns prefixed by model name)."""
     frames = [pd.DataFrame(h).set_index("epoch").add_prefix(f"{name}_") for name, h in histories.items()]
     with atomic_path(path) as tmp:
@@ -60,39 +114,19 @@ def write_history(path: Path, histories: dict[str, list[dict[str, float]]]) -> N
 
 def run(params: Params, *, pretrained: Path, target: Path, model_out: Path, history_out: Path,
         tracker: Tracker | None = None) -> dict[str, Any]:
-    """Transfer and the from-scratch baseline on the same labels; return both test scores and the gain."""
+    """Transfer and the from-scratch baseline on the target's labelled split; save the transferred model."""
     tracker = tracker or NullTracker()
     data, digest = load_dataset(target)
     tracker.set_tags({"data_digest.target": digest})
-    device = resolve_device(params.device)
-    base, _ = load_model(pretrained)
-    test = data["test"].tensors()
-    source_only = evaluate(base, *test, device=device)["accuracy"]
-
-    model = transferred_model(base, seed=params.seed)
-    groups = param_groups(model, params.transfer.lr, params.transfer.backbone_lr_scale)
-    transfer_history = train_on_target(model, data, params, name="transfer", tracker=tracker, groups=groups)
-    seed_everything(params.seed)
-    scratch = DigitNet(params.model)
-    scratch_history = train_on_target(scratch, data, params, name="scratch", tracker=tracker)
-
-    transfer_accuracy = evaluate(model, *test, device=device)["accuracy"]
-    scratch_accuracy = evaluate(scratch, *test, device=device)["accuracy"]
-    metrics = {
-        "train_images": len(data["train"]),
-        "source_only_accuracy": source_only,
-        "scratch_accuracy": scratch_accuracy,
-        "transfer_accuracy": transfer_accuracy,
-        "gain_points": round(100 * (transfer_accuracy - scratch_accuracy), 2),
-        "transfer_val_accuracy": transfer_history[-1]["val_accuracy"],
-        "scratch_val_accuracy": scratch_history[-1]["val_accuracy"],
-    }
+    model, scores, histories = transfer_and_scratch(pretrained, data, params, seed=params.seed, tracker=tracker)
+    metrics = {"mode": params.transfer.mode, "train_images": len(data["train"]), **scores,
+               "transfer_val_accuracy": histories["transfer"][-1]["val_accuracy"],
+               "scratch_val_accuracy": histories["scratch"][-1]["val_accuracy"]}
     log.info("target test accuracy: source-only %.4f, scratch %.4f, transfer %.4f (gain %+.2f points)",
-             source_only, scratch_accuracy, transfer_accuracy, metrics["gain_points"])
-    model.cpu().backbone.requires_grad_(True)
-    save_checkpoint(model_out, model, stage="transfer", params=params.model_dump(mode="json"),
-                    metrics={k: v for k, v in metrics.items() if isinstance(v, float)})
-    write_history(history_out, {"transfer": transfer_history, "scratch": scratch_history})
+             scores["source_only_accuracy"], scores["scratch_accuracy"], scores["transfer_accuracy"],
+             scores["gain_points"])
+    save_checkpoint(model_out, model, stage="transfer", params=params.model_dump(mode="json"), metrics=scores)
+    write_history(history_out, histories)
     tracker.log_artifact(history_out, "history")
     tracker.log_torch_model(model, "transferred", example_input(data["test"]))
     return metrics

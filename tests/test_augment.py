@@ -14,8 +14,15 @@ from tasks.params import AugmentParams, Params
 from tests.conftest import tiny_params_dict
 
 
-def augment_params(**changes: object) -> AugmentParams:
-    return AugmentParams.model_validate({**tiny_params_dict()["augment"], **changes})
+FAMILIES = ("rotation", "scale", "translate", "brightness", "contrast", "erasing")
+
+
+def augment_params(probability: float, **changes: object) -> AugmentParams:
+    """The project's augmentation params with every family's probability set to `probability`."""
+    raw = tiny_params_dict()["augment"]
+    for family in FAMILIES:
+        raw[family]["probability"] = probability
+    return AugmentParams.model_validate({**raw, **changes})
 
 
 def digits(count: int = 16) -> torch.Tensor:
@@ -26,12 +33,12 @@ def digits(count: int = 16) -> torch.Tensor:
 
 def test_identity_when_probability_is_zero() -> None:
     images = digits()
-    out = augment_batch(images, augment_params(probability=0.0), torch.Generator().manual_seed(0))
+    out = augment_batch(images, augment_params(0.0), torch.Generator().manual_seed(0))
     torch.testing.assert_close(out, images, atol=1e-5, rtol=0)
 
 
 def test_each_image_gets_its_own_transform() -> None:
-    out = augment_batch(digits(), augment_params(probability=1.0), torch.Generator().manual_seed(0))
+    out = augment_batch(digits(), augment_params(1.0), torch.Generator().manual_seed(0))
     assert out.shape == (16, 1, 28, 28)
     assert out.min() >= 0.0 and out.max() <= 1.0
     flat = out.flatten(1)
@@ -39,8 +46,15 @@ def test_each_image_gets_its_own_transform() -> None:
     assert len(distinct) == 16, "a batched v2 call would give every image the same parameters"
 
 
+def test_erasing_blanks_a_rectangle_of_the_asked_area() -> None:
+    images = torch.ones(64, 1, 28, 28)
+    cfg = augment_params(0.0, erasing={"probability": 1.0, "area": [0.1, 0.2]})
+    erased = (augment_batch(images, cfg, torch.Generator().manual_seed(0)) == 0).float().mean(dim=(1, 2, 3))
+    assert erased.min() > 0.05 and erased.max() < 0.25  # area share, up to rounding to whole pixels
+
+
 def test_same_seed_same_augmentation() -> None:
-    cfg = augment_params(probability=1.0)
+    cfg = augment_params(1.0)
     first = augment_batch(digits(), cfg, torch.Generator().manual_seed(3))
     second = augment_batch(digits(), cfg, torch.Generator().manual_seed(3))
     torch.testing.assert_close(first, second)

@@ -27,9 +27,12 @@ def test_splits_are_stratified_disjoint_and_seeded(tiny_params: Params) -> None:
     for split in source.values():
         counts = np.bincount(split.labels, minlength=NUM_CLASSES)
         assert counts.max() - counts.min() <= 2, "every class keeps its share in every split"
-    flat = [s.images.reshape(len(s), -1) for s in target.values()]
-    rows = {row.tobytes() for part in flat for row in part}
-    assert len(rows) >= sum(len(p) for p in flat) - 5, "splits do not share images (a few exact duplicates exist)"
+    def rows(split: Split) -> set[bytes]:
+        return {row.tobytes() for row in split.images.reshape(len(split), -1)}
+
+    pool, val, test = rows(target["pool"]), rows(target["val"]), rows(target["test"])
+    assert len(pool | val | test) == 1797, "pool, val and test split all of scikit-learn's digits, disjointly"
+    assert rows(target["train"]) <= pool, "the labelled budget is drawn from the pool"
     again, _ = ingest.build_datasets(tiny_params.ingest, seed=tiny_params.seed)
     np.testing.assert_array_equal(again["train"].images, source["train"].images)
 

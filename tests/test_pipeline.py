@@ -20,7 +20,7 @@ from flows.stages import RAN, SKIPPED, stage_order
 from tasks.tracking import DEFAULT_EXPERIMENT, tracking_uri
 from tests.conftest import ROOT, tiny_params_dict
 
-STAGES = ["ingest", "augment", "pretrain", "transfer", "compress", "evaluate"]
+STAGES = ["ingest", "augment", "pretrain", "transfer", "budget", "compress", "evaluate"]
 
 
 def copy_project(destination: Path) -> Path:
@@ -100,6 +100,8 @@ def test_first_run_executes_every_stage_and_records_them(project: Path) -> None:
     model_stages = {by_run.data.tags["stage"] for by_run in children
                     if any(m.source_run_id == by_run.info.run_id for m in models)}
     assert model_stages == {"pretrain", "transfer", "compress"}
+    budget_curve = client.list_artifacts(by_stage["budget"].info.run_id, "plots")
+    assert [a.path for a in budget_curve] == ["plots/budget_curve.png"]
 
 
 def test_second_run_executes_nothing(project: Path) -> None:
@@ -111,13 +113,13 @@ def test_second_run_executes_nothing(project: Path) -> None:
     assert "up to date" in dvc(project, "status")
 
 
-def test_transfer_param_change_reruns_exactly_its_descendants(project: Path) -> None:
+def test_transfer_param_change_reruns_exactly_the_stages_that_read_it(project: Path) -> None:
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["transfer"]["epochs"] += 1
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     results = pipeline(project_dir=str(project))
     ran = [stage for stage, status in statuses(results).items() if status == RAN]
-    assert ran == ["transfer", "compress", "evaluate"]
+    assert ran == ["transfer", "budget", "compress", "evaluate"]  # budget reads transfer's params too
     assert "transfer.epochs" in dvc(project, "params", "diff")
 
 

@@ -5,14 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from tasks import pretrain
+
 from tasks.checkpoint import FORMAT, CheckpointError, load_model, read_checkpoint
-from tasks.data import load_dataset
-from tasks.params import Params
+from tasks.contrastive import nt_xent
+from tasks.data import Split, load_dataset, save_dataset
+from tasks.params import Params, parse_params
 from tasks.training import evaluate
+from tests.conftest import tiny_params_dict
 
 
 def test_history_has_one_row_per_epoch(tiny_params: Params, tiny_pretrained: dict[str, Any]) -> None:
@@ -68,3 +73,29 @@ def test_foreign_truncated_and_missing_checkpoints_are_named(tmp_path: Path,
     torch.save({"weights": torch.zeros(2)}, foreign)
     with pytest.raises(CheckpointError, match=f"foreign.pt: not a {FORMAT}"):
         read_checkpoint(foreign)
+
+
+def test_nt_xent_rewards_matching_views() -> None:
+    first = torch.eye(8)[:4] * 5
+    matched, found = nt_xent(first, first.clone(), temperature=0.5)
+    shuffled, _ = nt_xent(first, first[[1, 2, 3, 0]], temperature=0.5)
+    assert found == 4 and matched < shuffled
+
+
+def test_contrastive_pretraining_is_label_free_and_probed(tmp_path: Path, tiny_data: dict[str, Path]) -> None:
+    params = parse_params(tiny_params_dict(pretrain={"objective": "contrastive", "augmentation": "none",
+                                                     "epochs": 1, "probe_epochs": 1}))
+    source, _ = load_dataset(tiny_data["source"])
+    scrambled = tmp_path / "scrambled.npz"  # labels shuffled: a label-free objective cannot notice
+    save_dataset(scrambled, {name: Split(split.images, np.random.default_rng(0).permutation(split.labels))
+                             if name == "train" else split for name, split in source.items()})
+    metrics = pretrain.run(params, train=tmp_path / "unused.npz", source=tiny_data["source"],
+                           model_out=tmp_path / "a.pt", history_out=tmp_path / "a.csv")
+    pretrain.run(params, train=tmp_path / "unused.npz", source=scrambled, model_out=tmp_path / "b.pt",
+                 history_out=tmp_path / "b.csv")
+    assert metrics["objective"] == "contrastive" and 0.0 <= metrics["linear_probe_accuracy"] <= 1.0
+    history = pd.read_csv(tmp_path / "a.csv")
+    assert {"train_loss", "val_loss", "val_accuracy"} <= set(history.columns)
+    pd.testing.assert_frame_equal(history, pd.read_csv(tmp_path / "b.csv"))  # the labels played no part
+    model, _ = load_model(tmp_path / "a.pt")
+    assert all(p.requires_grad for p in model.parameters())

@@ -2,25 +2,30 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
+from tasks.augmentation import online_augmentation
 from tasks.model import DigitNet
-from tasks.params import Params, TrainParams
+from tasks.params import AugmentParams, Params, TrainParams
 from tasks.training import (
+    LRPolicy,
     TrainingDiverged,
     build_optimizer,
-    build_scheduler,
     evaluate,
     fit,
     resolve_device,
     seed_everything,
+    supervised,
+    validation,
 )
 from tests.conftest import tiny_params_dict
 
 
 def train_params(**changes: object) -> TrainParams:
-    return TrainParams.model_validate({**tiny_params_dict()["pretrain"], **changes})
+    return TrainParams.model_validate({**tiny_params_dict()["compress"]["finetune"], "augmentation": "none", **changes})
 
 
 def toy_data(count: int = 120) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,23 +49,64 @@ def test_optimizer_from_params(name: str, kind: type) -> None:
         assert optimizer.param_groups[0]["momentum"] == cfg.momentum and optimizer.param_groups[0]["nesterov"]
 
 
-@pytest.mark.parametrize("schedule", ["none", "cosine", "step", "onecycle"])
-def test_schedules_change_the_lr_as_named(schedule: str) -> None:
-    cfg = train_params(schedule=schedule, epochs=4, step_size=1, gamma=0.5, lr=0.1)
+def lr_trace(cfg: TrainParams, val_losses: list[float] | None = None, steps: int = 10) -> list[float]:
+    """The LR after every step of a run of cfg.epochs epochs of `steps` steps, under the LR policy."""
     optimizer = build_optimizer([{"params": [torch.nn.Parameter(torch.zeros(2))]}], cfg)
-    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch=10)
-    lrs = []
-    for _ in range(40):
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        lrs.append(optimizer.param_groups[0]["lr"])
+    policy = LRPolicy(optimizer, cfg, steps_per_epoch=steps)
+    trace = []
+    for epoch in range(cfg.epochs):
+        for _ in range(steps):
+            optimizer.step()
+            policy.after_step()
+            trace.append(optimizer.param_groups[0]["lr"])
+        policy.after_epoch(val_losses[epoch] if val_losses else 1.0)
+    return trace
+
+
+@pytest.mark.parametrize("schedule", ["none", "cosine", "step", "onecycle", "plateau"])
+def test_schedules_change_the_lr_as_named(schedule: str) -> None:
+    cfg = train_params(schedule=schedule, epochs=4, step_size=1, gamma=0.5, lr=0.1, plateau_patience=0,
+                       warmup_epochs=0)
+    lrs = lr_trace(cfg, val_losses=[1.0, 1.0, 1.0, 1.0])
     if schedule == "none":
         assert set(lrs) == {0.1}
     elif schedule == "step":
-        assert lrs[9] == pytest.approx(0.05) and lrs[19] == pytest.approx(0.025)
+        assert lrs[8] == pytest.approx(0.1) and lrs[9] == pytest.approx(0.05) and lrs[19] == pytest.approx(0.025)
+    elif schedule == "plateau":  # epoch 1 sets the best loss; every later epoch without gain cuts the LR
+        assert lrs[19] == 0.1 and lrs[20] == pytest.approx(0.05) and lrs[30] == pytest.approx(0.025)
     else:
         assert max(lrs) <= 0.1 + 1e-9 and lrs[-1] < 0.01
+
+
+def test_warmup_rises_linearly_then_hands_over() -> None:
+    lrs = lr_trace(train_params(schedule="cosine", epochs=4, warmup_epochs=1, lr=0.1))
+    assert lrs[0] < 0.02 and all(a < b for a, b in itertools.pairwise(lrs[:10]))
+    assert lrs[9] == pytest.approx(0.1, rel=0.02)
+    assert lrs[-1] < 0.01
+
+
+def test_plateau_waits_for_warmup_and_patience() -> None:
+    cfg = train_params(schedule="plateau", epochs=5, warmup_epochs=1, plateau_patience=1, gamma=0.1, lr=0.1)
+    lrs = lr_trace(cfg, val_losses=[1.0, 0.9, 0.95, 0.97, 0.99])
+    assert lrs[19] == pytest.approx(0.1) and lrs[39] == pytest.approx(0.1)  # one stale epoch is tolerated
+    assert lrs[40] == pytest.approx(0.01)  # the second stale epoch (4) cuts the LR for epoch 5
+
+
+def test_early_stopping_and_restore_best() -> None:
+    params = Params.model_validate(tiny_params_dict())
+    seed_everything(0)
+    model = DigitNet(params.model)
+    scores = iter([0.5, 0.4, 0.6, 0.7, 0.8, 0.9])
+    snapshots: list[torch.Tensor] = []
+
+    def validate(net: torch.nn.Module) -> dict[str, float]:
+        snapshots.append(net.head[1].weight.detach().clone())
+        return {"val_loss": next(scores), "val_accuracy": 0.0}
+
+    history = fit(model, toy_data(), train_params(epochs=6, early_stopping=2, restore_best=True),
+                  device=torch.device("cpu"), seed=0, validate=validate)
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]  # two epochs without gain after epoch 2
+    torch.testing.assert_close(model.head[1].weight.detach(), snapshots[1])  # epoch 2 had the lowest loss
 
 
 def test_fit_learns_and_reports_every_epoch() -> None:
@@ -69,8 +115,8 @@ def test_fit_learns_and_reports_every_epoch() -> None:
     model = DigitNet(params.model)
     data = toy_data()
     seen: list[int] = []
-    history = fit(model, data, data, train_params(epochs=3, batch_size=16, lr=3e-3), device=torch.device("cpu"), seed=0,
-                  on_epoch=lambda epoch, _: seen.append(epoch))
+    history = fit(model, data, train_params(epochs=3, batch_size=16, lr=3e-3), device=torch.device("cpu"), seed=0,
+                  validate=validation(*data, device=torch.device("cpu")), on_epoch=lambda epoch, _: seen.append(epoch))
     assert seen == [1, 2, 3] and [h["epoch"] for h in history] == [1, 2, 3]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert evaluate(model, *data, device=torch.device("cpu"))["accuracy"] > 0.5
@@ -78,11 +124,14 @@ def test_fit_learns_and_reports_every_epoch() -> None:
 
 def test_same_seed_gives_identical_metrics() -> None:
     params = Params.model_validate(tiny_params_dict())
+    augment = AugmentParams.model_validate(tiny_params_dict()["augment"])
     runs = []
     for _ in range(2):
         seed_everything(7)
         model = DigitNet(params.model)
-        runs.append(fit(model, toy_data(), toy_data(), train_params(epochs=2), device=torch.device("cpu"), seed=7))
+        runs.append(fit(model, toy_data(), train_params(epochs=2, augmentation="online"), device=torch.device("cpu"),
+                        seed=7, objective=supervised(online_augmentation(augment)),
+                        validate=validation(*toy_data(), device=torch.device("cpu"))))
     assert runs[0] == runs[1]
 
 
@@ -90,7 +139,7 @@ def test_divergence_stops_with_a_clear_error() -> None:
     params = Params.model_validate(tiny_params_dict())
     model = DigitNet(params.model)
     with pytest.raises(TrainingDiverged, match=r"loss became .* lower the learning rate \(lr=10.0\)"):
-        fit(model, toy_data(), None, train_params(optimizer="momentum", lr=10.0, epochs=5, batch_size=16,
+        fit(model, toy_data(), train_params(optimizer="momentum", lr=10.0, epochs=5, batch_size=16,
                                                   weight_decay=0.0, schedule="none"),
             device=torch.device("cpu"), seed=0)
 

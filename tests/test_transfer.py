@@ -13,7 +13,9 @@ from tasks.checkpoint import load_model
 from tasks.data import load_dataset
 from tasks.params import Params
 from tasks.training import evaluate
-from tasks.transfer import param_groups, transferred_model
+from tasks.params import parse_params
+from tasks.transfer import fine_tune, param_groups, transferred_model
+from tests.conftest import tiny_params_dict
 
 
 def test_new_head_keeps_the_backbone(tiny_pretrained: dict[str, Any]) -> None:
@@ -25,13 +27,32 @@ def test_new_head_keeps_the_backbone(tiny_pretrained: dict[str, Any]) -> None:
     assert not torch.equal(model.head[1].weight, old_head)
 
 
-def test_backbone_lr_scale_zero_freezes_the_backbone(tiny_pretrained: dict[str, Any]) -> None:
-    model, _ = load_model(tiny_pretrained["model"])
-    groups = param_groups(model, lr=0.01, backbone_lr_scale=0.0)
-    assert len(groups) == 1 and not any(p.requires_grad for p in model.backbone.parameters())
+def backbone_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.backbone.state_dict().items()}
+
+
+@pytest.mark.parametrize("mode", ["linear_probe", "finetune", "discriminative"])
+def test_modes_train_what_they_name(mode: str, tiny_pretrained: dict[str, Any], tiny_data: dict[str, Path]) -> None:
+    params = parse_params(tiny_params_dict(transfer={"mode": mode, "epochs": 3, "freeze_epochs": 1}))
+    data, _ = load_dataset(tiny_data["target"])
+    pretrained, _ = load_model(tiny_pretrained["model"])
+    before = backbone_state(pretrained)
+    model = transferred_model(pretrained, seed=0)
+    head_before = model.head[1].weight.detach().clone()
+    history = fine_tune(model, data, params, seed=0)
+    after = backbone_state(model)
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    assert not torch.equal(model.head[1].weight, head_before)
+    unchanged = all(torch.equal(before[k], after[k]) for k in before)  # weights and BatchNorm statistics
+    assert unchanged == (mode == "linear_probe")
+    assert all(p.requires_grad for p in model.parameters()), "the saved model is not left frozen"
+
+
+def test_discriminative_groups_scale_the_backbone_lr(tiny_pretrained: dict[str, Any]) -> None:
     model, _ = load_model(tiny_pretrained["model"])
     groups = param_groups(model, lr=0.01, backbone_lr_scale=0.1)
     assert [g["lr"] for g in groups] == [0.01, pytest.approx(0.001)]
+    assert len(groups[1]["params"]) == len(list(model.backbone.parameters()))
 
 
 def test_reports_transfer_scratch_and_gain(tiny_params: Params, tiny_data: dict[str, Path],

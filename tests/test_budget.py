@@ -1,0 +1,47 @@
+"""budget: the label-budget sweep, its equal-steps rule, its table and curve."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from tasks import budget
+from tasks.params import Params
+from tasks.training import steps_per_epoch
+
+
+@pytest.mark.parametrize("images", [10, 50, 890])
+def test_every_budget_gets_at_least_the_same_steps(tiny_params: Params, images: int) -> None:
+    params = budget.budget_params(tiny_params, images)
+    steps = params.transfer.epochs * steps_per_epoch(images, params.transfer.batch_size)
+    assert tiny_params.budget.steps <= steps < tiny_params.budget.steps + steps_per_epoch(images, 16)
+
+
+def test_sweep_reports_mean_and_spread_per_budget(tmp_path: Path, tiny_params: Params, tiny_data: dict[str, Path],
+                                                  tiny_pretrained: dict[str, Any]) -> None:
+    table, curve = tmp_path / "budget.csv", tmp_path / "curve.png"
+    metrics = budget.run(tiny_params, pretrained=tiny_pretrained["model"], target=tiny_data["target"],
+                         table_out=table, curve_out=curve)
+    summary = pd.read_csv(table)
+    assert summary["budget"].astype(str).tolist() == ["1", "3"]
+    assert summary["draws"].tolist() == [tiny_params.budget.draws] * 2
+    assert set(metrics["budgets"]) == {"1", "3"}
+    assert metrics["budgets"]["3"]["transfer_accuracy"] == pytest.approx(summary["transfer_accuracy_mean"].iloc[1])
+    assert (summary["transfer_accuracy_std"] >= 0).all()
+    assert curve.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_draws_differ_and_the_whole_pool_is_drawn_once(tiny_params: Params, tiny_data: dict[str, Path],
+                                                        tiny_pretrained: dict[str, Any]) -> None:
+    from tasks.data import load_dataset
+    from tasks.tracking import NullTracker
+
+    data, _ = load_dataset(tiny_data["target"], splits=("pool", "val", "test"))
+    params = tiny_params.model_copy(update={"budget": tiny_params.budget.model_copy(
+        update={"labels_per_class": [2, None], "draws": 2})})
+    rows = budget.sweep(tiny_pretrained["model"], data, params, NullTracker())
+    assert rows["budget"].tolist() == ["2", "2", "all"]
+    assert rows.loc[rows["budget"] == "all", "train_images"].item() == len(data["pool"])
