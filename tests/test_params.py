@@ -29,7 +29,7 @@ def test_project_params_file_is_valid() -> None:
         ({"pretrain": {"epochs": -1}}, "pretrain.epochs", "greater than or equal to 1"),
         ({"transfer": {"lr": 0}}, "transfer.lr", "greater than 0"),
         ({"pretrain": {"optimizer": "rmsprop"}}, "pretrain.optimizer", "'sgd', 'momentum', 'adam' or 'adamw'"),
-        ({"transfer": {"schedule": "linear"}}, "transfer.schedule", "'none', 'cosine', 'step', 'onecycle' or 'plateau'"),
+        ({"transfer": {"schedule": "linear"}}, "transfer.schedule", "'step', 'onecycle' or 'plateau'"),
         ({"ingest": {"source_val_fraction": 1.5}}, "ingest.source_val_fraction", "less than 1"),
         ({"augment": {"scale": {"range": [1.2, 0.8]}}}, "augment.scale", "low <= high"),
         ({"pretrain": {"warmup_epochs": 9, "epochs": 5}}, "pretrain", "warmup_epochs (9) must be below epochs"),

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from tasks import pretrain
-
 from tasks.checkpoint import FORMAT, CheckpointError, load_model, read_checkpoint
 from tasks.contrastive import nt_xent
 from tasks.data import Split, load_dataset, save_dataset

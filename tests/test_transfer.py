@@ -11,9 +11,8 @@ import torch
 
 from tasks.checkpoint import load_model
 from tasks.data import load_dataset
-from tasks.params import Params
+from tasks.params import Params, parse_params
 from tasks.training import evaluate
-from tasks.params import parse_params
 from tasks.transfer import fine_tune, param_groups, transferred_model
 from tests.conftest import tiny_params_dict
 
