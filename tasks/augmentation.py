@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from torch.nn import functional
 
-from tasks.params import AugmentParams, Erasing
+from tasks.params import AugmentParams, Blur, Erasing
 
 
 def _uniform(count: int, low: float, high: float, generator: torch.Generator) -> torch.Tensor:
@@ -42,6 +42,22 @@ def _erase(images: torch.Tensor, cfg: Erasing, generator: torch.Generator) -> to
               & (cols >= left.view(-1, 1, 1)) & (cols < (left + box_w).view(-1, 1, 1)))
     mask = (inside & chosen.view(-1, 1, 1)).unsqueeze(1).to(images.device)
     return images.masked_fill(mask, 0.0)
+
+
+def _blur(images: torch.Tensor, cfg: Blur, generator: torch.Generator) -> torch.Tensor:
+    """Gaussian blur with a per-image sigma, as one grouped convolution over the batch."""
+    count = len(images)
+    sigma = _uniform(count, *cfg.sigma, generator)
+    chosen = torch.rand(count, generator=generator) < cfg.probability
+    radius = math.ceil(3 * cfg.sigma[1])
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    weights = torch.exp(-(offsets.view(1, -1) ** 2) / (2 * sigma.view(-1, 1) ** 2))
+    weights = torch.where(chosen.view(-1, 1), weights, (offsets == 0).float().view(1, -1))  # identity kernel
+    weights = weights / weights.sum(dim=1, keepdim=True)
+    kernels = (weights.unsqueeze(2) * weights.unsqueeze(1)).unsqueeze(1).to(images.device, images.dtype)
+    stacked = images.transpose(0, 1).contiguous()  # (1, N, H, W): one channel per image
+    blurred = functional.conv2d(stacked, kernels, padding=radius, groups=count)
+    return blurred.transpose(0, 1).contiguous(memory_format=torch.channels_last)
 
 
 def augment_batch(images: torch.Tensor, params: AugmentParams, generator: torch.Generator) -> torch.Tensor:
@@ -77,6 +93,8 @@ def augment_batch(images: torch.Tensor, params: AugmentParams, generator: torch.
     contrast = contrast.view(shape).to(images.device, images.dtype)
     brightness = brightness.view(shape).to(images.device, images.dtype)
     adjusted = ((moved - mean) * contrast + mean).mul_(brightness).clamp_(0.0, 1.0)
+    if params.blur.probability > 0:
+        adjusted = _blur(adjusted, params.blur, generator)
     return _erase(adjusted, params.erasing, generator) if params.erasing.probability > 0 else adjusted
 
 

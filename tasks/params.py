@@ -100,6 +100,18 @@ class Photometric(Section):
     magnitude: float = Field(ge=0.0, le=1.0)
 
 
+class Blur(Section):
+    """Gaussian blur with a uniform sigma (pixels) in range: softer, thicker strokes."""
+
+    probability: Probability
+    sigma: tuple[Annotated[float, Field(gt=0.0, le=5.0)], Annotated[float, Field(gt=0.0, le=5.0)]]
+
+    @model_validator(mode="after")
+    def _sigma_is_ordered(self) -> Blur:
+        _ordered(self.sigma, "sigma")
+        return self
+
+
 class Erasing(Section):
     """Blank a random rectangle covering a uniform share `area` of the image."""
 
@@ -113,7 +125,7 @@ class Erasing(Section):
 
 
 class AugmentParams(Section):
-    """The augmentations (the survey's rotation, scaling, cropping and colour, plus erasing), each with a
+    """The augmentations (the survey's rotation, scaling, cropping and colour, plus blur and erasing), each with a
     probability and a magnitude; used by the augment stage and by on-the-fly augmentation in training."""
 
     copies: int = Field(ge=1, le=20, description="augmented copies per source training image (augment stage)")
@@ -122,6 +134,7 @@ class AugmentParams(Section):
     translate: Translation
     brightness: Photometric
     contrast: Photometric
+    blur: Blur
     erasing: Erasing
     preview_images: int = Field(ge=1, le=64)
 

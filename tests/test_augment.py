@@ -13,7 +13,7 @@ from tasks.data import load_dataset
 from tasks.params import AugmentParams, Params
 from tests.conftest import tiny_params_dict
 
-FAMILIES = ("rotation", "scale", "translate", "brightness", "contrast", "erasing")
+FAMILIES = ("rotation", "scale", "translate", "brightness", "contrast", "blur", "erasing")
 
 
 def augment_params(probability: float, **changes: object) -> AugmentParams:
