@@ -240,7 +240,8 @@ class Params(Section):
 def _describe(error: dict[str, Any]) -> str:
     key = ".".join(str(part) for part in error["loc"]) or "(top level)"
     reason = error["msg"]
-    if error["type"] not in {"missing", "extra_forbidden"} and "input" in error:
+    # the offending value, unless it is a whole section (a cross-field check names its fields itself)
+    if error["type"] not in {"missing", "extra_forbidden"} and not isinstance(error.get("input"), dict | None):
         reason += f" (got {error['input']!r})"
     return f"  {key}: {reason}"
 

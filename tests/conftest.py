@@ -20,7 +20,7 @@ TINY = {
     "ingest": {"source_samples": 300, "labels_per_class": 3},
     "augment": {"copies": 1, "preview_images": 4},
     "pretrain": {"epochs": 2, "batch_size": 32},
-    "transfer": {"epochs": 2, "batch_size": 16},
+    "transfer": {"epochs": 2, "batch_size": 16, "freeze_epochs": 1},
     "budget": {"labels_per_class": [1, 3], "draws": 2, "steps": 3},
     "compress": {"prune_iterations": 2, "finetune": {"epochs": 1}, "calibration_images": 16},
     "evaluate": {"warmup_runs": 1, "latency_runs": 5},
