@@ -12,6 +12,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.runtime import flow_run
 
+from flows.lock import pipeline_lock
 from flows.stages import RAN, StageResult, repro_stage, stage_environment, stage_order
 from tasks.params import load_params
 from tasks.tracking import (
@@ -40,10 +41,19 @@ def run_stage(stage: str, root: str, env: dict[str, str]) -> StageResult:
 
 @flow(name=FLOW_NAME, log_prints=True)
 def pipeline(project_dir: str = ".") -> list[StageResult]:
-    """Run ingest -> augment -> pretrain -> transfer -> compress -> evaluate through DVC, tracked in MLflow."""
-    logger = get_run_logger()
+    """Run every stage of the project's dvc.yaml through DVC, in DVC's order, tracked in MLflow.
+
+    One run per project at a time: a second one is refused at its start (PipelineBusy), changing nothing.
+    """
     root = Path(project_dir).resolve()
     load_params(root / "params.yaml")  # a bad param stops the flow here, before any stage or run starts
+    with pipeline_lock(root):
+        return _run_stages(root)
+
+
+def _run_stages(root: Path) -> list[StageResult]:
+    """The stages, one task each, under one MLflow parent run closed as FINISHED or FAILED."""
+    logger = get_run_logger()
     stages = stage_order(root)
     logger.info("stages in DVC's order: %s", " -> ".join(stages))
     run_name = f"pipeline · {flow_run.name}"

@@ -48,6 +48,18 @@ def stage_environment(extra: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
+def restore_outputs(stage: str, *, root: Path, env: Mapping[str, str], echo: Callable[[str], None]) -> None:
+    """Put back the outputs of the stage's last good run (dvc.lock still records them) from DVC's cache.
+
+    DVC deletes a stage's outputs before running it; when the run fails, the previous good outputs would be
+    gone from the workspace. A stage that never succeeded has nothing to restore, and that is fine.
+    """
+    command = [sys.executable, "-m", "dvc", "checkout", "--quiet", stage]
+    result = subprocess.run(command, cwd=root, env=dict(env), capture_output=True, text=True)
+    echo(f"restored the last good outputs of '{stage}' from DVC's cache" if result.returncode == 0
+         else f"no earlier outputs of '{stage}' to restore ({result.stderr.strip() or result.stdout.strip()})")
+
+
 def repro_stage(stage: str, *, root: Path, env: Mapping[str, str], echo: Callable[[str], None]) -> StageResult:
     """Run `dvc repro --single-item <stage>`, echoing its output line by line; raise StageFailed on error."""
     started = time.perf_counter()
@@ -60,6 +72,7 @@ def repro_stage(stage: str, *, root: Path, env: Mapping[str, str], echo: Callabl
             lines.append(line.rstrip())
             echo(line.rstrip())
     if process.returncode != 0:
+        restore_outputs(stage, root=root, env=env, echo=echo)
         tail = "\n".join(line for line in lines[-25:] if line.strip())
         raise StageFailed(f"stage '{stage}' failed (dvc repro exited {process.returncode}):\n{tail}")
     ran = any(line.startswith(f"Running stage '{stage}'") for line in lines)

@@ -33,17 +33,18 @@ def write_history(path: Path, history: list[dict[str, float]]) -> None:
         pd.DataFrame(history).to_csv(tmp, index=False)
 
 
-def pretrain_supervised(model: DigitNet, train: Split, source: Dataset, params: Params,
-                        on_epoch: EpochCallback) -> list[dict[str, float]]:
+def pretrain_supervised(model: DigitNet, train: Split, source: Dataset, params: Params, on_epoch: EpochCallback,
+                        resume: Path | None) -> list[dict[str, float]]:
     """Cross-entropy on the source labels, augmenting on the fly when params say so."""
     cfg, device = params.pretrain, resolve_device(params.device)
     augment = online_augmentation(params.augment) if cfg.augmentation == "online" else None
     return fit(model, train.tensors(), cfg, device=device, seed=params.seed, objective=supervised(augment),
-               validate=validation(*source["val"].tensors(), device=device), on_epoch=on_epoch, desc="pretrain")
+               validate=validation(*source["val"].tensors(), device=device), on_epoch=on_epoch, resume=resume,
+               desc="pretrain")
 
 
-def pretrain_contrastive(model: DigitNet, train: Split, source: Dataset, params: Params,
-                         on_epoch: EpochCallback) -> tuple[list[dict[str, float]], float]:
+def pretrain_contrastive(model: DigitNet, train: Split, source: Dataset, params: Params, on_epoch: EpochCallback,
+                         resume: Path | None) -> tuple[list[dict[str, float]], float]:
     """NT-Xent on unlabelled images, then a linear probe (frozen backbone, labels for the head only)."""
     cfg, device = params.pretrain, resolve_device(params.device)
     projector = Projector(model.backbone, params.model.embedding_dim, cfg.projection_dim)
@@ -51,7 +52,7 @@ def pretrain_contrastive(model: DigitNet, train: Split, source: Dataset, params:
                   objective=contrastive_objective(params.augment, cfg.temperature),
                   validate=contrastive_validation(source["val"].images_tensor(), params.augment, cfg.temperature,
                                                   device=device, seed=params.seed),
-                  on_epoch=on_epoch, desc="pretrain (contrastive)")
+                  on_epoch=on_epoch, resume=resume, desc="pretrain (contrastive)")
     probe = cfg.model_copy(update={"epochs": cfg.probe_epochs, "warmup_epochs": 0, "schedule": "cosine",
                                    "early_stopping": 0, "restore_best": False})
     model.freeze_backbone()
@@ -62,8 +63,12 @@ def pretrain_contrastive(model: DigitNet, train: Split, source: Dataset, params:
 
 
 def run(params: Params, *, train: Path, source: Path, model_out: Path, history_out: Path,
-        tracker: Tracker | None = None) -> dict[str, Any]:
-    """Pretrain, test on the source's held-out split, save the model and its per-epoch history."""
+        tracker: Tracker | None = None, resume: Path | None = None) -> dict[str, Any]:
+    """Pretrain, test on the source's held-out split, save the model and its per-epoch history.
+
+    With `resume`, training state is kept there after every epoch, and a run killed mid-way continues
+    from its last completed epoch when started again.
+    """
     tracker = tracker or NullTracker()
     cfg = params.pretrain
     source_set, source_digest = load_dataset(source)
@@ -83,9 +88,9 @@ def run(params: Params, *, train: Path, source: Path, model_out: Path, history_o
     metrics: dict[str, Any] = {"objective": cfg.objective, "train_images": len(train_split)}
     if cfg.objective == "contrastive":
         history, metrics["linear_probe_accuracy"] = pretrain_contrastive(model, train_split, source_set, params,
-                                                                         on_epoch)
+                                                                         on_epoch, resume)
     else:
-        history = pretrain_supervised(model, train_split, source_set, params, on_epoch)
+        history = pretrain_supervised(model, train_split, source_set, params, on_epoch, resume)
     device = resolve_device(params.device)
     test = evaluate(model, *source_set["test"].tensors(), device=device)
     val = evaluate(model, *source_set["val"].tensors(), device=device)
@@ -107,10 +112,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--source", type=Path, required=True, help="source dataset with its splits (.npz)")
     parser.add_argument("--model-out", type=Path, required=True, help="checkpoint (.pt) to write")
     parser.add_argument("--history-out", type=Path, required=True, help="per-epoch metrics (.csv) to write")
+    parser.add_argument("--resume", type=Path, default=Path(".resume/pretrain.pt"),
+                        help="training state kept after every epoch, so a killed run continues where it stopped")
 
     def work(params: Params, args: argparse.Namespace, tracker: Tracker) -> dict[str, Any]:
         return run(params, train=args.train, source=args.source, model_out=args.model_out,
-                   history_out=args.history_out, tracker=tracker)
+                   history_out=args.history_out, tracker=tracker, resume=args.resume)
 
     return stage_main("pretrain", parser, work, argv)
 

@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from mlflow.exceptions import MlflowException
 
 from tasks.checkpoint import CheckpointError
 from tasks.data import DataError
 from tasks.io import write_json
 from tasks.params import DEFAULT_PARAMS_PATH, Params, ParamsError, load_params
-from tasks.tracking import Tracker, numeric, stage_run
+from tasks.tracking import Tracker, numeric, stage_run, tracking_uri
 from tasks.training import TrainingDiverged
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,11 @@ def stage_main(stage: str, parser: argparse.ArgumentParser, work: StageWork,
             tracker.log_artifact(args.metrics)
     except EXPECTED_FAILURES as exc:
         log.error("%s failed: %s", stage, exc)
+        return EXIT_FAILED
+    except MlflowException as exc:
+        # DVC records a stage only when it succeeds: failing here keeps outputs and tracking in step
+        log.error("%s failed: MLflow tracking at %s is unreachable or refused the request (%s)",
+                  stage, tracking_uri(), str(exc).splitlines()[0][:300])
         return EXIT_FAILED
     log.info("%s done; metrics in %s", stage, args.metrics)
     return 0

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import copy
+import hashlib
 import logging
 import math
 import random
 from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,6 +18,7 @@ from tqdm.auto import tqdm
 
 from tasks.data import to_float
 from tasks.params import TrainParams
+from tasks.resume import load_resume, save_resume
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +101,20 @@ class LRPolicy:
         if self._stepper is not None and (self._plateau is None or self._taken <= self._warmup_steps):
             self._stepper.step()
 
+    def state_dict(self) -> dict[str, Any]:
+        """The schedulers' positions, for resuming."""
+        return {"taken": self._taken,
+                "stepper": self._stepper.state_dict() if self._stepper is not None else None,
+                "plateau": self._plateau.state_dict() if self._plateau is not None else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a state_dict() of the same policy."""
+        self._taken = state["taken"]
+        if self._stepper is not None:
+            self._stepper.load_state_dict(state["stepper"])
+        if self._plateau is not None:
+            self._plateau.load_state_dict(state["plateau"])
+
     def after_epoch(self, val_loss: float | None) -> None:
         """Let the plateau schedule see the epoch's validation loss, once warm-up is over."""
         if self._plateau is not None and val_loss is not None and self._taken > self._warmup_steps:
@@ -160,76 +177,129 @@ def validation(images: torch.Tensor, labels: torch.Tensor, *, device: torch.devi
     return validate
 
 
+@dataclass
+class _Progress:
+    """Everything beyond weights and optimizer that a resumed run needs to continue exactly."""
+
+    epoch: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    first_loss: float | None = None
+    best_loss: float = math.inf
+    best_state: dict[str, torch.Tensor] | None = None
+    stale: int = 0
+
+
+def _fingerprint(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], cfg: TrainParams, seed: int,
+                 desc: str) -> str:
+    """What a resume file must match: the run's params, seed, data and starting weights."""
+    sha = hashlib.sha256(f"{desc}|{seed}|{cfg.model_dump_json()}".encode())
+    for tensor in (*train, *model.state_dict().values()):
+        sha.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return sha.hexdigest()
+
+
+def _train_epoch(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], cfg: TrainParams, *,
+                 objective: Objective, optimizer: torch.optim.Optimizer, policy: LRPolicy,
+                 generator: torch.Generator, device: torch.device, progress: _Progress, bar: tqdm,
+                 desc: str) -> dict[str, float]:
+    images, labels = train
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    model.train()
+    loss_sum, correct, seen = 0.0, 0, 0
+    for batch in _epoch_order(len(labels), cfg.batch_size, generator):
+        inputs, targets = prepare_batch(images[batch], device), labels[batch].to(device)
+        loss, batch_correct = objective(model, inputs, targets, generator)
+        first = progress.first_loss = loss.item() if progress.first_loss is None else progress.first_loss
+        if not math.isfinite(loss.item()) or loss.item() > DIVERGENCE_FACTOR * first:
+            raise TrainingDiverged(
+                f"{desc}: loss became {loss.item():.4g} in epoch {progress.epoch + 1} (first batch: {first:.4g}); "
+                f"lower the learning rate (lr={cfg.lr}) or enable grad_clip"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+        optimizer.step()
+        policy.after_step()
+        loss_sum += loss.item() * len(batch)
+        correct += batch_correct
+        seen += len(batch)
+        bar.update()
+    return {"train_loss": loss_sum / seen, "train_accuracy": correct / seen, "lr": optimizer.param_groups[-1]["lr"]}
+
+
+def _track_best(model: nn.Module, metrics: dict[str, float], cfg: TrainParams, progress: _Progress) -> None:
+    if "val_loss" not in metrics:
+        return
+    if metrics["val_loss"] < progress.best_loss:
+        progress.best_loss, progress.stale = metrics["val_loss"], 0
+        if cfg.restore_best:
+            progress.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    else:
+        progress.stale += 1
+
+
 def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], cfg: TrainParams, *, device: torch.device,
         seed: int, validate: Validate | None = None, objective: Objective | None = None,
         groups: list[dict[str, Any]] | None = None, on_epoch: EpochCallback | None = None,
-        desc: str = "train") -> list[dict[str, float]]:
+        resume: Path | None = None, desc: str = "train") -> list[dict[str, float]]:
     """Train `model` in place on uint8 images; return one metrics dict per epoch.
 
     `objective` computes a batch's loss (default: supervised cross-entropy); `validate(model)` scores each
     epoch (its 'val_loss' drives the plateau schedule, early stopping and restore-best); `groups` overrides
     the optimizer's param groups (e.g. a lower LR for the backbone); `on_epoch(epoch, metrics)` is called
-    after every epoch. Raises TrainingDiverged as soon as the loss blows up or stops being finite.
+    after every epoch. With `resume`, the full training state is saved there after every epoch, a matching
+    state found there at the start is continued from, and the file is removed when training ends: a killed
+    run, started again, ends exactly as an uninterrupted one. Raises TrainingDiverged as soon as the loss
+    blows up or stops being finite.
     """
-    images, labels = train
     objective = objective or supervised()
     generator = torch.Generator().manual_seed(seed)
-    batches_per_epoch = steps_per_epoch(len(labels), cfg.batch_size)
+    batches_per_epoch = steps_per_epoch(len(train[1]), cfg.batch_size)
+    fingerprint = _fingerprint(model, train, cfg, seed, desc) if resume is not None else ""
     model.to(device, memory_format=torch.channels_last)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(groups if groups is not None else [{"params": trainable}], cfg)
     policy = LRPolicy(optimizer, cfg, batches_per_epoch)
-    history: list[dict[str, float]] = []
-    first_loss: float | None = None
-    best_loss, best_state, stale = math.inf, None, 0
-    progress = tqdm(total=cfg.epochs * batches_per_epoch, desc=desc, unit="batch", disable=None, leave=False)
+    progress = _Progress()
+    if resume is not None and (saved := load_resume(resume, fingerprint)) is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        policy.load_state_dict(saved["policy"])
+        generator.set_state(saved["generator"])
+        torch.set_rng_state(saved["torch_rng"])
+        progress = _Progress(**saved["progress"])
+        log.info("%s: resuming after epoch %d from %s", desc, progress.epoch, resume)
+    bar = tqdm(total=cfg.epochs * batches_per_epoch, initial=progress.epoch * batches_per_epoch, desc=desc,
+               unit="batch", disable=None, leave=False)
     try:
-        for epoch in range(1, cfg.epochs + 1):
-            model.train()
-            loss_sum, correct, seen = 0.0, 0, 0
-            for batch in _epoch_order(len(labels), cfg.batch_size, generator):
-                inputs, targets = prepare_batch(images[batch], device), labels[batch].to(device)
-                loss, batch_correct = objective(model, inputs, targets, generator)
-                first_loss = loss.item() if first_loss is None else first_loss
-                if not math.isfinite(loss.item()) or loss.item() > DIVERGENCE_FACTOR * first_loss:
-                    raise TrainingDiverged(
-                        f"{desc}: loss became {loss.item():.4g} in epoch {epoch} (first batch: {first_loss:.4g}); "
-                        f"lower the learning rate (lr={cfg.lr}) or enable grad_clip"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip > 0:
-                    nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
-                optimizer.step()
-                policy.after_step()
-                loss_sum += loss.item() * len(batch)
-                correct += batch_correct
-                seen += len(batch)
-                progress.update()
-            metrics = {"train_loss": loss_sum / seen, "train_accuracy": correct / seen,
-                       "lr": optimizer.param_groups[-1]["lr"]}
+        while progress.epoch < cfg.epochs and not (cfg.early_stopping and progress.stale >= cfg.early_stopping):
+            metrics = _train_epoch(model, train, cfg, objective=objective, optimizer=optimizer, policy=policy,
+                                   generator=generator, device=device, progress=progress, bar=bar, desc=desc)
             if validate is not None:
                 metrics |= validate(model)
             policy.after_epoch(metrics.get("val_loss"))
-            progress.set_postfix({k: f"{v:.3g}" for k, v in metrics.items() if k != "lr"})
-            log.info("%s epoch %d/%d %s", desc, epoch, cfg.epochs,
+            progress.epoch += 1
+            bar.set_postfix({k: f"{v:.3g}" for k, v in metrics.items() if k != "lr"})
+            log.info("%s epoch %d/%d %s", desc, progress.epoch, cfg.epochs,
                      " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-            history.append({"epoch": epoch, **metrics})
+            progress.history.append({"epoch": progress.epoch, **metrics})
+            _track_best(model, metrics, cfg, progress)
             if on_epoch is not None:
-                on_epoch(epoch, metrics)
-            if "val_loss" in metrics:
-                if metrics["val_loss"] < best_loss:
-                    best_loss, stale = metrics["val_loss"], 0
-                    if cfg.restore_best:
-                        best_state = copy.deepcopy(model.state_dict())
-                else:
-                    stale += 1
-                if cfg.early_stopping and stale >= cfg.early_stopping:
-                    log.info("%s: stopping early after epoch %d, no val-loss gain in %d epochs", desc, epoch, stale)
-                    break
+                on_epoch(progress.epoch, metrics)
+            if resume is not None:
+                save_resume(resume, fingerprint, {
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "policy": policy.state_dict(), "generator": generator.get_state(),
+                    "torch_rng": torch.get_rng_state(), "progress": asdict(progress)})
     finally:
-        progress.close()
-    if best_state is not None:
-        model.load_state_dict(best_state)
-        log.info("%s: restored the weights of the epoch with val_loss %.4g", desc, best_loss)
-    return history
+        bar.close()
+    if cfg.early_stopping and progress.stale >= cfg.early_stopping:
+        log.info("%s: stopped early after epoch %d, no val-loss gain in %d epochs", desc, progress.epoch,
+                 progress.stale)
+    if progress.best_state is not None:
+        model.load_state_dict(progress.best_state)
+        log.info("%s: restored the weights of the epoch with val_loss %.4g", desc, progress.best_loss)
+    if resume is not None:
+        resume.unlink(missing_ok=True)
+    return progress.history

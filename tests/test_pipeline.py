@@ -3,6 +3,7 @@ of the project with tiny params."""
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import subprocess
 import sys
@@ -15,8 +16,9 @@ import yaml
 from mlflow import MlflowClient
 from prefect.testing.utilities import prefect_test_harness
 
+from flows.lock import PipelineBusy
 from flows.pipeline import pipeline
-from flows.stages import RAN, SKIPPED, stage_order
+from flows.stages import RAN, SKIPPED, StageFailed, StageResult, repro_stage, stage_order
 from tasks.tracking import DEFAULT_EXPERIMENT, tracking_uri
 from tests.conftest import ROOT, tiny_params_dict
 
@@ -123,7 +125,54 @@ def test_transfer_param_change_reruns_exactly_the_stages_that_read_it(project: P
     assert "transfer.epochs" in dvc(project, "params", "diff")
 
 
-def test_failing_stage_fails_the_flow_with_its_error(project: Path) -> None:
+def output_digests(project: Path) -> dict[str, str]:
+    """SHA-256 of every file under the DVC output folders."""
+    return {str(path.relative_to(project)): hashlib.sha256(path.read_bytes()).hexdigest()
+            for folder in ("data", "models", "reports") for path in sorted((project / folder).rglob("*"))
+            if path.is_file() and path.name != ".gitignore"}
+
+
+def test_transient_failure_is_retried_by_prefect(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["evaluate"]["latency_runs"] += 1  # evaluate must run again
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    attempts: list[str] = []
+
+    def fails_once(stage: str, **kwargs: Any) -> StageResult:
+        attempts.append(stage)
+        if stage == "evaluate" and attempts.count("evaluate") == 1:
+            raise StageFailed("stage 'evaluate' failed: injected transient fault")
+        return repro_stage(stage, **kwargs)
+
+    monkeypatch.setattr("flows.pipeline.repro_stage", fails_once)
+    results = pipeline(project_dir=str(project))
+    assert attempts.count("evaluate") == 2
+    assert statuses(results)["evaluate"] == RAN
+    assert "up to date" in dvc(project, "status")
+
+
+def test_second_flow_is_refused_while_one_runs(project: Path) -> None:
+    before = output_digests(project)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from flows.lock import pipeline_lock\n"
+         "with pipeline_lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(120)", str(project)],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        state = pipeline(project_dir=str(project), return_state=True)
+        assert state.is_failed()
+        with pytest.raises(PipelineBusy, match=rf"another pipeline run is in progress .*\(pid {holder.pid}\)"):
+            state.result()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert output_digests(project) == before
+    assert "up to date" in dvc(project, "status")
+    assert statuses(pipeline(project_dir=str(project))) == dict.fromkeys(STAGES, SKIPPED)  # the lock is free
+
+
+def test_failing_stage_fails_the_flow_and_keeps_the_last_good_outputs(project: Path) -> None:
+    before = output_digests(project)
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["ingest"]["labels_per_class"] = 500  # valid type and range, more than the data holds
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -133,6 +182,10 @@ def test_failing_stage_fails_the_flow_with_its_error(project: Path) -> None:
         state.result()
     client = MlflowClient(tracking_uri(project))
     assert parent_runs(client)[-1].info.status == "FAILED"
+    after = output_digests(project)
+    assert after == before, "the outputs of the last good run are back in place"
+    status = dvc(project, "status", "--json")
+    assert "ingest" in status and "deleted" not in status, "only the params changed; no output is missing"
 
 
 def test_bad_params_stop_the_flow_before_any_stage(project: Path) -> None:

@@ -1,0 +1,108 @@
+"""Faults at the stage entry points, each in a real subprocess as DVC runs it: bad data, a killed stage,
+divergence, and an unreachable tracking server. (Bad params: test_params.py; flows: test_pipeline.py.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tasks import augment
+from tasks.params import Params
+from tests.conftest import ROOT, tiny_params_dict
+
+
+def stage_command(stage: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", f"tasks.{stage}", "--params", "params.yaml", *args]
+
+
+def environment(workdir: Path, **extra: str) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}",
+            **extra}
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict(pretrain={"epochs": 6})))
+    return tmp_path
+
+
+def test_corrupt_input_is_named_and_nothing_is_written(workdir: Path, tiny_data: dict[str, Path]) -> None:
+    corrupt = workdir / "source.npz"
+    corrupt.write_bytes(tiny_data["source"].read_bytes()[:5000])
+    result = subprocess.run(stage_command("augment", "--source", str(corrupt), "--out", "aug.npz",
+                                          "--preview", "preview.png", "--metrics", "augment.json"),
+                            cwd=workdir, env=environment(workdir), capture_output=True, text=True)
+    assert result.returncode == 1
+    assert f"{corrupt}: corrupt or truncated data file" in result.stderr
+    assert not any((workdir / name).exists() for name in ("aug.npz", "preview.png", "augment.json"))
+
+
+def pretrain_args(source: Path, augmented: Path, tag: str) -> list[str]:
+    return ["--train", str(augmented), "--source", str(source), "--model-out", f"{tag}.pt",
+            "--history-out", f"{tag}.csv", "--metrics", f"{tag}.json", "--resume", f"resume/{tag}.pt"]
+
+
+def test_killed_pretrain_resumes_and_ends_as_an_uninterrupted_run(workdir: Path, tiny_params: Params,
+                                                                  tiny_data: dict[str, Path]) -> None:
+    augmented = workdir / "augmented.npz"
+    augment.run(tiny_params, source=tiny_data["source"], out=augmented, preview=workdir / "preview.png")
+    env = environment(workdir)
+    reference = subprocess.run(stage_command("pretrain", *pretrain_args(tiny_data["source"], augmented, "ref")),
+                               cwd=workdir, env=env, capture_output=True, text=True)
+    assert reference.returncode == 0, reference.stderr
+
+    command = stage_command("pretrain", *pretrain_args(tiny_data["source"], augmented, "run"))
+    with subprocess.Popen(command, cwd=workdir, env=env, stderr=subprocess.PIPE, text=True) as victim:
+        assert victim.stderr is not None
+        for line in victim.stderr:
+            if "pretrain epoch 3/6" in line:  # epochs 1-2 are saved; it is now inside epoch 4 or saving 3
+                victim.send_signal(signal.SIGKILL)
+                break
+    assert victim.returncode == -signal.SIGKILL
+    assert (workdir / "resume" / "run.pt").exists()
+    assert not (workdir / "run.pt").exists() and not (workdir / "run.json").exists()
+
+    rerun = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "resuming after epoch" in rerun.stderr
+    assert "pretrain epoch 1/6" not in rerun.stderr, "the rerun did not start over"
+    assert json.loads((workdir / "run.json").read_text()) == json.loads((workdir / "ref.json").read_text())
+    assert (workdir / "run.csv").read_text() == (workdir / "ref.csv").read_text()
+    assert not (workdir / "resume" / "run.pt").exists(), "a finished run leaves no resume state"
+
+
+def test_divergence_stops_the_stage_before_anything_is_saved(workdir: Path, tiny_data: dict[str, Path]) -> None:
+    params = tiny_params_dict(pretrain={"optimizer": "momentum", "lr": 10.0, "weight_decay": 0.0,
+                                        "schedule": "none", "augmentation": "none", "batch_size": 16})
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params))
+    result = subprocess.run(stage_command("pretrain", *pretrain_args(tiny_data["source"], workdir / "x.npz", "d")),
+                            cwd=workdir, env=environment(workdir), capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "pretrain failed: pretrain: loss became" in result.stderr
+    assert not any((workdir / name).exists() for name in ("d.pt", "d.csv", "d.json"))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_unreachable_tracking_fails_the_stage_at_its_start(workdir: Path) -> None:
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    env = environment(workdir, MLFLOW_TRACKING_URI=uri, MLFLOW_HTTP_REQUEST_MAX_RETRIES="1",
+                      MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="0", MLFLOW_HTTP_REQUEST_TIMEOUT="5")
+    result = subprocess.run(stage_command("ingest", "--source-out", "s.npz", "--target-out", "t.npz",
+                                          "--metrics", "ingest.json"),
+                            cwd=workdir, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert f"ingest failed: MLflow tracking at {uri} is unreachable" in result.stderr
+    assert not any((workdir / name).exists() for name in ("s.npz", "t.npz", "ingest.json"))
