@@ -18,7 +18,7 @@ import torch
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from tasks.checkpoint import load_model
-from tasks.data import NUM_CLASSES, load_dataset
+from tasks.data import NUM_CLASSES, example_input, load_dataset
 from tasks.export import onnx_logits, onnx_session, size_report
 from tasks.io import atomic_path
 from tasks.params import EvaluateParams, Params
@@ -66,6 +66,27 @@ def latency_ms(predict: Predict, image: torch.Tensor, cfg: EvaluateParams) -> di
     return {"latency_p50_ms": statistics.median(times), "latency_p95_ms": cuts[18]}
 
 
+def register_candidate(params: Params, path: Path, scores: dict[str, float], example: np.ndarray,
+                       tracker: Tracker) -> dict[str, Any]:
+    """Register the candidate variant as a new model version and run the champion gate on it."""
+    cfg = params.evaluate
+    if path.suffix == ".onnx":
+        version = tracker.log_onnx_model(path, "candidate", example, registered_name=cfg.registered_model)
+    else:
+        version = tracker.log_torch_model(load_model(path)[0], "candidate", example,
+                                          registered_name=cfg.registered_model)
+    if version is None:  # no tracking (a plain function call): nothing registered, nothing to gate
+        return {"registered": False}
+    decision = tracker.gate(cfg.registered_model, version, scores, metric=cfg.gate_metric,
+                            min_gain=cfg.gate_min_gain)
+    assert decision is not None  # a tracker that registers also gates
+    log.info("registered %s version %s (%s); gate: %s", cfg.registered_model, version, cfg.candidate,
+             decision.reason)
+    return {"registered": True, "model": cfg.registered_model, "version": int(version), "variant": cfg.candidate,
+            "promoted": decision.promote, "reason": decision.reason, "candidate_score": decision.candidate,
+            "champion_score": decision.champion}
+
+
 def run(params: Params, *, transferred: Path, compressed: Path, target: Path, table_out: Path,
         confusion_out: Path, predictions_dir: Path, tracker: Tracker | None = None) -> dict[str, Any]:
     """Score and time every variant; write the table, the confusion plot and per-variant predictions."""
@@ -76,7 +97,8 @@ def run(params: Params, *, transferred: Path, compressed: Path, target: Path, ta
     torch.set_num_threads(TIMING_THREADS)
     results: dict[str, dict[str, float]] = {}
     matrices: dict[str, np.ndarray] = {}
-    for name, (path, predict) in variants(transferred, compressed).items():
+    files = variants(transferred, compressed)
+    for name, (path, predict) in files.items():
         predicted = predict(images).argmax(1).numpy()
         results[name] = {**classification_scores(labels.numpy(), predicted), **size_report(path),
                          **latency_ms(predict, images[:1], params.evaluate)}
@@ -90,7 +112,10 @@ def run(params: Params, *, transferred: Path, compressed: Path, target: Path, ta
     confusion_grid(confusion_out, matrices, {name: r["accuracy"] for name, r in results.items()})
     for path in (table_out, confusion_out):
         tracker.log_artifact(path, "evaluation")
-    return {"test_images": len(labels), "variants": results}
+    candidate = params.evaluate.candidate
+    registry = register_candidate(params, files[candidate][0], results[candidate], example_input(data["test"]),
+                                  tracker)
+    return {"test_images": len(labels), "variants": results, "registry": registry}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -216,10 +216,15 @@ class CompressParams(Section):
 
 
 class EvaluateParams(Section):
-    """How the variants are timed."""
+    """How the variants are timed, which one is registered, and the gate that may make it the champion."""
 
     latency_runs: int = Field(ge=5, le=10000)
     warmup_runs: int = Field(ge=0, le=1000)
+    registered_model: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$",
+                                  description="Model Registry name the candidate is registered under")
+    candidate: Literal["fp32", "pruned", "fp32_onnx", "int8"] = Field(description="the variant to register")
+    gate_metric: Literal["accuracy", "precision", "recall", "f1"]
+    gate_min_gain: float = Field(ge=-1.0, le=1.0, description="candidate - champion needed to promote")
 
 
 class Params(Section):

@@ -13,6 +13,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from tasks.registry import GateDecision, gate
+
 log = logging.getLogger(__name__)
 
 # The flow hands its MLflow run to stage processes through variables of our own: MLFLOW_RUN_ID would make
@@ -31,9 +33,13 @@ class Tracker(Protocol):
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
     def log_artifact(self, path: Path | str, artifact_path: str | None = None) -> None: ...
-    def log_torch_model(self, model: torch.nn.Module, name: str, example: np.ndarray) -> None: ...
-    def log_onnx_model(self, path: Path | str, name: str, example: np.ndarray) -> None: ...
+    def log_torch_model(self, model: torch.nn.Module, name: str, example: np.ndarray,
+                        registered_name: str | None = None) -> str | None: ...
+    def log_onnx_model(self, path: Path | str, name: str, example: np.ndarray,
+                       registered_name: str | None = None) -> str | None: ...
     def set_tags(self, tags: Mapping[str, str]) -> None: ...
+    def gate(self, registered_name: str, version: str, scores: Mapping[str, float], *, metric: str,
+             min_gain: float) -> GateDecision | None: ...
 
 
 class NullTracker:
@@ -45,14 +51,23 @@ class NullTracker:
     def log_artifact(self, path: Path | str, artifact_path: str | None = None) -> None:
         """Ignore an artifact."""
 
-    def log_torch_model(self, model: torch.nn.Module, name: str, example: np.ndarray) -> None:
-        """Ignore a model."""
+    def log_torch_model(self, model: torch.nn.Module, name: str, example: np.ndarray,
+                        registered_name: str | None = None) -> str | None:
+        """Ignore a model; nothing is registered."""
+        return None
 
-    def log_onnx_model(self, path: Path | str, name: str, example: np.ndarray) -> None:
-        """Ignore a model."""
+    def log_onnx_model(self, path: Path | str, name: str, example: np.ndarray,
+                       registered_name: str | None = None) -> str | None:
+        """Ignore a model; nothing is registered."""
+        return None
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         """Ignore tags."""
+
+    def gate(self, registered_name: str, version: str, scores: Mapping[str, float], *, metric: str,
+             min_gain: float) -> GateDecision | None:
+        """No registry, no gate."""
+        return None
 
 
 def tracking_uri(root: Path | None = None) -> str:
@@ -138,28 +153,48 @@ class MlflowTracker:
         from mlflow.models import infer_signature
         return infer_signature(example, output)
 
-    def log_torch_model(self, model: torch.nn.Module, name: str, example: np.ndarray) -> None:
-        """Log a PyTorch model with its signature and an input example."""
+    def log_torch_model(self, model: torch.nn.Module, name: str, example: np.ndarray,
+                        registered_name: str | None = None) -> str | None:
+        """Log a PyTorch model with its signature and an input example; register it when a name is given."""
         # contiguous weights: MLflow's serialiser warns about (and mishandles) channels_last storage
         model = model.eval().cpu().to(memory_format=torch.contiguous_format)
         with torch.no_grad():
             output = model(torch.from_numpy(example)).numpy()
-        self._mlflow.pytorch.log_model(model, name=name, signature=self._signature(example, output),
-                                       input_example=example, pip_requirements=_pip_requirements())
+        info = self._mlflow.pytorch.log_model(model, name=name, signature=self._signature(example, output),
+                                              input_example=example, pip_requirements=_pip_requirements(),
+                                              registered_model_name=registered_name)
+        return _version(info)
 
-    def log_onnx_model(self, path: Path | str, name: str, example: np.ndarray) -> None:
-        """Log an ONNX file as an MLflow model with its signature and an input example."""
+    def log_onnx_model(self, path: Path | str, name: str, example: np.ndarray,
+                       registered_name: str | None = None) -> str | None:
+        """Log an ONNX file as an MLflow model with signature and input example; register it when named."""
         import onnx
         import onnxruntime
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         output = session.run(None, {session.get_inputs()[0].name: example})[0]
-        self._mlflow.onnx.log_model(onnx.load(str(path)), name=name, signature=self._signature(example, output),
-                                    input_example=example, pip_requirements=_pip_requirements(),
-                                    onnx_execution_providers=["CPUExecutionProvider"])
+        info = self._mlflow.onnx.log_model(onnx.load(str(path)), name=name,
+                                           signature=self._signature(example, output), input_example=example,
+                                           pip_requirements=_pip_requirements(),
+                                           onnx_execution_providers=["CPUExecutionProvider"],
+                                           registered_model_name=registered_name)
+        return _version(info)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         """Set run tags."""
         self._mlflow.set_tags(dict(tags))
+
+    def gate(self, registered_name: str, version: str, scores: Mapping[str, float], *, metric: str,
+             min_gain: float) -> GateDecision | None:
+        """Run the champion gate on a registered version; record the decision on this run too."""
+        decision = gate(self._mlflow.MlflowClient(), registered_name, version, scores, metric=metric,
+                        min_gain=min_gain)
+        self.set_tags({**decision.as_tags(), "gate.version": version})
+        return decision
+
+
+def _version(info: Any) -> str | None:
+    version = getattr(info, "registered_model_version", None)
+    return None if version is None else str(version)
 
 
 @contextmanager

@@ -102,6 +102,9 @@ def test_first_run_executes_every_stage_and_records_them(project: Path) -> None:
     model_stages = {by_run.data.tags["stage"] for by_run in children
                     if any(m.source_run_id == by_run.info.run_id for m in models)}
     assert model_stages == {"pretrain", "transfer", "compress"}
+    name = tiny_params_dict()["evaluate"]["registered_model"]
+    assert client.get_registered_model(name).aliases == {"champion": "1"}
+    assert by_stage["evaluate"].data.tags["gate.decision"] == "promoted"
     budget_curve = client.list_artifacts(by_stage["budget"].info.run_id, "plots")
     assert [a.path for a in budget_curve] == ["plots/budget_curve.png"]
 
@@ -173,6 +176,9 @@ def test_second_flow_is_refused_while_one_runs(project: Path) -> None:
 
 def test_failing_stage_fails_the_flow_and_keeps_the_last_good_outputs(project: Path) -> None:
     before = output_digests(project)
+    client = MlflowClient(tracking_uri(project))
+    name = tiny_params_dict()["evaluate"]["registered_model"]
+    champion = client.get_registered_model(name).aliases["champion"]
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["ingest"]["labels_per_class"] = 500  # valid type and range, more than the data holds
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -180,8 +186,8 @@ def test_failing_stage_fails_the_flow_and_keeps_the_last_good_outputs(project: P
     assert state.is_failed()
     with pytest.raises(Exception, match=r"stage 'ingest' failed[\s\S]*labels_per_class=500 exceeds"):
         state.result()
-    client = MlflowClient(tracking_uri(project))
     assert parent_runs(client)[-1].info.status == "FAILED"
+    assert client.get_registered_model(name).aliases["champion"] == champion
     after = output_digests(project)
     assert after == before, "the outputs of the last good run are back in place"
     status = dvc(project, "status", "--json")
