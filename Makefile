@@ -7,7 +7,7 @@ BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 UI_PORT ?= 5000
 
-.PHONY: help run test lint repro ui clean
+.PHONY: help run test repro ui serve clean
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
@@ -31,6 +31,9 @@ repro: $(VENV)/.installed  ## run the pipeline with plain `dvc repro` (same stag
 
 ui: $(VENV)/.installed  ## open the MLflow UI on the project's store, at http://127.0.0.1:$(UI_PORT)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(UI_PORT)
+
+serve: $(VENV)/.installed  ## serve the nightly deployment of prefect.yaml (schedule, one run at a time); Ctrl-C stops
+	$(BIN)/python -m flows.serve
 
 clean:  ## remove pipeline outputs and the tracking store (keeps the venv and DVC's cache)
 	rm -rf data models reports mlflow.db mlartifacts dvc.lock

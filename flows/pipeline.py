@@ -10,16 +10,19 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
 from flows.lock import pipeline_lock
 from flows.stages import RAN, StageResult, repro_stage, stage_environment, stage_order
+from flows.summary import mlflow_address, summary_markdown, variant_rows
 from tasks.params import load_params
 from tasks.tracking import (
     FLOW_RUN_ID_ENV,
     FLOW_RUN_NAME_ENV,
     PARENT_RUN_ENV,
     end_parent_run,
+    experiment_of,
     start_parent_run,
     tracking_uri,
 )
@@ -73,12 +76,23 @@ def _run_stages(root: Path) -> list[StageResult]:
         end_parent_run(parent, status=status, root=root,
                        metrics={f"stage_seconds.{r.stage}": r.seconds for r in results},
                        tags={f"stage_status.{r.stage}": r.status for r in results})
+        publish_artifacts(root, results, status=status, parent_run_id=parent)
     ran = [r.stage for r in results if r.status == RAN]
     logger.info("done: %d stage(s) ran (%s), %d skipped", len(ran), ", ".join(ran) or "none",
                 len(results) - len(ran))
     logger.info("metrics: reports/*.json (`dvc metrics show`); models: models/; plots: `dvc plots show`; "
                 "MLflow: `make ui` (store %s)", tracking_uri(root))
     return results
+
+
+def publish_artifacts(root: Path, results: list[StageResult], *, status: str, parent_run_id: str) -> None:
+    """The run's summary (markdown) and the model variants (table) as Prefect artifacts."""
+    address = mlflow_address(tracking_uri(root), experiment_of(parent_run_id, root=root), parent_run_id)
+    create_markdown_artifact(summary_markdown(root, results, status=status, mlflow_url=address),
+                             key="pipeline-summary", description="stages, headline metrics, registry decision")
+    rows = variant_rows(root)
+    if rows:
+        create_table_artifact(rows, key="model-variants", description="every model variant on the target test split")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

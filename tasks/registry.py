@@ -50,7 +50,8 @@ def gate(client: Any, name: str, version: str, scores: Mapping[str, float], *, m
     """Tag the candidate version with its scores, compare it with the champion, move the alias if it wins."""
     for key, value in scores.items():
         client.set_model_version_tag(name, version, key, str(value))
-    champion_version = client.get_registered_model(name).aliases.get(CHAMPION)
+    alias = client.get_registered_model(name).aliases.get(CHAMPION)
+    champion_version = None if alias is None else str(alias)
     champion_score = None
     if champion_version is not None:
         tags = client.get_model_version(name, champion_version).tags

@@ -224,6 +224,13 @@ def start_parent_run(*, run_name: str, tags: Mapping[str, str], root: Path | Non
     return run.info.run_id
 
 
+def experiment_of(run_id: str, *, root: Path | None = None) -> str:
+    """The experiment id a run belongs to."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri(root)).get_run(run_id).info.experiment_id
+
+
 def end_parent_run(run_id: str, *, status: str, metrics: Mapping[str, float], tags: Mapping[str, str],
                    root: Path | None = None) -> None:
     """Record the flow's summary on its MLflow run and close it with FINISHED or FAILED."""

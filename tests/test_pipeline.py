@@ -4,9 +4,11 @@ of the project with tiny params."""
 from __future__ import annotations
 
 import hashlib
-import shutil
+import json
+import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,24 +23,9 @@ from flows.pipeline import pipeline
 from flows.stages import RAN, SKIPPED, StageFailed, StageResult, repro_stage, stage_order
 from tasks.tracking import DEFAULT_EXPERIMENT, tracking_uri
 from tests.conftest import ROOT, tiny_params_dict
+from tests.project_copy import copy_project
 
 STAGES = ["ingest", "augment", "pretrain", "transfer", "budget", "compress", "evaluate"]
-
-
-def copy_project(destination: Path) -> Path:
-    """The project's files as git sees them (tracked and new, not ignored), committed in a fresh repository."""
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                            capture_output=True, text=True, check=True).stdout.split()
-    for name in listed:
-        if (ROOT / name).is_file():
-            (destination / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, destination / name)
-    (destination / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict(), sort_keys=False))
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
-    subprocess.run(["git", "init", "-q"], cwd=destination, check=True)
-    subprocess.run([*git, "add", "-A"], cwd=destination, check=True)
-    subprocess.run([*git, "commit", "-qm", "copy"], cwd=destination, check=True)
-    return destination
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +35,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
             patch.delenv(name, raising=False)
         with prefect_test_harness(server_startup_timeout=60):
-            yield copy_project(tmp_path_factory.mktemp("project"))
+            yield copy_project(tmp_path_factory.mktemp("project"), tiny_params_dict())
 
 
 def statuses(results: list[Any]) -> dict[str, str]:
@@ -74,9 +61,27 @@ def test_stage_order_comes_from_dvc() -> None:
     assert stage_order(ROOT) == STAGES
 
 
+def flow_artifacts(flow_run_id: Any) -> dict[str, Any]:
+    """The artifacts a flow run published, by key, read back from the Prefect server."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    return {artifact.key: artifact.data for artifact in found}
+
+
 def test_first_run_executes_every_stage_and_records_them(project: Path) -> None:
-    results = pipeline(project_dir=str(project))
+    state = pipeline(project_dir=str(project), return_state=True)
+    results = state.result()
     assert statuses(results) == dict.fromkeys(STAGES, RAN)
+    artifacts = flow_artifacts(state.state_details.flow_run_id)
+    summary = artifacts["pipeline-summary"]
+    assert all(f"| {stage} | ran |" in summary for stage in STAGES)
+    assert "promoted to `champion`" in summary and "/#/experiments/" in summary
+    assert {row["variant"] for row in json.loads(artifacts["model-variants"])} == {"fp32", "pruned", "fp32_onnx",
+                                                                                   "int8"}
     declared = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
     for stage, spec in declared.items():
         for out in [*spec["outs"], *spec["metrics"]]:
@@ -101,9 +106,9 @@ def test_first_run_executes_every_stage_and_records_them(project: Path) -> None:
     models = client.search_logged_models(experiment_ids=[experiment.experiment_id])
     model_stages = {by_run.data.tags["stage"] for by_run in children
                     if any(m.source_run_id == by_run.info.run_id for m in models)}
-    assert model_stages == {"pretrain", "transfer", "compress"}
+    assert model_stages == {"pretrain", "transfer", "compress", "evaluate"}
     name = tiny_params_dict()["evaluate"]["registered_model"]
-    assert client.get_registered_model(name).aliases == {"champion": "1"}
+    assert client.get_registered_model(name).aliases == {"champion": 1}
     assert by_stage["evaluate"].data.tags["gate.decision"] == "promoted"
     budget_curve = client.list_artifacts(by_stage["budget"].info.run_id, "plots")
     assert [a.path for a in budget_curve] == ["plots/budget_curve.png"]
@@ -116,6 +121,37 @@ def test_second_run_executes_nothing(project: Path) -> None:
     second = parent_runs(client)[-1]
     assert child_runs(client, second.info.run_id) == []
     assert "up to date" in dvc(project, "status")
+
+
+def test_served_deployment_runs_on_its_schedule_and_on_demand(project: Path) -> None:
+    """`make serve`'s process registers prefect.yaml's deployment; a run triggered through the API completes."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(project)}
+    server = subprocess.Popen([sys.executable, "-m", "flows.serve"], cwd=project, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deployment = None
+        with get_client(sync_client=True) as client:
+            for _ in range(120):
+                try:
+                    deployment = client.read_deployment_by_name("groundwork-pipeline/nightly")
+                    break
+                except Exception:  # not registered yet: the server process is still starting
+                    assert server.poll() is None, server.stderr.read() if server.stderr else ""
+                    time.sleep(0.5)
+        assert deployment is not None, "the deployment was never registered"
+        [schedule] = deployment.schedules
+        assert (schedule.schedule.cron, schedule.schedule.timezone) == ("0 2 * * *", "UTC")
+        assert deployment.global_concurrency_limit.limit == 1
+        assert deployment.concurrency_options.collision_strategy == "CANCEL_NEW"
+        flow_run = run_deployment("groundwork-pipeline/nightly", timeout=300)
+        assert flow_run.state.is_completed(), flow_run.state
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def test_transfer_param_change_reruns_exactly_the_stages_that_read_it(project: Path) -> None:

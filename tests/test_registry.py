@@ -30,24 +30,24 @@ def registry(tmp_path: Path) -> tuple[MlflowClient, str]:
 
 
 def new_version(client: MlflowClient, name: str) -> str:
-    return client.create_model_version(name, source="file:///nowhere").version
+    return str(client.create_model_version(name, source="file:///nowhere").version)
 
 
 def test_gate_moves_the_alias_only_for_a_better_candidate(registry: tuple[MlflowClient, str]) -> None:
     client, name = registry
     first = new_version(client, name)
     assert gate(client, name, first, {"accuracy": 0.95}, metric="accuracy", min_gain=0.0).promote
-    assert client.get_registered_model(name).aliases[CHAMPION] == first
+    assert str(client.get_registered_model(name).aliases[CHAMPION]) == first
 
     worse = new_version(client, name)
     decision = gate(client, name, worse, {"accuracy": 0.93}, metric="accuracy", min_gain=0.0)
     assert not decision.promote and decision.champion == 0.95 and decision.champion_version == first
-    assert client.get_registered_model(name).aliases[CHAMPION] == first
+    assert str(client.get_registered_model(name).aliases[CHAMPION]) == first
     assert client.get_model_version(name, worse).tags["gate.decision"] == "kept champion"
 
     better = new_version(client, name)
     assert gate(client, name, better, {"accuracy": 0.97}, metric="accuracy", min_gain=0.01).promote
-    assert client.get_registered_model(name).aliases[CHAMPION] == better
+    assert str(client.get_registered_model(name).aliases[CHAMPION]) == better
     assert client.get_model_version(name, better).tags["accuracy"] == "0.97"
 
 

@@ -1,0 +1,87 @@
+"""Orchestration overhead, side by side in one run, each on a fresh copy of the project:
+
+  direct  every stage's entry point called in one Python process, in DVC's order: no DVC, no Prefect
+  dvc     `dvc repro`
+  flow    the Prefect flow, `python -m flows.pipeline` (its temporary server's start included)
+
+then a `dvc repro` and a flow run when nothing has changed. Prints seconds and the ratios to direct.
+Usage: PYTHONPATH=. .venv/bin/python bench/orchestration.py [--params tiny|project]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+from flows.stages import stage_environment, stage_order
+from tests.conftest import project_params_dict, tiny_params_dict
+from tests.project_copy import copy_project
+
+
+def timed(action: Callable[[], None]) -> float:
+    started = time.perf_counter()
+    action()
+    return time.perf_counter() - started
+
+
+def run_direct(root: Path) -> None:
+    """Each stage's main() with the arguments of its dvc.yaml command, in this process."""
+    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    previous = Path.cwd()
+    os.chdir(root)
+    try:
+        for name in stage_order(root):
+            _python, _dash_m, module, *args = shlex.split(stages[name]["cmd"])
+            if importlib.import_module(module).main(args) != 0:
+                raise SystemExit(f"stage {name} failed")
+    finally:
+        os.chdir(previous)
+
+
+def run_command(root: Path, *command: str) -> None:
+    subprocess.run(command, cwd=root, env=stage_environment({}), check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", choices=["tiny", "project"], default="tiny",
+                        help="tiny: the test suite's sizes (fixed costs dominate); project: params.yaml")
+    args = parser.parse_args()
+    params = tiny_params_dict() if args.params == "tiny" else project_params_dict()
+    flow = [sys.executable, "-m", "flows.pipeline"]
+    dvc = [sys.executable, "-m", "dvc", "repro"]
+    with tempfile.TemporaryDirectory() as scratch:
+        roots = {}
+        for name in ("direct", "dvc", "flow"):
+            (Path(scratch) / name).mkdir()
+            roots[name] = copy_project(Path(scratch) / name, params)
+        cold = {
+            "direct": timed(lambda: run_direct(roots["direct"])),
+            "dvc": timed(lambda: run_command(roots["dvc"], *dvc)),
+            "flow": timed(lambda: run_command(roots["flow"], *flow)),
+        }
+        warm = {
+            "dvc": timed(lambda: run_command(roots["dvc"], *dvc)),
+            "flow": timed(lambda: run_command(roots["flow"], *flow)),
+        }
+    print(f"params: {args.params}; cold run, every stage executes:")
+    for name, seconds in cold.items():
+        print(f"  {name:7s} {seconds:7.1f} s   {seconds / cold['direct']:.2f}x direct")
+    print(f"  flow over dvc repro: {100 * (cold['flow'] / cold['dvc'] - 1):+.1f}%")
+    print("nothing changed:")
+    print(f"  dvc repro {warm['dvc']:.1f} s; flow run {warm['flow']:.1f} s (its server's start included)")
+
+
+if __name__ == "__main__":
+    main()

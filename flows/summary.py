@@ -1,0 +1,59 @@
+"""What a flow run reports as Prefect artifacts: a markdown summary and a table of the model variants."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from flows.stages import StageResult
+
+
+def _report(root: Path, stage: str) -> dict[str, Any]:
+    """reports/<stage>.json, or {} when the stage has not produced it (e.g. the run failed before it)."""
+    try:
+        return json.loads((root / "reports" / f"{stage}.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _percent(value: Any) -> str:
+    return f"{100 * value:.2f}%" if isinstance(value, int | float) else "n/a"
+
+
+def mlflow_address(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """Where the run is in the MLflow UI: the server itself, or `make ui`'s address for a local store."""
+    base = tracking_uri.rstrip("/") if tracking_uri.startswith("http") else "http://127.0.0.1:5000"
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def variant_rows(root: Path) -> list[dict[str, Any]]:
+    """One row per model variant from reports/evaluate.json (empty before evaluate has run)."""
+    variants = _report(root, "evaluate").get("variants", {})
+    return [{"variant": name, **{k: round(v, 4) if isinstance(v, float) else v for k, v in scores.items()}}
+            for name, scores in variants.items()]
+
+
+def summary_markdown(root: Path, results: list[StageResult], *, status: str, mlflow_url: str) -> str:
+    """The flow run in a page: each stage ran or skipped and how long, headline metrics, the gate's decision."""
+    lines = [f"# groundwork pipeline: {status.lower()}", "", f"MLflow run: [{mlflow_url}]({mlflow_url})", "",
+             "| stage | status | seconds |", "| --- | --- | --- |"]
+    lines += [f"| {r.stage} | {r.status} | {r.seconds:.1f} |" for r in results]
+    pretrain, transfer, registry = _report(root, "pretrain"), _report(root, "transfer"), \
+        _report(root, "evaluate").get("registry", {})
+    lines += ["", "## Headline metrics", "",
+              f"- source test accuracy (pretrain): {_percent(pretrain.get('source_test_accuracy'))}",
+              f"- target test accuracy with {transfer.get('train_images', '?')} labels: "
+              f"transfer {_percent(transfer.get('transfer_accuracy'))}, "
+              f"from scratch {_percent(transfer.get('scratch_accuracy'))}, "
+              f"source-only {_percent(transfer.get('source_only_accuracy'))} "
+              f"(gain {transfer.get('gain_points', 'n/a')} points)"]
+    for row in variant_rows(root):
+        lines.append(f"- `{row['variant']}`: accuracy {_percent(row.get('accuracy'))}, "
+                     f"{row.get('bytes', 0):,} bytes, p50 latency {row.get('latency_p50_ms', 0):.3f} ms")
+    if registry.get("registered"):
+        verdict = "promoted to `champion`" if registry["promoted"] else "not promoted; the champion stays"
+        lines += ["", "## Model Registry", "",
+                  f"`{registry['model']}` version {registry['version']} ({registry['variant']}): {verdict}. "
+                  f"{registry['reason']}."]
+    return "\n".join(lines) + "\n"
