@@ -14,7 +14,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
 from flows.lock import pipeline_lock
-from flows.stages import RAN, StageResult, repro_stage, stage_environment, stage_order
+from flows.stages import RAN, StageResult, lock_hash, repro_stage, stage_environment, stage_order
 from flows.summary import mlflow_address, summary_markdown, variant_rows
 from tasks.params import load_params
 from tasks.tracking import (
@@ -24,6 +24,7 @@ from tasks.tracking import (
     end_parent_run,
     experiment_of,
     start_parent_run,
+    tag_stage_run,
     tracking_uri,
 )
 
@@ -71,6 +72,9 @@ def _run_stages(root: Path) -> list[StageResult]:
     try:
         for stage in stages:
             results.append(run_stage(stage, str(root), env))
+            if results[-1].status == RAN and (stage_hash := lock_hash(root, stage)) is not None:
+                # dvc.lock gets the stage's entry only after the stage succeeded: tag its run now
+                tag_stage_run(parent, stage, {"dvc_lock_hash": stage_hash}, root=root)
         status = "FINISHED"
     finally:
         end_parent_run(parent, status=status, root=root,

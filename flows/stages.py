@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -38,6 +40,17 @@ def stage_order(root: Path) -> list[str]:
         graph = repo.index.graph.reverse(copy=True)
         ordered = nx.lexicographical_topological_sort(graph, key=lambda stage: position[stage.name])
         return [stage.name for stage in ordered]
+
+
+def lock_hash(root: Path, stage: str) -> str | None:
+    """SHA-256 of the stage's entry in dvc.lock (its command and the hashes of its deps, params and outs)."""
+    import yaml
+
+    try:
+        entry = yaml.safe_load((root / "dvc.lock").read_text())["stages"][stage]
+    except (OSError, KeyError, TypeError):
+        return None
+    return hashlib.sha256(json.dumps(entry, sort_keys=True).encode()).hexdigest()
 
 
 def stage_environment(extra: Mapping[str, str]) -> dict[str, str]:

@@ -52,7 +52,7 @@ def run(params: Params, *, transferred: Path, target: Path, out_dir: Path,
     """Write pruned.pt, fp32.onnx and int8.onnx into `out_dir`; return sparsity, sizes and accuracies."""
     tracker = tracker or NullTracker()
     data, digest = load_dataset(target)
-    tracker.set_tags({"data_digest.target": digest})
+    tracker.log_dataset("target", target, digest, context="input")
     device = resolve_device(params.device)
     val = data["val"].tensors()
 

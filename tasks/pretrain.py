@@ -72,10 +72,10 @@ def run(params: Params, *, train: Path, source: Path, model_out: Path, history_o
     tracker = tracker or NullTracker()
     cfg = params.pretrain
     source_set, source_digest = load_dataset(source)
-    tracker.set_tags({"data_digest.source": source_digest})
+    tracker.log_dataset("source", source, source_digest, context="input")
     if cfg.augmentation == "offline":
         copies, train_digest = load_dataset(train, splits=("train",))
-        tracker.set_tags({"data_digest.augmented": train_digest})
+        tracker.log_dataset("augmented", train, train_digest, context="input")
         train_split = copies["train"]
     else:
         train_split = source_set["train"]

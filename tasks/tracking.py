@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,6 +39,7 @@ class Tracker(Protocol):
     def log_onnx_model(self, path: Path | str, name: str, example: np.ndarray,
                        registered_name: str | None = None) -> str | None: ...
     def set_tags(self, tags: Mapping[str, str]) -> None: ...
+    def log_dataset(self, name: str, path: Path | str, digest: str, context: str) -> None: ...
     def gate(self, registered_name: str, version: str, scores: Mapping[str, float], *, metric: str,
              min_gain: float) -> GateDecision | None: ...
 
@@ -63,6 +65,9 @@ class NullTracker:
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         """Ignore tags."""
+
+    def log_dataset(self, name: str, path: Path | str, digest: str, context: str) -> None:
+        """Ignore a dataset."""
 
     def gate(self, registered_name: str, version: str, scores: Mapping[str, float], *, metric: str,
              min_gain: float) -> GateDecision | None:
@@ -183,6 +188,18 @@ class MlflowTracker:
         """Set run tags."""
         self._mlflow.set_tags(dict(tags))
 
+    def log_dataset(self, name: str, path: Path | str, digest: str, context: str) -> None:
+        """Record a dataset file the stage read or wrote: an MLflow dataset input and a full-digest tag."""
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+
+        with warnings.catch_warnings():  # MLflow registers its local source twice and warns about it
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(str(Path(path).resolve()))
+        # MLflow stores at most 36 characters of a dataset digest; the tag keeps all 64
+        self._mlflow.log_input(MetaDataset(source, name=name, digest=digest[:32]), context=context)
+        self._mlflow.set_tag(f"data_digest.{name}", digest)
+
     def gate(self, registered_name: str, version: str, scores: Mapping[str, float], *, metric: str,
              min_gain: float) -> GateDecision | None:
         """Run the champion gate on a registered version; record the decision on this run too."""
@@ -229,6 +246,19 @@ def experiment_of(run_id: str, *, root: Path | None = None) -> str:
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri(root)).get_run(run_id).info.experiment_id
+
+
+def tag_stage_run(parent_run_id: str, stage: str, tags: Mapping[str, str], *, root: Path | None = None) -> None:
+    """Add tags to the newest run of `stage` under the flow's run (facts known only once the stage ended)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri(root))
+    experiment = client.get_run(parent_run_id).info.experiment_id
+    runs = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.stage = '{stage}'",
+                              order_by=["start_time DESC"], max_results=1)
+    for key, value in tags.items():
+        for run in runs:
+            client.set_tag(run.info.run_id, key, value)
 
 
 def end_parent_run(run_id: str, *, status: str, metrics: Mapping[str, float], tags: Mapping[str, str],

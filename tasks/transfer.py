@@ -117,7 +117,7 @@ def run(params: Params, *, pretrained: Path, target: Path, model_out: Path, hist
     """Transfer and the from-scratch baseline on the target's labelled split; save the transferred model."""
     tracker = tracker or NullTracker()
     data, digest = load_dataset(target)
-    tracker.set_tags({"data_digest.target": digest})
+    tracker.log_dataset("target", target, digest, context="input")
     model, scores, histories = transfer_and_scratch(pretrained, data, params, seed=params.seed, tracker=tracker)
     metrics = {"mode": params.transfer.mode, "train_images": len(data["train"]), **scores,
                "transfer_val_accuracy": histories["transfer"][-1]["val_accuracy"],

@@ -110,6 +110,13 @@ def test_first_run_executes_every_stage_and_records_them(project: Path) -> None:
     name = tiny_params_dict()["evaluate"]["registered_model"]
     assert client.get_registered_model(name).aliases == {"champion": 1}
     assert by_stage["evaluate"].data.tags["gate.decision"] == "promoted"
+    # lineage: from the champion's version back to the run, its commit, data, DVC stage and flow run
+    version = client.get_model_version(name, "1")
+    source_run = client.get_run(version.run_id)
+    assert source_run.data.tags["stage"] == "evaluate" and source_run.data.tags["git_dirty"] == "false"
+    assert len(source_run.data.tags["dvc_lock_hash"]) == 64
+    assert [d.dataset.name for d in source_run.inputs.dataset_inputs] == ["target"]
+    assert source_run.data.tags["prefect_flow_run_id"] == str(state.state_details.flow_run_id)
     budget_curve = client.list_artifacts(by_stage["budget"].info.run_id, "plots")
     assert [a.path for a in budget_curve] == ["plots/budget_curve.png"]
 
