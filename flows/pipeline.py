@@ -8,15 +8,25 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
 from flows.lock import pipeline_lock
-from flows.stages import RAN, StageResult, lock_hash, repro_stage, stage_environment, stage_order
+from flows.stages import (
+    RAN,
+    StageResult,
+    lock_hash,
+    repro_stage,
+    run_experiment,
+    stage_environment,
+    stage_order,
+)
 from flows.summary import mlflow_address, summary_markdown, variant_rows
-from tasks.params import load_params
+from tasks.params import read_raw_params, with_overrides
 from tasks.tracking import (
     FLOW_RUN_ID_ENV,
     FLOW_RUN_NAME_ENV,
@@ -37,26 +47,37 @@ def run_stage(stage: str, root: str, env: dict[str, str]) -> StageResult:
     logger = get_run_logger()
     result = repro_stage(stage, root=Path(root), env=env, echo=lambda line: logger.info("%s", line))
     if result.status == RAN:
-        logger.info("stage '%s' ran in %.1f s", stage, result.seconds)
+        logger.info("stage '%s' ran in %.1f s", stage, result.seconds or 0.0)
     else:
         logger.info("stage '%s' skipped: DVC found its deps, params and outs unchanged", stage)
     return result
 
 
+@task(task_run_name="experiment {name}")
+def run_dvc_experiment(name: str, overrides: dict[str, Any], stages: list[str], root: str,
+                       env: dict[str, str]) -> list[StageResult]:
+    """The whole graph as one DVC experiment with the overrides, outside the working tree."""
+    logger = get_run_logger()
+    return run_experiment(name, overrides, stages, root=Path(root), env=env, echo=lambda line: logger.info("%s", line))
+
+
 @flow(name=FLOW_NAME, log_prints=True)
-def pipeline(project_dir: str = ".") -> list[StageResult]:
+def pipeline(project_dir: str = ".", overrides: dict[str, Any] | None = None) -> list[StageResult]:
     """Run every stage of the project's dvc.yaml through DVC, in DVC's order, tracked in MLflow.
 
-    One run per project at a time: a second one is refused at its start (PipelineBusy), changing nothing.
+    `overrides` ({"pretrain.epochs": 3}) runs the graph as a DVC experiment (`dvc exp run --temp -S ...`,
+    named after the flow run) instead: params.yaml in the working tree is never edited. One run per project
+    at a time: a second one is refused at its start (PipelineBusy), changing nothing.
     """
     root = Path(project_dir).resolve()
-    load_params(root / "params.yaml")  # a bad param stops the flow here, before any stage or run starts
+    # bad params or overrides stop the flow here, before any stage or run starts
+    with_overrides(read_raw_params(root / "params.yaml"), overrides or {}, source=str(root / "params.yaml"))
     with pipeline_lock(root):
-        return _run_stages(root)
+        return _run_stages(root, overrides or {})
 
 
-def _run_stages(root: Path) -> list[StageResult]:
-    """The stages, one task each, under one MLflow parent run closed as FINISHED or FAILED."""
+def _run_stages(root: Path, overrides: dict[str, Any]) -> list[StageResult]:
+    """The stages, one task each (or one experiment), under one MLflow parent run closed FINISHED or FAILED."""
     logger = get_run_logger()
     stages = stage_order(root)
     logger.info("stages in DVC's order: %s", " -> ".join(stages))
@@ -66,21 +87,26 @@ def _run_stages(root: Path) -> list[StageResult]:
                               tags={"prefect_flow_run_id": flow_ids[FLOW_RUN_ID_ENV],
                                     "prefect_flow_run_name": flow_ids[FLOW_RUN_NAME_ENV]})
     logger.info("MLflow parent run %s in %s", parent, tracking_uri(root))
-    env = stage_environment({PARENT_RUN_ENV: parent, **flow_ids})
+    # the store is named explicitly: an experiment runs its stages in a temporary copy of the project
+    env = stage_environment({PARENT_RUN_ENV: parent, "MLFLOW_TRACKING_URI": tracking_uri(root), **flow_ids})
     results: list[StageResult] = []
     status = "FAILED"
     try:
-        for stage in stages:
-            results.append(run_stage(stage, str(root), env))
-            if results[-1].status == RAN and (stage_hash := lock_hash(root, stage)) is not None:
-                # dvc.lock gets the stage's entry only after the stage succeeded: tag its run now
-                tag_stage_run(parent, stage, {"dvc_lock_hash": stage_hash}, root=root)
+        if overrides:
+            results = run_dvc_experiment(str(flow_run.name), overrides, stages, str(root), env)
+        else:
+            for stage in stages:
+                results.append(run_stage(stage, str(root), env))
+                if results[-1].status == RAN and (stage_hash := lock_hash(root, stage)) is not None:
+                    # dvc.lock gets the stage's entry only after the stage succeeded: tag its run now
+                    tag_stage_run(parent, stage, {"dvc_lock_hash": stage_hash}, root=root)
         status = "FINISHED"
     finally:
         end_parent_run(parent, status=status, root=root,
-                       metrics={f"stage_seconds.{r.stage}": r.seconds for r in results},
+                       metrics={f"stage_seconds.{r.stage}": r.seconds for r in results if r.seconds is not None},
                        tags={f"stage_status.{r.stage}": r.status for r in results})
-        publish_artifacts(root, results, status=status, parent_run_id=parent)
+        publish_artifacts(root, results, status=status, parent_run_id=parent,
+                          experiment=str(flow_run.name) if overrides else None)
     ran = [r.stage for r in results if r.status == RAN]
     logger.info("done: %d stage(s) ran (%s), %d skipped", len(ran), ", ".join(ran) or "none",
                 len(results) - len(ran))
@@ -89,12 +115,13 @@ def _run_stages(root: Path) -> list[StageResult]:
     return results
 
 
-def publish_artifacts(root: Path, results: list[StageResult], *, status: str, parent_run_id: str) -> None:
+def publish_artifacts(root: Path, results: list[StageResult], *, status: str, parent_run_id: str,
+                      experiment: str | None) -> None:
     """The run's summary (markdown) and the model variants (table) as Prefect artifacts."""
     address = mlflow_address(tracking_uri(root), experiment_of(parent_run_id, root=root), parent_run_id)
-    create_markdown_artifact(summary_markdown(root, results, status=status, mlflow_url=address),
+    create_markdown_artifact(summary_markdown(root, results, status=status, mlflow_url=address, experiment=experiment),
                              key="pipeline-summary", description="stages, headline metrics, registry decision")
-    rows = variant_rows(root)
+    rows = variant_rows(root) if experiment is None else []  # an experiment's outputs are not in the workspace
     if rows:
         create_table_artifact(rows, key="model-variants", description="every model variant on the target test split")
 
@@ -103,8 +130,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the flow once, now, from the command line."""
     parser = argparse.ArgumentParser(prog="python -m flows.pipeline", description=__doc__)
     parser.add_argument("--project-dir", default=".", help="the DVC project to run (holds dvc.yaml)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a param (e.g. pretrain.epochs=3); the run becomes a DVC experiment")
     args = parser.parse_args(argv)
-    state = pipeline(project_dir=args.project_dir, return_state=True)
+    overrides = {}
+    for item in args.overrides:
+        key, separator, value = item.partition("=")
+        if not separator:
+            parser.error(f"--set {item!r}: expected KEY=VALUE")
+        overrides[key] = yaml.safe_load(value)
+    state = pipeline(project_dir=args.project_dir, overrides=overrides or None, return_state=True)
     return 0 if state.is_completed() else 1
 
 

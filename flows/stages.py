@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 RAN, SKIPPED = "ran", "skipped"
 
@@ -25,7 +26,7 @@ class StageResult:
 
     stage: str
     status: str  # RAN or SKIPPED (unchanged, or restored from DVC's run cache)
-    seconds: float
+    seconds: float | None  # None inside an experiment, where DVC runs the stages in one command
 
 
 def stage_order(root: Path) -> list[str]:
@@ -61,6 +62,39 @@ def stage_environment(extra: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
+def run_experiment(name: str, overrides: Mapping[str, Any], stages: list[str], *, root: Path,
+                   env: Mapping[str, str], echo: Callable[[str], None]) -> list[StageResult]:
+    """`dvc exp run --temp -S key=value ...`: the whole graph with changed params, in a temporary copy of the
+    workspace, so params.yaml here is never edited; the experiment is kept by DVC under `name`."""
+    command = [sys.executable, "-m", "dvc", "exp", "run", "--temp", "--name", name]
+    for key, value in overrides.items():
+        command += ["-S", f"{key}={json.dumps(value)}"]  # DVC reads the value as YAML, a superset of JSON
+    started = time.perf_counter()
+    code, lines = _stream(command, root=root, env=env, echo=echo)
+    if code != 0:
+        raise StageFailed(f"experiment '{name}' failed (dvc exp run exited {code}):\n{_tail(lines)}")
+    ran = {line.split("'")[1] for line in lines if line.startswith("Running stage '")}
+    echo(f"experiment '{name}' done in {time.perf_counter() - started:.1f} s; stages run: {sorted(ran) or 'none'}")
+    return [StageResult(stage=stage, status=RAN if stage in ran else SKIPPED, seconds=None) for stage in stages]
+
+
+def _tail(lines: list[str]) -> str:
+    return "\n".join(line for line in lines[-25:] if line.strip())
+
+
+def _stream(command: list[str], *, root: Path, env: Mapping[str, str],
+            echo: Callable[[str], None]) -> tuple[int, list[str]]:
+    """Run a command, echoing its output line by line; return its exit code and its lines."""
+    lines: list[str] = []
+    with subprocess.Popen(command, cwd=root, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, bufsize=1) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append(line.rstrip())
+            echo(line.rstrip())
+    return process.returncode, lines
+
+
 def restore_outputs(stage: str, *, root: Path, env: Mapping[str, str], echo: Callable[[str], None]) -> None:
     """Put back the outputs of the stage's last good run (dvc.lock still records them) from DVC's cache.
 
@@ -77,16 +111,9 @@ def repro_stage(stage: str, *, root: Path, env: Mapping[str, str], echo: Callabl
     """Run `dvc repro --single-item <stage>`, echoing its output line by line; raise StageFailed on error."""
     started = time.perf_counter()
     command = [sys.executable, "-m", "dvc", "repro", "--single-item", stage]
-    lines: list[str] = []
-    with subprocess.Popen(command, cwd=root, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, bufsize=1) as process:
-        assert process.stdout is not None
-        for line in process.stdout:
-            lines.append(line.rstrip())
-            echo(line.rstrip())
-    if process.returncode != 0:
+    code, lines = _stream(command, root=root, env=env, echo=echo)
+    if code != 0:
         restore_outputs(stage, root=root, env=env, echo=echo)
-        tail = "\n".join(line for line in lines[-25:] if line.strip())
-        raise StageFailed(f"stage '{stage}' failed (dvc repro exited {process.returncode}):\n{tail}")
+        raise StageFailed(f"stage '{stage}' failed (dvc repro exited {code}):\n{_tail(lines)}")
     ran = any(line.startswith(f"Running stage '{stage}'") for line in lines)
     return StageResult(stage=stage, status=RAN if ran else SKIPPED, seconds=time.perf_counter() - started)

@@ -34,11 +34,16 @@ def variant_rows(root: Path) -> list[dict[str, Any]]:
             for name, scores in variants.items()]
 
 
-def summary_markdown(root: Path, results: list[StageResult], *, status: str, mlflow_url: str) -> str:
+def summary_markdown(root: Path, results: list[StageResult], *, status: str, mlflow_url: str,
+                     experiment: str | None = None) -> str:
     """The flow run in a page: each stage ran or skipped and how long, headline metrics, the gate's decision."""
     lines = [f"# groundwork pipeline: {status.lower()}", "", f"MLflow run: [{mlflow_url}]({mlflow_url})", "",
              "| stage | status | seconds |", "| --- | --- | --- |"]
-    lines += [f"| {r.stage} | {r.status} | {r.seconds:.1f} |" for r in results]
+    lines += [f"| {r.stage} | {r.status} | {'-' if r.seconds is None else f'{r.seconds:.1f}'} |" for r in results]
+    if experiment is not None:
+        return "\n".join([*lines, "", f"DVC experiment `{experiment}`: its params, metrics and outputs are in "
+                           f"`dvc exp show` (the working tree is unchanged) and its MLflow runs carry the tag "
+                           f"`dvc_experiment={experiment}`."]) + "\n"
     pretrain, transfer, registry = _report(root, "pretrain"), _report(root, "transfer"), \
         _report(root, "evaluate").get("registry", {})
     lines += ["", "## Headline metrics", "",

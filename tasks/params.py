@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -262,14 +263,32 @@ def parse_params(raw: Any, *, source: str = "params") -> Params:
         raise ParamsError(f"{source}: {exc.error_count()} invalid param(s):\n{lines}") from None
 
 
-def load_params(path: Path = DEFAULT_PARAMS_PATH) -> Params:
-    """Read and validate a params.yaml file."""
+def with_overrides(raw: dict[str, Any], overrides: dict[str, Any], *, source: str = "params") -> Params:
+    """Validate `raw` params with dotted-key overrides applied ({"pretrain.epochs": 3}); unknown keys are errors."""
+    changed = copy.deepcopy(raw)
+    for key, value in overrides.items():
+        *path, leaf = key.split(".")
+        section = changed
+        for part in path:
+            section = section.get(part) if isinstance(section, dict) else None
+        if not isinstance(section, dict) or leaf not in section:
+            raise ParamsError(f"{source}: override {key!r}: no such param key")
+        section[leaf] = value
+    return parse_params(changed, source=f"{source} with overrides {overrides}")
+
+
+def read_raw_params(path: Path = DEFAULT_PARAMS_PATH) -> Any:
+    """The params file parsed as YAML, not yet validated; errors name the file."""
     try:
         text = Path(path).read_text()
     except FileNotFoundError:
         raise ParamsError(f"{path}: params file not found") from None
     try:
-        raw = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from None
-    return parse_params(raw, source=str(path))
+
+
+def load_params(path: Path = DEFAULT_PARAMS_PATH) -> Params:
+    """Read and validate a params.yaml file."""
+    return parse_params(read_raw_params(path), source=str(path))

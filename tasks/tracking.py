@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 PARENT_RUN_ENV = "GROUNDWORK_PARENT_RUN_ID"
 FLOW_RUN_ID_ENV = "GROUNDWORK_FLOW_RUN_ID"
 FLOW_RUN_NAME_ENV = "GROUNDWORK_FLOW_RUN_NAME"
+DVC_EXPERIMENT_ENV = "DVC_EXP_NAME"  # set by `dvc exp run` for the stages it runs
 EXPERIMENT_ENV = "MLFLOW_EXPERIMENT_NAME"  # MLflow's own variable, honoured here too
 DEFAULT_EXPERIMENT = "groundwork"
 STORE_FILE = "mlflow.db"
@@ -109,8 +110,9 @@ def git_tags(root: Path | None = None) -> dict[str, str]:
 
 
 def flow_tags() -> dict[str, str]:
-    """The Prefect flow run this process belongs to, when the flow started it."""
-    keys = {FLOW_RUN_ID_ENV: "prefect_flow_run_id", FLOW_RUN_NAME_ENV: "prefect_flow_run_name"}
+    """The Prefect flow run and the DVC experiment this process belongs to, when there are."""
+    keys = {FLOW_RUN_ID_ENV: "prefect_flow_run_id", FLOW_RUN_NAME_ENV: "prefect_flow_run_name",
+            DVC_EXPERIMENT_ENV: "dvc_experiment"}
     return {tag: os.environ[env] for env, tag in keys.items() if os.environ.get(env)}
 
 

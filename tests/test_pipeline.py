@@ -21,6 +21,7 @@ from prefect.testing.utilities import prefect_test_harness
 from flows.lock import PipelineBusy
 from flows.pipeline import pipeline
 from flows.stages import RAN, SKIPPED, StageFailed, StageResult, repro_stage, stage_order
+from tasks.params import ParamsError
 from tasks.tracking import DEFAULT_EXPERIMENT, tracking_uri
 from tests.conftest import ROOT, tiny_params_dict
 from tests.project_copy import copy_project
@@ -128,6 +129,25 @@ def test_second_run_executes_nothing(project: Path) -> None:
     second = parent_runs(client)[-1]
     assert child_runs(client, second.info.run_id) == []
     assert "up to date" in dvc(project, "status")
+
+
+def test_overrides_run_as_a_dvc_experiment(project: Path) -> None:
+    params_before = (project / "params.yaml").read_bytes()
+    outputs_before = output_digests(project)
+    state = pipeline(project_dir=str(project), overrides={"transfer.epochs": 3}, return_state=True)
+    ran = [stage for stage, status in statuses(state.result()).items() if status == RAN]
+    assert ran == ["transfer", "budget", "compress", "evaluate"]
+    assert (project / "params.yaml").read_bytes() == params_before, "params.yaml is never edited"
+    assert output_digests(project) == outputs_before, "the experiment ran outside the working tree"
+    name = flow_artifacts(state.state_details.flow_run_id)["pipeline-summary"].split("DVC experiment `")[1]
+    name = name.split("`")[0]
+    assert name in dvc(project, "exp", "list", "--name-only")
+    client = MlflowClient(tracking_uri(project))
+    children = child_runs(client, parent_runs(client)[-1].info.run_id)
+    assert {run.data.tags["stage"] for run in children} == set(ran)
+    assert {run.data.tags["dvc_experiment"] for run in children} == {name}
+    with pytest.raises(ParamsError, match=r"override 'transfer\.epochz': no such param key"):
+        pipeline(project_dir=str(project), overrides={"transfer.epochz": 3})
 
 
 def test_served_deployment_runs_on_its_schedule_and_on_demand(project: Path) -> None:
