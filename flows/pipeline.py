@@ -18,12 +18,15 @@ from prefect.runtime import flow_run
 from flows.lock import pipeline_lock
 from flows.stages import (
     RAN,
+    RESTORED,
+    SKIPPED,
     StageResult,
     lock_hash,
     repro_stage,
     run_experiment,
     stage_environment,
     stage_order,
+    up_to_date,
 )
 from flows.summary import mlflow_address, summary_markdown, variant_rows
 from tasks.params import read_raw_params, with_overrides
@@ -48,6 +51,8 @@ def run_stage(stage: str, root: str, env: dict[str, str]) -> StageResult:
     result = repro_stage(stage, root=Path(root), env=env, echo=lambda line: logger.info("%s", line))
     if result.status == RAN:
         logger.info("stage '%s' ran in %.1f s", stage, result.seconds or 0.0)
+    elif result.status == RESTORED:
+        logger.info("stage '%s' restored: DVC's run cache holds outputs for these deps and params", stage)
     else:
         logger.info("stage '%s' skipped: DVC found its deps, params and outs unchanged", stage)
     return result
@@ -94,6 +99,10 @@ def _run_stages(root: Path, overrides: dict[str, Any]) -> list[StageResult]:
     try:
         if overrides:
             results = run_dvc_experiment(str(flow_run.name), overrides, stages, str(root), env)
+        elif up_to_date(root, env):
+            for stage in stages:
+                logger.info("stage '%s' skipped: `dvc status` finds every stage unchanged", stage)
+            results = [StageResult(stage=stage, status=SKIPPED, seconds=0.0) for stage in stages]
         else:
             for stage in stages:
                 results.append(run_stage(stage, str(root), env))

@@ -3,7 +3,6 @@ brightness and contrast, each with a probability and a magnitude from params) an
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import time
@@ -18,7 +17,7 @@ from tasks.augmentation import augment_batch
 from tasks.data import Split, load_dataset, save_dataset, to_float, to_uint8
 from tasks.params import AugmentParams, Params
 from tasks.plots import image_grid
-from tasks.stage import stage_main, stage_parser
+from tasks.stage import stage_cli
 from tasks.tracking import NullTracker, Tracker
 
 log = logging.getLogger(__name__)
@@ -68,15 +67,11 @@ def run(params: Params, *, source: Path, out: Path, preview: Path, tracker: Trac
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point (the DVC stage's cmd)."""
-    parser = stage_parser("augment", __doc__)
-    parser.add_argument("--source", type=Path, required=True, help="source dataset (.npz) from ingest")
-    parser.add_argument("--out", type=Path, required=True, help="augmented training set (.npz) to write")
-    parser.add_argument("--preview", type=Path, required=True, help="preview grid (.png) to write")
-
-    def work(params: Params, args: argparse.Namespace, tracker: Tracker) -> dict[str, Any]:
-        return run(params, source=args.source, out=args.out, preview=args.preview, tracker=tracker)
-
-    return stage_main("augment", parser, work, argv)
+    return stage_cli("augment", __doc__, run, argv, paths={
+        "source": "source dataset (.npz) from ingest",
+        "out": "augmented training set (.npz) to write",
+        "preview": "preview grid (.png) to write",
+    })
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ steps. Mean and spread of both accuracies are reported and plotted against the b
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import sys
@@ -19,7 +18,7 @@ from tasks.ingest import label_budget
 from tasks.io import atomic_path
 from tasks.params import Params
 from tasks.plots import budget_curve
-from tasks.stage import stage_main, stage_parser
+from tasks.stage import stage_cli
 from tasks.tracking import NullTracker, Tracker
 from tasks.training import steps_per_epoch
 from tasks.transfer import transfer_and_scratch
@@ -89,17 +88,12 @@ def run(params: Params, *, pretrained: Path, target: Path, table_out: Path, curv
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point (the DVC stage's cmd)."""
-    parser = stage_parser("budget", __doc__)
-    parser.add_argument("--pretrained", type=Path, required=True, help="pretrained checkpoint (.pt)")
-    parser.add_argument("--target", type=Path, required=True, help="target dataset (.npz) with its pool split")
-    parser.add_argument("--table-out", type=Path, required=True, help="per-budget summary (.csv) to write")
-    parser.add_argument("--curve-out", type=Path, required=True, help="label-budget curve (.png) to write")
-
-    def work(params: Params, args: argparse.Namespace, tracker: Tracker) -> dict[str, Any]:
-        return run(params, pretrained=args.pretrained, target=args.target, table_out=args.table_out,
-                   curve_out=args.curve_out, tracker=tracker)
-
-    return stage_main("budget", parser, work, argv)
+    return stage_cli("budget", __doc__, run, argv, paths={
+        "pretrained": "pretrained checkpoint (.pt)",
+        "target": "target dataset (.npz) with its pool split",
+        "table_out": "per-budget summary (.csv) to write",
+        "curve_out": "label-budget curve (.png) to write",
+    })
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ kernels); report sparsity, sizes and the accuracy each variant keeps on the targ
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from collections.abc import Sequence
@@ -20,7 +19,7 @@ from tasks.export import export_onnx, onnx_logits, onnx_session, quantize_int8, 
 from tasks.model import DigitNet
 from tasks.params import CompressParams, Params
 from tasks.pruning import make_permanent, prune_to, sparsity
-from tasks.stage import stage_main, stage_parser
+from tasks.stage import stage_cli
 from tasks.tracking import NullTracker, Tracker
 from tasks.training import evaluate, fit, resolve_device, validation
 
@@ -88,15 +87,11 @@ def run(params: Params, *, transferred: Path, target: Path, out_dir: Path,
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point (the DVC stage's cmd)."""
-    parser = stage_parser("compress", __doc__)
-    parser.add_argument("--transferred", type=Path, required=True, help="transferred checkpoint (.pt)")
-    parser.add_argument("--target", type=Path, required=True, help="target dataset (.npz) from ingest")
-    parser.add_argument("--out-dir", type=Path, required=True, help="folder for the compressed variants")
-
-    def work(params: Params, args: argparse.Namespace, tracker: Tracker) -> dict[str, Any]:
-        return run(params, transferred=args.transferred, target=args.target, out_dir=args.out_dir, tracker=tracker)
-
-    return stage_main("compress", parser, work, argv)
+    return stage_cli("compress", __doc__, run, argv, paths={
+        "transferred": "transferred checkpoint (.pt)",
+        "target": "target dataset (.npz) from ingest",
+        "out_dir": "folder for the compressed variants",
+    })
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@ confusion matrices, size on disk and CPU latency; a JSON of metrics, a CSV table
 
 from __future__ import annotations
 
-import argparse
 import logging
 import statistics
 import sys
@@ -23,7 +22,7 @@ from tasks.export import onnx_logits, onnx_session, size_report
 from tasks.io import atomic_path
 from tasks.params import EvaluateParams, Params
 from tasks.plots import confusion_grid
-from tasks.stage import stage_main, stage_parser
+from tasks.stage import stage_cli
 from tasks.tracking import NullTracker, Tracker
 from tasks.training import logits_of
 
@@ -120,21 +119,14 @@ def run(params: Params, *, transferred: Path, compressed: Path, target: Path, ta
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point (the DVC stage's cmd)."""
-    parser = stage_parser("evaluate", __doc__)
-    parser.add_argument("--transferred", type=Path, required=True, help="transferred checkpoint (.pt)")
-    parser.add_argument("--compressed", type=Path, required=True, help="folder of compressed variants")
-    parser.add_argument("--target", type=Path, required=True, help="target dataset (.npz) from ingest")
-    parser.add_argument("--table-out", type=Path, required=True, help="per-variant table (.csv) to write")
-    parser.add_argument("--confusion-out", type=Path, required=True, help="confusion matrices (.png) to write")
-    parser.add_argument("--predictions-dir", type=Path, required=True,
-                        help="folder for per-variant predictions (.csv, for DVC's confusion plot)")
-
-    def work(params: Params, args: argparse.Namespace, tracker: Tracker) -> dict[str, Any]:
-        return run(params, transferred=args.transferred, compressed=args.compressed, target=args.target,
-                   table_out=args.table_out, confusion_out=args.confusion_out,
-                   predictions_dir=args.predictions_dir, tracker=tracker)
-
-    return stage_main("evaluate", parser, work, argv)
+    return stage_cli("evaluate", __doc__, run, argv, paths={
+        "transferred": "transferred checkpoint (.pt)",
+        "compressed": "folder of compressed variants",
+        "target": "target dataset (.npz) from ingest",
+        "table_out": "per-variant table (.csv) to write",
+        "confusion_out": "confusion matrices (.png) to write",
+        "predictions_dir": "folder for per-variant predictions (.csv, for DVC's confusion plot)",
+    })
 
 
 if __name__ == "__main__":

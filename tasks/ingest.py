@@ -3,7 +3,6 @@ to the source's 28x28 format), split into seeded, stratified train/val/test sets
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from collections.abc import Sequence
@@ -17,7 +16,7 @@ from torch.nn import functional
 
 from tasks.data import IMAGE_SIDE, NUM_CLASSES, Dataset, Split, save_dataset
 from tasks.params import IngestParams, Params
-from tasks.stage import stage_main, stage_parser
+from tasks.stage import stage_cli
 from tasks.tracking import NullTracker, Tracker
 
 log = logging.getLogger(__name__)
@@ -121,14 +120,10 @@ def run(params: Params, *, source_out: Path, target_out: Path, tracker: Tracker 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point (the DVC stage's cmd)."""
-    parser = stage_parser("ingest", __doc__)
-    parser.add_argument("--source-out", type=Path, required=True, help="source dataset (.npz) to write")
-    parser.add_argument("--target-out", type=Path, required=True, help="target dataset (.npz) to write")
-
-    def work(params: Params, args: argparse.Namespace, tracker: Tracker) -> dict[str, Any]:
-        return run(params, source_out=args.source_out, target_out=args.target_out, tracker=tracker)
-
-    return stage_main("ingest", parser, work, argv)
+    return stage_cli("ingest", __doc__, run, argv, paths={
+        "source_out": "source dataset (.npz) to write",
+        "target_out": "target dataset (.npz) to write",
+    })
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ validating every epoch, and save a self-describing checkpoint."""
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from collections.abc import Sequence
@@ -20,7 +19,7 @@ from tasks.data import Dataset, Split, example_input, load_dataset
 from tasks.io import atomic_path
 from tasks.model import DigitNet
 from tasks.params import Params
-from tasks.stage import stage_main, stage_parser
+from tasks.stage import stage_cli
 from tasks.tracking import NullTracker, Tracker
 from tasks.training import EpochCallback, evaluate, fit, resolve_device, seed_everything, supervised, validation
 
@@ -106,20 +105,15 @@ def run(params: Params, *, train: Path, source: Path, model_out: Path, history_o
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point (the DVC stage's cmd)."""
-    parser = stage_parser("pretrain", __doc__)
-    parser.add_argument("--train", type=Path, required=True,
-                        help="augmented source training set (.npz), used when pretrain.augmentation is offline")
-    parser.add_argument("--source", type=Path, required=True, help="source dataset with its splits (.npz)")
-    parser.add_argument("--model-out", type=Path, required=True, help="checkpoint (.pt) to write")
-    parser.add_argument("--history-out", type=Path, required=True, help="per-epoch metrics (.csv) to write")
-    parser.add_argument("--resume", type=Path, default=Path(".resume/pretrain.pt"),
-                        help="training state kept after every epoch, so a killed run continues where it stopped")
-
-    def work(params: Params, args: argparse.Namespace, tracker: Tracker) -> dict[str, Any]:
-        return run(params, train=args.train, source=args.source, model_out=args.model_out,
-                   history_out=args.history_out, tracker=tracker, resume=args.resume)
-
-    return stage_main("pretrain", parser, work, argv)
+    return stage_cli("pretrain", __doc__, run, argv, paths={
+        "train": "augmented source training set (.npz), used when pretrain.augmentation is offline",
+        "source": "source dataset with its splits (.npz)",
+        "model_out": "checkpoint (.pt) to write",
+        "history_out": "per-epoch metrics (.csv) to write",
+    }, options={
+        "resume": (Path(".resume/pretrain.pt"),
+                   "training state kept after every epoch, so a killed run continues where it stopped"),
+    })
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ EXIT_BAD_PARAMS = 2
 EXIT_FAILED = 1
 
 StageWork = Callable[[Params, argparse.Namespace, Tracker], dict[str, Any]]
+StageRun = Callable[..., dict[str, Any]]  # a stage's run(params, *, <paths>..., tracker)
 
 
 def stage_parser(stage: str, description: str | None) -> argparse.ArgumentParser:
@@ -56,6 +57,25 @@ def declared_params(stage: str, params: Params, dvc_file: Path = Path("dvc.yaml"
     except (OSError, KeyError, TypeError, yaml.YAMLError):
         return everything
     return {key: everything[key] for key in keys if isinstance(key, str) and key in everything}
+
+
+def stage_cli(stage: str, description: str | None, run: StageRun, argv: Sequence[str] | None, *,
+              paths: Mapping[str, str], options: Mapping[str, tuple[Path, str]] | None = None) -> int:
+    """A stage's command line: `--<path>` for each of `paths` (name: help) and `options` (name: (default,
+    help)), passed to `run(params, **paths, tracker=...)` by name; returns the exit code."""
+    parser = stage_parser(stage, description)
+    for name, help_text in paths.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=Path, required=True, metavar="PATH",
+                            default=argparse.SUPPRESS, help=help_text)  # required: no "(default: None)"
+    for name, (default, help_text) in (options or {}).items():
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=Path, default=default, metavar="PATH",
+                            help=help_text)
+    names = [*paths, *(options or {})]
+
+    def work(params: Params, args: argparse.Namespace, tracker: Tracker) -> dict[str, Any]:
+        return run(params, **{name: getattr(args, name) for name in names}, tracker=tracker)
+
+    return stage_main(stage, parser, work, argv)
 
 
 def stage_main(stage: str, parser: argparse.ArgumentParser, work: StageWork,

@@ -4,7 +4,6 @@ scratch on the same labels with the same optimizer steps as the baseline; report
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from collections.abc import Sequence
@@ -19,7 +18,7 @@ from tasks.data import Dataset, example_input, load_dataset
 from tasks.io import atomic_path
 from tasks.model import DigitNet, new_head
 from tasks.params import Params
-from tasks.stage import stage_main, stage_parser
+from tasks.stage import stage_cli
 from tasks.tracking import NullTracker, Tracker
 from tasks.training import EpochCallback, evaluate, fit, resolve_device, seed_everything, supervised, validation
 
@@ -134,17 +133,12 @@ def run(params: Params, *, pretrained: Path, target: Path, model_out: Path, hist
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point (the DVC stage's cmd)."""
-    parser = stage_parser("transfer", __doc__)
-    parser.add_argument("--pretrained", type=Path, required=True, help="pretrained checkpoint (.pt)")
-    parser.add_argument("--target", type=Path, required=True, help="target dataset (.npz) from ingest")
-    parser.add_argument("--model-out", type=Path, required=True, help="transferred checkpoint (.pt) to write")
-    parser.add_argument("--history-out", type=Path, required=True, help="per-epoch metrics (.csv) to write")
-
-    def work(params: Params, args: argparse.Namespace, tracker: Tracker) -> dict[str, Any]:
-        return run(params, pretrained=args.pretrained, target=args.target, model_out=args.model_out,
-                   history_out=args.history_out, tracker=tracker)
-
-    return stage_main("transfer", parser, work, argv)
+    return stage_cli("transfer", __doc__, run, argv, paths={
+        "pretrained": "pretrained checkpoint (.pt)",
+        "target": "target dataset (.npz) from ingest",
+        "model_out": "transferred checkpoint (.pt) to write",
+        "history_out": "per-epoch metrics (.csv) to write",
+    })
 
 
 if __name__ == "__main__":
