@@ -52,17 +52,25 @@ def classification_scores(labels: np.ndarray, predicted: np.ndarray) -> dict[str
             "recall": float(recall), "f1": float(f1)}
 
 
-def latency_ms(predict: Predict, image: torch.Tensor, cfg: EvaluateParams) -> dict[str, float]:
-    """p50 and p95 wall time of one single-image prediction, after warm-up runs."""
-    for _ in range(cfg.warmup_runs):
-        predict(image)
+def wall_times_ms(predict: Predict, batch: torch.Tensor, *, warmup: int, runs: int) -> list[float]:
+    """Milliseconds of `runs` predictions of one batch, after `warmup` untimed ones."""
+    for _ in range(warmup):
+        predict(batch)
     times = []
-    for _ in range(cfg.latency_runs):
+    for _ in range(runs):
         started = time.perf_counter()
-        predict(image)
+        predict(batch)
         times.append((time.perf_counter() - started) * 1000)
-    cuts = statistics.quantiles(times, n=20)
-    return {"latency_p50_ms": statistics.median(times), "latency_p95_ms": cuts[18]}
+    return times
+
+
+def speed(predict: Predict, images: torch.Tensor, cfg: EvaluateParams) -> dict[str, float]:
+    """Latency of one image (p50, p95) and throughput at a large batch (images/s from the median run)."""
+    single = wall_times_ms(predict, images[:1], warmup=cfg.warmup_runs, runs=cfg.latency_runs)
+    batch = images[torch.arange(cfg.throughput_batch) % len(images)]  # repeats when the split is smaller
+    batched = wall_times_ms(predict, batch, warmup=2, runs=cfg.throughput_runs)
+    return {"latency_p50_ms": statistics.median(single), "latency_p95_ms": statistics.quantiles(single, n=20)[18],
+            f"throughput_b{cfg.throughput_batch}": cfg.throughput_batch / (statistics.median(batched) / 1000)}
 
 
 def register_candidate(params: Params, path: Path, scores: dict[str, float], example: np.ndarray,
@@ -100,7 +108,7 @@ def run(params: Params, *, transferred: Path, compressed: Path, target: Path, ta
     for name, (path, predict) in files.items():
         predicted = predict(images).argmax(1).numpy()
         results[name] = {**classification_scores(labels.numpy(), predicted), **size_report(path),
-                         **latency_ms(predict, images[:1], params.evaluate)}
+                         **speed(predict, images, params.evaluate)}
         matrices[name] = confusion_matrix(labels.numpy(), predicted, labels=range(NUM_CLASSES))
         with atomic_path(predictions_dir / f"{name}.csv") as tmp:
             pd.DataFrame({"actual": labels.numpy(), "predicted": predicted}).to_csv(tmp, index=False)

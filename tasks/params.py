@@ -221,6 +221,8 @@ class EvaluateParams(Section):
 
     latency_runs: int = Field(ge=5, le=10000)
     warmup_runs: int = Field(ge=0, le=1000)
+    throughput_batch: int = Field(ge=1, le=4096, description="batch size of the throughput measurement")
+    throughput_runs: int = Field(ge=3, le=1000, description="timed batches; the median is reported")
     registered_model: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$",
                                   description="Model Registry name the candidate is registered under")
     candidate: Literal["fp32", "pruned", "fp32_onnx", "int8"] = Field(description="the variant to register")

@@ -32,8 +32,10 @@ def test_run_scores_every_variant(tmp_path: Path, tiny_params: Params, tiny_data
     assert set(variants) == {"fp32", "pruned", "fp32_onnx", "int8"}
     assert variants["fp32"]["accuracy"] == pytest.approx(tiny_transferred["metrics"]["transfer_accuracy"])
     for scores in variants.values():
-        assert {"accuracy", "precision", "recall", "f1", "bytes", "latency_p50_ms", "latency_p95_ms"} <= set(scores)
+        assert {"accuracy", "precision", "recall", "f1", "bytes", "latency_p50_ms", "latency_p95_ms",
+                "throughput_b32"} <= set(scores)
         assert 0 < scores["latency_p50_ms"] <= scores["latency_p95_ms"]
+        assert scores["throughput_b32"] > 0
     table = pd.read_csv(outputs["table_out"], index_col="variant")
     assert table.loc["int8", "bytes"] == variants["int8"]["bytes"]
     predictions = pd.read_csv(outputs["predictions_dir"] / "int8.csv")
