@@ -29,13 +29,3 @@ def write_json(path: Path | str, payload: Any) -> None:
     """Write JSON atomically, pretty-printed for diffs and `dvc metrics show`."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
-
-
-def read_json(path: Path | str) -> Any:
-    """Read a JSON file, naming the file when it is missing or malformed."""
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: file not found") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from None

@@ -36,8 +36,8 @@ def stage_parser(stage: str, description: str | None) -> argparse.ArgumentParser
     parser = argparse.ArgumentParser(prog=f"python -m tasks.{stage}", description=description,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS_PATH, help="params file to validate and use")
-    parser.add_argument("--metrics", type=Path, default=Path(f"reports/{stage}.json"),
-                        help="where to write the stage's metrics (declared under `metrics:` in dvc.yaml)")
+    parser.add_argument("--metrics", type=Path, required=True, metavar="PATH", default=argparse.SUPPRESS,
+                        help="where to write the stage's metrics (JSON, declared under `metrics:` in dvc.yaml)")
     return parser
 
 
