@@ -14,9 +14,7 @@ from pathlib import Path
 import torch
 
 from tasks.data import load_dataset
-from tasks.evaluate import TIMING_THREADS, variants, wall_times_ms
-
-FP32_RUNTIMES = ("fp32", "fp32_onnx")
+from tasks.evaluate import FP32_RUNTIMES, TIMING_THREADS, variants, wall_times_ms
 
 
 def main() -> None:
@@ -32,18 +30,18 @@ def main() -> None:
     results: dict[str, tuple[float, float]] = {}
     runners = variants(args.models / "transfer.pt", args.models / "compressed")
     for _round in range(2):  # two interleaved rounds, keeping each variant's best median: less noise
-        for name, (_, predict) in runners.items():
-            single = statistics.median(wall_times_ms(predict, images[:1], warmup=10, runs=args.runs))
-            batched = statistics.median(wall_times_ms(predict, batch, warmup=2, runs=args.runs))
+        for name, variant in runners.items():
+            single = statistics.median(wall_times_ms(variant.predict, images[:1], warmup=10, runs=args.runs))
+            batched = statistics.median(wall_times_ms(variant.predict, batch, warmup=2, runs=args.runs))
             previous = results.get(name, (float("inf"), float("inf")))
             results[name] = (min(previous[0], single), min(previous[1], batched))
     best_single = min(results[name][0] for name in FP32_RUNTIMES)
     best_batched = min(results[name][1] for name in FP32_RUNTIMES)
     print(f"{TIMING_THREADS} threads; batch-1 latency and batch-{args.batch} throughput, median of {args.runs} runs")
-    print(f"{'variant':10s} {'p50 ms @1':>10s} {'x fastest fp32':>15s} {'images/s @' + str(args.batch):>16s} "
+    print(f"{'variant':16s} {'p50 ms @1':>10s} {'x fastest fp32':>15s} {'images/s @' + str(args.batch):>16s} "
           f"{'x fastest fp32':>15s}")
     for name, (single, batched) in results.items():
-        print(f"{name:10s} {single:10.3f} {best_single / single:15.2f} {args.batch / (batched / 1000):16.0f} "
+        print(f"{name:16s} {single:10.3f} {best_single / single:15.2f} {args.batch / (batched / 1000):16.0f} "
               f"{best_batched / batched:15.2f}")
 
 

@@ -1,6 +1,6 @@
 """The pipeline flow: one Prefect task per DVC stage, in DVC's order, each run through `dvc repro`, so a flow
 run and a plain `dvc repro` share one cache and one dvc.lock. The flow owns one MLflow parent run; every stage
-records a child run under it."""
+records a child run under it. With `push`, a successful run ends with `dvc push` to the default DVC remote."""
 
 from __future__ import annotations
 
@@ -21,7 +21,9 @@ from flows.stages import (
     RESTORED,
     SKIPPED,
     StageResult,
+    default_remote,
     lock_hash,
+    push_outputs,
     repro_stage,
     run_experiment,
     stage_environment,
@@ -66,19 +68,44 @@ def run_dvc_experiment(name: str, overrides: dict[str, Any], stages: list[str], 
     return run_experiment(name, overrides, stages, root=Path(root), env=env, echo=lambda line: logger.info("%s", line))
 
 
+@task(task_run_name="dvc push", retries=1, retry_delay_seconds=10)
+def dvc_push(root: str, env: dict[str, str]) -> list[str]:
+    """Upload the run's data and models to the default DVC remote. Retried once: remotes are often remote."""
+    logger = get_run_logger()
+    remote = default_remote(Path(root), env)
+    pushed = push_outputs(root=Path(root), env=env, echo=lambda line: logger.info("%s", line))
+    if pushed:
+        logger.info("pushed %d path(s) to DVC remote '%s': %s", len(pushed), remote, ", ".join(pushed))
+    else:
+        logger.info("DVC remote '%s' already held every output of this run", remote)
+    return pushed
+
+
 @flow(name=FLOW_NAME, log_prints=True)
-def pipeline(project_dir: str = ".", overrides: dict[str, Any] | None = None) -> list[StageResult]:
+def pipeline(project_dir: str = ".", overrides: dict[str, Any] | None = None, push: bool = False) -> list[StageResult]:
     """Run every stage of the project's dvc.yaml through DVC, in DVC's order, tracked in MLflow.
 
     `overrides` ({"pretrain.epochs": 3}) runs the graph as a DVC experiment (`dvc exp run --temp -S ...`,
-    named after the flow run) instead: params.yaml in the working tree is never edited. One run per project
-    at a time: a second one is refused at its start (PipelineBusy), changing nothing.
+    named after the flow run) instead: params.yaml in the working tree is never edited. `push` ends a
+    successful run with `dvc push` to the project's default DVC remote, so that another machine can
+    `dvc pull` the data and models. One run per project at a time: a second one is refused at its start
+    (PipelineBusy), changing nothing.
     """
     root = Path(project_dir).resolve()
-    # bad params or overrides stop the flow here, before any stage or run starts
+    # bad params, overrides or push settings stop the flow here, before any stage or run starts
     with_overrides(read_raw_params(root / "params.yaml"), overrides or {}, source=str(root / "params.yaml"))
+    if push and overrides:
+        raise ValueError("push: a run with overrides is a DVC experiment outside the working tree, and `dvc push` "
+                         "uploads the working tree's outputs; share an experiment with "
+                         "`dvc exp push <git remote> <experiment>` instead")
+    env = stage_environment({})
+    if push:
+        default_remote(root, env)  # no default remote: say so now, not after an hour of training
     with pipeline_lock(root):
-        return _run_stages(root, overrides or {})
+        results = _run_stages(root, overrides or {})
+        if push:
+            dvc_push(str(root), env)
+        return results
 
 
 def _run_stages(root: Path, overrides: dict[str, Any]) -> list[StageResult]:
@@ -141,6 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--project-dir", default=".", help="the DVC project to run (holds dvc.yaml)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a param (e.g. pretrain.epochs=3); the run becomes a DVC experiment")
+    parser.add_argument("--push", action="store_true",
+                        help="after a successful run, upload data and models to the default DVC remote (dvc push)")
     args = parser.parse_args(argv)
     overrides = {}
     for item in args.overrides:
@@ -148,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not separator:
             parser.error(f"--set {item!r}: expected KEY=VALUE")
         overrides[key] = yaml.safe_load(value)
-    state = pipeline(project_dir=args.project_dir, overrides=overrides or None, return_state=True)
+    state = pipeline(project_dir=args.project_dir, overrides=overrides or None, push=args.push, return_state=True)
     return 0 if state.is_completed() else 1
 
 

@@ -1,4 +1,5 @@
-"""The DVC side of orchestration: the stage order from DVC's graph, and one stage run through `dvc repro`."""
+"""The DVC side of orchestration: the stage order from DVC's graph, one stage run through `dvc repro`, and
+`dvc push` of a run's outputs to the default remote."""
 
 from __future__ import annotations
 
@@ -18,6 +19,10 @@ RAN, SKIPPED, RESTORED = "ran", "skipped", "restored"
 
 class StageFailed(RuntimeError):
     """`dvc repro` of one stage exited non-zero; the message carries the stage's own error lines."""
+
+
+class PushFailed(RuntimeError):
+    """`dvc push` cannot run (no default remote) or exited non-zero."""
 
 
 @dataclass(frozen=True)
@@ -129,3 +134,29 @@ def repro_stage(stage: str, *, root: Path, env: Mapping[str, str], echo: Callabl
     else:
         status = SKIPPED
     return StageResult(stage=stage, status=status, seconds=time.perf_counter() - started)
+
+
+def default_remote(root: Path, env: Mapping[str, str]) -> str:
+    """The name of the project's default DVC remote (any config level); PushFailed naming the fix when none."""
+    result = subprocess.run([sys.executable, "-m", "dvc", "remote", "default"], cwd=root, env=dict(env),
+                            capture_output=True, text=True)
+    name = result.stdout.strip()
+    if result.returncode != 0 or not name:
+        raise PushFailed(f"push was asked for, but the DVC project {root} has no default remote. Add one, e.g. "
+                         "`dvc remote add -d storage /mnt/shared/groundwork-dvc` (or an s3:// URL), and commit "
+                         ".dvc/config")
+    return name
+
+
+def push_outputs(*, root: Path, env: Mapping[str, str], echo: Callable[[str], None]) -> list[str]:
+    """`dvc push` to the default remote; returns the paths (outputs, and files inside output folders) it
+    uploaded: those `dvc status --cloud` found in the local cache but not in the remote."""
+    result = subprocess.run([sys.executable, "-m", "dvc", "status", "--cloud", "--json"], cwd=root, env=dict(env),
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise PushFailed(f"`dvc status --cloud` exited {result.returncode}:\n{result.stderr.strip()[-2000:]}")
+    new = sorted(path for path, state in json.loads(result.stdout or "{}").items() if state == "new")
+    code, lines = _stream([sys.executable, "-m", "dvc", "push"], root=root, env=env, echo=echo)
+    if code != 0:
+        raise PushFailed(f"`dvc push` exited {code}:\n{_tail(lines)}")
+    return new

@@ -55,7 +55,9 @@ def summary_markdown(root: Path, results: list[StageResult], *, status: str, mlf
               f"(gain {transfer.get('gain_points', 'n/a')} points)"]
     for row in variant_rows(root):
         lines.append(f"- `{row['variant']}`: accuracy {_percent(row.get('accuracy'))}, "
-                     f"{row.get('bytes', 0):,} bytes, p50 latency {row.get('latency_p50_ms', 0):.3f} ms")
+                     f"{row.get('bytes', 0):,} bytes ({row.get('times_smaller_than_fp32_state_dict', 0):.1f}x smaller "
+                     f"than the fp32 state dict), p50 latency {row.get('latency_p50_ms', 0):.3f} ms, "
+                     f"{row.get('speedup_vs_fastest_fp32', 0):.2f}x the fastest fp32 throughput")
     if registry.get("registered"):
         verdict = "promoted to `champion`" if registry["promoted"] else "not promoted; the champion stays"
         lines += ["", "## Model Registry", "",

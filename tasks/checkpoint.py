@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from tasks.io import atomic_path
+from tasks.lowrank import apply_factorization
 from tasks.model import DigitNet
 from tasks.params import ModelParams
 
@@ -27,6 +28,7 @@ def save_checkpoint(path: Path | str, model: DigitNet, *, stage: str, params: di
         "stage": stage,
         "arch": model.arch.model_dump(mode="json"),
         "num_classes": model.num_classes,
+        "factorized": model.factorized,
         "params": params,
         "metrics": metrics,
         "state_dict": {key: value.detach().cpu() for key, value in model.state_dict().items()},
@@ -56,6 +58,7 @@ def load_model(path: Path | str) -> tuple[DigitNet, dict[str, Any]]:
     """Rebuild the model a checkpoint describes and load its weights; return it with the payload."""
     payload = read_checkpoint(path)
     model = DigitNet(ModelParams.model_validate(payload["arch"]), num_classes=payload["num_classes"])
+    apply_factorization(model, payload.get("factorized", {}))
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as exc:

@@ -1,43 +1,119 @@
-"""compress: prune the transferred model (global magnitude pruning, iterative, with fine-tuning between
-rounds) and quantize it to int8 (static post-training quantization, calibrated, run by ONNX Runtime's int8
-kernels); report sparsity, sizes and the accuracy each variant keeps on the target's validation split."""
+"""compress: from the transferred model, make every compressed variant, each fine-tuned where it helps
+(distilled from the fp32 model when params say so), and write each as a file that runs without this project:
+
+  pruned           global magnitude pruning, iterative to the target sparsity (ONNX)
+  structured       whole channels and embedding units removed, iteratively (ONNX: a smaller network)
+  lowrank          large layers replaced by SVD factor pairs at a rank set by an energy threshold (ONNX)
+  int8             static post-training int8 of the fp32 model, calibrated, for ONNX Runtime's int8 kernels
+  structured_int8  the structured network in int8
+  packed           the pruned model with shared weights (codebooks fine-tuned), stored sparse and entropy-coded
+
+`variants.json` lists each variant's file, runtime, parameter counts and validation accuracy."""
 
 from __future__ import annotations
 
+import copy
+import itertools
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from tasks.augmentation import online_augmentation
 from tasks.checkpoint import load_model, save_checkpoint
-from tasks.data import Dataset, example_input, load_dataset, to_float
-from tasks.export import export_onnx, onnx_logits, onnx_session, quantize_int8, size_report
+from tasks.data import Dataset, Split, example_input, load_dataset, to_float
+from tasks.distill import distillation, with_unlabelled
+from tasks.export import (
+    MANIFEST,
+    export_onnx,
+    onnx_logits,
+    onnx_session,
+    parameter_counts,
+    quantize_int8,
+    size_report,
+    state_dict_bytes,
+)
+from tasks.io import write_json
+from tasks.lowrank import factorize
 from tasks.model import DigitNet
-from tasks.params import CompressParams, Params
+from tasks.packing import load_packed, pack, tie_to_codebooks, untie
+from tasks.params import Params
 from tasks.pruning import make_permanent, prune_to, sparsity
 from tasks.stage import stage_cli
+from tasks.structured import narrower, prune_channels
 from tasks.tracking import NullTracker, Tracker
 from tasks.training import evaluate, fit, resolve_device, validation
 
 log = logging.getLogger(__name__)
+FineTune = Callable[[DigitNet, str], float]  # (model, description) -> validation accuracy after fine-tuning
 
 
-def prune_iteratively(model: DigitNet, data: Dataset, cfg: CompressParams, *, seed: int, device: torch.device,
-                      tracker: Tracker) -> DigitNet:
-    """Raise sparsity in equal steps to the target, fine-tuning on the target's labels after each step."""
+def fine_tuner(params: Params, data: Dataset, teacher: DigitNet, device: torch.device,
+               tracker: Tracker) -> FineTune:
+    """Fine-tuning as params say: the shared loop on the target's labels (plus, with distillation, the fp32
+    teacher's outputs, also on the unlabelled pool), validated on the target's validation split."""
+    cfg = params.compress
+    train = with_unlabelled(data["train"], data["pool"]) if cfg.distillation.unlabelled else data["train"]
+    augment = online_augmentation(params.augment) if cfg.finetune.augmentation == "online" else None
+    objective = distillation(teacher.to(device, memory_format=torch.channels_last), augment=augment,
+                             weight=cfg.distillation.weight, temperature=cfg.distillation.temperature)
+    validate = validation(*data["val"].tensors(), device=device)
+    runs = itertools.count(1)
+
+    def tune(model: DigitNet, desc: str) -> float:
+        run_number = next(runs)  # a seed of its own for every fine-tuning run, and its step in MLflow
+        history = fit(model, train.tensors(), cfg.finetune, device=device, seed=params.seed + run_number,
+                      objective=objective, validate=validate, desc=desc)
+        tracker.log_metrics({f"{desc.split()[0]}_val_accuracy": history[-1]["val_accuracy"]}, step=run_number)
+        return history[-1]["val_accuracy"]
+    return tune
+
+
+def share(step: int, steps: int, target: float) -> float:
+    """The compression reached after `step` of `steps` equal rounds towards `target`."""
+    return target * step / steps
+
+
+def magnitude_pruned(model: DigitNet, params: Params, tune: FineTune) -> DigitNet:
+    """Raise unstructured sparsity in equal rounds to the target, fine-tuning after each."""
+    cfg = params.compress
     for step in range(1, cfg.prune_iterations + 1):
-        prune_to(model, cfg.sparsity * step / cfg.prune_iterations)
-        history = fit(model, data["train"].tensors(), cfg.finetune, device=device, seed=seed + step,
-                      validate=validation(*data["val"].tensors(), device=device),
-                      desc=f"prune {step}/{cfg.prune_iterations}")
-        tracker.log_metrics({"prune_sparsity": sparsity(model), "prune_val_accuracy": history[-1]["val_accuracy"]},
-                            step=step)
+        prune_to(model, share(step, cfg.prune_iterations, cfg.sparsity))
+        tune(model, f"pruned {step}/{cfg.prune_iterations}")
     make_permanent(model)
     return model
+
+
+def channel_pruned(model: DigitNet, params: Params, tune: FineTune) -> DigitNet:
+    """Remove channels in equal rounds until `channels_kept` of them remain, fine-tuning after each."""
+    cfg = params.compress
+    for step in range(1, cfg.prune_iterations + 1):
+        model = prune_channels(model, narrower(params.model, 1 - share(step, cfg.prune_iterations,
+                                                                         1 - cfg.channels_kept)))
+        tune(model, f"structured {step}/{cfg.prune_iterations}")
+    return model
+
+
+def low_rank(model: DigitNet, params: Params, tune: FineTune) -> DigitNet:
+    """Factorise the layers where the energy threshold saves parameters, then fine-tune."""
+    ranks = factorize(model, params.compress.lowrank_energy)
+    log.info("low-rank factorisation at energy %.3f: %s", params.compress.lowrank_energy, ranks)
+    tune(model, "lowrank")
+    return model
+
+
+def shared_and_tuned(pruned: DigitNet, params: Params, tune: FineTune) -> DigitNet:
+    """A copy of the pruned model with its weights shared through per-layer codebooks, the codebooks
+    fine-tuned (pruned weights stay zero): what the packed file stores."""
+    model = copy.deepcopy(pruned)
+    tie_to_codebooks(model, params.compress.packed_bits)
+    tune(model, "packed")
+    untie(model)
+    return model.cpu()
 
 
 def calibration_images(data: Dataset, count: int) -> np.ndarray:
@@ -46,42 +122,72 @@ def calibration_images(data: Dataset, count: int) -> np.ndarray:
     return to_float(images).numpy()
 
 
+def onnx_accuracy(path: Path, val: Split) -> float:
+    """Accuracy of an ONNX file on a labelled split, run by ONNX Runtime."""
+    images, labels = val.tensors()
+    return float((onnx_logits(onnx_session(path), images).argmax(1) == labels).float().mean())
+
+
 def run(params: Params, *, transferred: Path, target: Path, out_dir: Path,
         tracker: Tracker | None = None) -> dict[str, Any]:
-    """Write pruned.pt, fp32.onnx and int8.onnx into `out_dir`; return sparsity, sizes and accuracies."""
+    """Write every variant into `out_dir` with its manifest; return sizes, sparsity and accuracies."""
     tracker = tracker or NullTracker()
-    data, digest = load_dataset(target)
+    cfg = params.compress
+    data, digest = load_dataset(target, splits=("train", "val", "test", "pool"))
     tracker.log_dataset("target", target, digest, context="input")
     device = resolve_device(params.device)
-    val = data["val"].tensors()
-
+    val = data["val"]
     reference, _ = load_model(transferred)
-    reference_accuracy = evaluate(reference, *val, device=device)["accuracy"]
-    pruned, _ = load_model(transferred)
-    prune_iteratively(pruned, data, params.compress, seed=params.seed, device=device, tracker=tracker)
-    pruned_accuracy = evaluate(pruned, *val, device=device)["accuracy"]
-    pruned.cpu()
-    pruned_path = out_dir / "pruned.pt"
-    save_checkpoint(pruned_path, pruned, stage="compress", params=params.model_dump(mode="json"),
-                    metrics={"val_accuracy": pruned_accuracy, "sparsity": sparsity(pruned)})
+    tune = fine_tuner(params, data, load_model(transferred)[0], device, tracker)
+    calibration = calibration_images(data, cfg.calibration_images)
+    checkpoint_params = params.model_dump(mode="json")
 
-    fp32_onnx, int8_onnx = out_dir / "fp32.onnx", out_dir / "int8.onnx"
-    export_onnx(reference, fp32_onnx)
-    quantize_int8(fp32_onnx, int8_onnx, calibration_images(data, params.compress.calibration_images))
-    int8_logits = onnx_logits(onnx_session(int8_onnx), val[0])
-    int8_accuracy = float((int8_logits.argmax(1) == val[1]).float().mean())
+    manifest: dict[str, dict[str, Any]] = {}
+
+    def record(name: str, file: str, runtime: str, model: torch.nn.Module, accuracy: float) -> None:
+        manifest[name] = {"file": file, "runtime": runtime, **parameter_counts(model), "val_accuracy": accuracy}
+        log.info("%-15s val accuracy %.4f, %s", name, accuracy, out_dir / file)
+
+    export_onnx(reference, out_dir / "fp32.onnx")
+    record("fp32_onnx", "fp32.onnx", "onnx", reference, onnx_accuracy(out_dir / "fp32.onnx", val))
+    quantize_int8(out_dir / "fp32.onnx", out_dir / "int8.onnx", calibration)
+    record("int8", "int8.onnx", "onnx", reference, onnx_accuracy(out_dir / "int8.onnx", val))
+
+    trained = {
+        "pruned": magnitude_pruned(load_model(transferred)[0], params, tune),
+        "structured": channel_pruned(load_model(transferred)[0], params, tune),
+        "lowrank": low_rank(load_model(transferred)[0], params, tune),
+    }
+    for name, model in trained.items():
+        model.cpu()
+        accuracy = evaluate(model, *val.tensors(), device=torch.device("cpu"))["accuracy"]
+        save_checkpoint(out_dir / f"{name}.pt", model, stage="compress", params=checkpoint_params,
+                        metrics={"val_accuracy": accuracy})
+        export_onnx(model, out_dir / f"{name}.onnx")
+        record(name, f"{name}.onnx", "onnx", model, onnx_accuracy(out_dir / f"{name}.onnx", val))
+    quantize_int8(out_dir / "structured.onnx", out_dir / "structured_int8.onnx", calibration)
+    record("structured_int8", "structured_int8.onnx", "onnx", trained["structured"],
+           onnx_accuracy(out_dir / "structured_int8.onnx", val))
+    pack(shared_and_tuned(trained["pruned"], params, tune), out_dir / "packed.gwpk", bits=cfg.packed_bits)
+    unpacked = load_packed(out_dir / "packed.gwpk")
+    record("packed", "packed.gwpk", "packed", unpacked,
+           evaluate(unpacked, *val.tensors(), device=torch.device("cpu"))["accuracy"])
+    write_json(out_dir / MANIFEST, manifest)
 
     example = example_input(data["test"])
-    tracker.log_torch_model(pruned, "pruned", example)
-    tracker.log_onnx_model(int8_onnx, "int8", example)
+    tracker.log_onnx_model(out_dir / "int8.onnx", "int8", example)
+    tracker.log_onnx_model(out_dir / "structured_int8.onnx", "structured_int8", example)
+    tracker.log_artifact(out_dir / "packed.gwpk", "packed")
+    reference_bytes = state_dict_bytes(reference)
     metrics = {
-        "sparsity": round(sparsity(pruned), 4),
-        "val_accuracy": {"fp32": reference_accuracy, "pruned": pruned_accuracy, "int8": int8_accuracy},
-        "size": {"fp32_checkpoint": size_report(transferred), "pruned_checkpoint": size_report(pruned_path),
-                 "fp32_onnx": size_report(fp32_onnx), "int8_onnx": size_report(int8_onnx)},
+        "sparsity": round(sparsity(trained["pruned"]), 4),
+        "ranks": trained["lowrank"].factorized,
+        "channels": list(trained["structured"].arch.channels),
+        "fp32_val_accuracy": evaluate(reference, *val.tensors(), device=torch.device("cpu"))["accuracy"],
+        "fp32_state_dict_bytes": reference_bytes,
+        "packed_times_smaller": round(reference_bytes / size_report(out_dir / "packed.gwpk")["bytes"], 2),
+        "variants": manifest,
     }
-    log.info("sparsity %.3f; val accuracy fp32 %.4f, pruned %.4f, int8 %.4f", metrics["sparsity"],
-             reference_accuracy, pruned_accuracy, int8_accuracy)
     return metrics
 
 

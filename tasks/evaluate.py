@@ -1,13 +1,17 @@
 """evaluate: every model variant on the target's test split: accuracy, macro precision, recall and F1,
-confusion matrices, size on disk and CPU latency; a JSON of metrics, a CSV table and plots."""
+parameters (all and non-zero), bytes of the deployable file (raw and compressed), latency at batch 1 and
+throughput at a large batch with two threads, each against the fp32 model; a JSON of metrics, a CSV table,
+confusion matrices and a Pareto plot of accuracy against size and latency."""
 
 from __future__ import annotations
 
+import json
 import logging
 import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +19,15 @@ import numpy as np
 import pandas as pd
 import torch
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+from tqdm.auto import tqdm
 
 from tasks.checkpoint import load_model
 from tasks.data import NUM_CLASSES, example_input, load_dataset
-from tasks.export import onnx_logits, onnx_session, size_report
+from tasks.export import MANIFEST, onnx_logits, onnx_session, parameter_counts, size_report, state_dict_bytes
 from tasks.io import atomic_path
+from tasks.packing import load_packed
 from tasks.params import EvaluateParams, Params
-from tasks.plots import confusion_grid
+from tasks.plots import confusion_grid, pareto_plot
 from tasks.stage import stage_cli
 from tasks.tracking import NullTracker, Tracker
 from tasks.training import logits_of
@@ -31,18 +37,41 @@ Predict = Callable[[torch.Tensor], torch.Tensor]  # uint8 images (N, 28, 28) -> 
 TIMING_THREADS = 2  # every variant timed with the same thread budget, the cores of the reference machine
 
 
-def variants(transferred: Path, compressed: Path) -> dict[str, tuple[Path, Predict]]:
-    """Each variant's deployable file and a function that runs it on the CPU."""
+@dataclass(frozen=True)
+class Variant:
+    """One model variant: its deployable file, how it runs, a function that runs it on the CPU, its size in
+    parameters, and (for a PyTorch model) the model itself."""
+
+    path: Path
+    runtime: str  # torch | onnx | packed
+    predict: Predict
+    params: int
+    nonzero_params: int
+    model: torch.nn.Module | None = None
+
+
+def _torch_variant(path: Path, model: torch.nn.Module, runtime: str) -> Variant:
     cpu = torch.device("cpu")
-    fp32, _ = load_model(transferred)
-    pruned, _ = load_model(compressed / "pruned.pt")
-    fp32_onnx, int8 = onnx_session(compressed / "fp32.onnx"), onnx_session(compressed / "int8.onnx")
-    return {
-        "fp32": (transferred, lambda x: logits_of(fp32, x, device=cpu)),
-        "pruned": (compressed / "pruned.pt", lambda x: logits_of(pruned, x, device=cpu)),
-        "fp32_onnx": (compressed / "fp32.onnx", lambda x: onnx_logits(fp32_onnx, x)),
-        "int8": (compressed / "int8.onnx", lambda x: onnx_logits(int8, x)),
-    }
+    return Variant(path, runtime, lambda x: logits_of(model, x, device=cpu), **parameter_counts(model), model=model)
+
+
+def variants(transferred: Path, compressed: Path) -> dict[str, Variant]:
+    """The fp32 reference (channels_last PyTorch) and every variant the compress stage listed in its manifest."""
+    found = {"fp32": _torch_variant(transferred, load_model(transferred)[0], "torch")}
+    manifest_path = compressed / MANIFEST
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{manifest_path}: no variant manifest (run the compress stage)") from None
+    for name, entry in manifest.items():
+        path = compressed / entry["file"]
+        if entry["runtime"] == "packed":
+            found[name] = _torch_variant(path, load_packed(path), "packed")
+        else:
+            session = onnx_session(path)
+            found[name] = Variant(path, "onnx", lambda x, session=session: onnx_logits(session, x),
+                                  entry["params"], entry["nonzero_params"])
+    return found
 
 
 def classification_scores(labels: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
@@ -73,15 +102,14 @@ def speed(predict: Predict, images: torch.Tensor, cfg: EvaluateParams) -> dict[s
             f"throughput_b{cfg.throughput_batch}": cfg.throughput_batch / (statistics.median(batched) / 1000)}
 
 
-def register_candidate(params: Params, path: Path, scores: dict[str, float], example: np.ndarray,
+def register_candidate(params: Params, variant: Variant, scores: dict[str, float], example: np.ndarray,
                        tracker: Tracker) -> dict[str, Any]:
     """Register the candidate variant as a new model version and run the champion gate on it."""
     cfg = params.evaluate
-    if path.suffix == ".onnx":
-        version = tracker.log_onnx_model(path, "candidate", example, registered_name=cfg.registered_model)
+    if variant.model is None:
+        version = tracker.log_onnx_model(variant.path, "candidate", example, registered_name=cfg.registered_model)
     else:
-        version = tracker.log_torch_model(load_model(path)[0], "candidate", example,
-                                          registered_name=cfg.registered_model)
+        version = tracker.log_torch_model(variant.model, "candidate", example, registered_name=cfg.registered_model)
     if version is None:  # no tracking (a plain function call): nothing registered, nothing to gate
         return {"registered": False}
     decision = tracker.gate(cfg.registered_model, version, scores, metric=cfg.gate_metric,
@@ -94,9 +122,26 @@ def register_candidate(params: Params, path: Path, scores: dict[str, float], exa
             "champion_score": decision.champion}
 
 
+FP32_RUNTIMES = ("fp32", "fp32_onnx")  # the fp32 model in each runtime: the fastest is the speed baseline
+PARETO_AXES = (("bytes", "deployable file (bytes, log scale)", True),
+               ("latency_p50_ms", "latency at batch 1, p50 (ms)", False))
+
+
+def against_fp32(results: dict[str, dict[str, float]], throughput_key: str, state_dict_bytes: int) -> None:
+    """Add each variant's accuracy drop (points), its speed-up over the fastest fp32 runtime at the large batch
+    and how many times smaller its file is than the fp32 state dict."""
+    reference = results["fp32"]["accuracy"]
+    fastest = max(results[name][throughput_key] for name in FP32_RUNTIMES if name in results)
+    for scores in results.values():
+        scores["accuracy_drop_points"] = (reference - scores["accuracy"]) * 100
+        scores["speedup_vs_fastest_fp32"] = scores[throughput_key] / fastest
+        scores["times_smaller_than_fp32_state_dict"] = state_dict_bytes / scores["bytes"]
+
+
 def run(params: Params, *, transferred: Path, compressed: Path, target: Path, table_out: Path,
-        confusion_out: Path, predictions_dir: Path, tracker: Tracker | None = None) -> dict[str, Any]:
-    """Score and time every variant; write the table, the confusion plot and per-variant predictions."""
+        confusion_out: Path, pareto_out: Path, predictions_dir: Path,
+        tracker: Tracker | None = None) -> dict[str, Any]:
+    """Score and time every variant; write the table, the confusion and Pareto plots and the predictions."""
     tracker = tracker or NullTracker()
     data, digest = load_dataset(target, splits=("test",))
     tracker.log_dataset("target", target, digest, context="input")
@@ -104,23 +149,28 @@ def run(params: Params, *, transferred: Path, compressed: Path, target: Path, ta
     torch.set_num_threads(TIMING_THREADS)
     results: dict[str, dict[str, float]] = {}
     matrices: dict[str, np.ndarray] = {}
-    files = variants(transferred, compressed)
-    for name, (path, predict) in files.items():
-        predicted = predict(images).argmax(1).numpy()
-        results[name] = {**classification_scores(labels.numpy(), predicted), **size_report(path),
-                         **speed(predict, images, params.evaluate)}
+    found = variants(transferred, compressed)
+    for name, variant in tqdm(found.items(), desc="evaluate", unit="variant", disable=None, leave=False):
+        predicted = variant.predict(images).argmax(1).numpy()
+        results[name] = {**classification_scores(labels.numpy(), predicted),
+                         "params": variant.params, "nonzero_params": variant.nonzero_params,
+                         **size_report(variant.path), **speed(variant.predict, images, params.evaluate)}
         matrices[name] = confusion_matrix(labels.numpy(), predicted, labels=range(NUM_CLASSES))
         with atomic_path(predictions_dir / f"{name}.csv") as tmp:
             pd.DataFrame({"actual": labels.numpy(), "predicted": predicted}).to_csv(tmp, index=False)
-        log.info("%-9s %s", name, " ".join(f"{k}={v:.4g}" for k, v in results[name].items()))
+    against_fp32(results, f"throughput_b{params.evaluate.throughput_batch}",
+                 state_dict_bytes(found["fp32"].model))
+    for name, scores in results.items():
+        log.info("%-15s %s", name, " ".join(f"{k}={v:.4g}" for k, v in scores.items()))
     table = pd.DataFrame.from_dict(results, orient="index").rename_axis("variant")
     with atomic_path(table_out) as tmp:
         table.to_csv(tmp)
     confusion_grid(confusion_out, matrices, {name: r["accuracy"] for name, r in results.items()})
-    for path in (table_out, confusion_out):
+    pareto_plot(pareto_out, table, PARETO_AXES)
+    for path in (table_out, confusion_out, pareto_out):
         tracker.log_artifact(path, "evaluation")
     candidate = params.evaluate.candidate
-    registry = register_candidate(params, files[candidate][0], results[candidate], example_input(data["test"]),
+    registry = register_candidate(params, found[candidate], results[candidate], example_input(data["test"]),
                                   tracker)
     return {"test_images": len(labels), "variants": results, "registry": registry}
 
@@ -133,6 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "target": "target dataset (.npz) from ingest",
         "table_out": "per-variant table (.csv) to write",
         "confusion_out": "confusion matrices (.png) to write",
+        "pareto_out": "accuracy against size and latency, with the Pareto front (.png) to write",
         "predictions_dir": "folder for per-variant predictions (.csv, for DVC's confusion plot)",
     })
 

@@ -19,6 +19,7 @@ from tasks.io import atomic_path
 log = logging.getLogger(__name__)
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
+MANIFEST = "variants.json"  # the compress stage's list of variants: file, runtime, parameter counts
 
 
 def export_onnx(model: torch.nn.Module, path: Path) -> None:
@@ -78,3 +79,16 @@ def size_report(path: Path) -> dict[str, int]:
     """Bytes on disk and bytes after zlib (level 9): the second shows what zeros and sharing save."""
     data = Path(path).read_bytes()
     return {"bytes": len(data), "compressed_bytes": len(zlib.compress(data, 9))}
+
+
+def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
+    """Learned parameters, and those not zero."""
+    return {"params": sum(p.numel() for p in model.parameters()),
+            "nonzero_params": sum(int(p.count_nonzero()) for p in model.parameters())}
+
+
+def state_dict_bytes(model: torch.nn.Module) -> int:
+    """Bytes of `torch.save(model.state_dict())`: the reference size compression is measured against."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.getbuffer().nbytes

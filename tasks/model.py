@@ -56,6 +56,8 @@ class DigitNet(nn.Module):
         self.backbone = Backbone(tuple(arch.channels), arch.embedding_dim)
         self.head = new_head(arch, num_classes)
         self.backbone_frozen = False
+        # layers replaced by a low-rank pair (module name -> rank): part of the architecture, saved with it
+        self.factorized: dict[str, int] = {}
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(images))

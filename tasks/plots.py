@@ -72,3 +72,36 @@ def budget_curve(path: Path, summary: pd.DataFrame) -> None:
     axis.grid(alpha=0.3)
     axis.legend()
     _save(figure, path)
+
+
+def pareto_front(cost: pd.Series, accuracy: pd.Series) -> list[str]:
+    """Names of the points no other point beats on both axes (lower cost, higher accuracy), by rising cost."""
+    front, best = [], -np.inf
+    for name in cost.sort_values(kind="stable").index:
+        if accuracy[name] > best:
+            front.append(name)
+            best = accuracy[name]
+    return front
+
+
+def pareto_plot(path: Path, table: pd.DataFrame, axes_spec: Sequence[tuple[str, str, bool]]) -> None:
+    """Accuracy against each cost column of `table` (one panel per (column, label, log scale)); every variant
+    labelled, the Pareto front joined by a line."""
+    figure, axes = plt.subplots(1, len(axes_spec), figsize=(6.2 * len(axes_spec), 4.4), squeeze=False)
+    for axis, (column, label, log_scale) in zip(axes[0], axes_spec, strict=True):
+        front = pareto_front(table[column], table["accuracy"])
+        axis.plot(table.loc[front, column], table.loc[front, "accuracy"], color="tab:green", alpha=0.6,
+                  label="Pareto front", zorder=1)
+        on_front = table.index.isin(front)
+        axis.scatter(table[column], table["accuracy"], c=np.where(on_front, "tab:green", "tab:grey"), zorder=2)
+        for name, row in table.iterrows():
+            axis.annotate(str(name), (row[column], row["accuracy"]), textcoords="offset points", xytext=(4, 4),
+                          fontsize=8)
+        if log_scale:
+            axis.set_xscale("log")
+        axis.set_xlabel(label)
+        axis.set_ylabel("target test accuracy")
+        axis.grid(alpha=0.3)
+        axis.legend(loc="lower right")
+    figure.suptitle("Compressed variants: accuracy against cost (up and left is better)")
+    _save(figure, path)

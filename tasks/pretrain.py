@@ -16,6 +16,7 @@ from tasks.augmentation import online_augmentation
 from tasks.checkpoint import save_checkpoint
 from tasks.contrastive import Projector, contrastive_objective, contrastive_validation
 from tasks.data import Dataset, Split, example_input, load_dataset
+from tasks.distributed import is_main_process
 from tasks.io import atomic_path
 from tasks.model import DigitNet
 from tasks.params import Params
@@ -66,7 +67,8 @@ def run(params: Params, *, train: Path, source: Path, model_out: Path, history_o
     """Pretrain, test on the source's held-out split, save the model and its per-epoch history.
 
     With `resume`, training state is kept there after every epoch, and a run killed mid-way continues
-    from its last completed epoch when started again.
+    from its last completed epoch when started again. Under torchrun every rank trains; rank 0 alone tests,
+    saves and records the model.
     """
     tracker = tracker or NullTracker()
     cfg = params.pretrain
@@ -90,6 +92,8 @@ def run(params: Params, *, train: Path, source: Path, model_out: Path, history_o
                                                                          on_epoch, resume)
     else:
         history = pretrain_supervised(model, train_split, source_set, params, on_epoch, resume)
+    if not is_main_process():
+        return metrics
     device = resolve_device(params.device)
     test = evaluate(model, *source_set["test"].tensors(), device=device)
     val = evaluate(model, *source_set["val"].tensors(), device=device)
@@ -113,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }, options={
         "resume": (Path(".resume/pretrain.pt"),
                    "training state kept after every epoch, so a killed run continues where it stopped"),
-    })
+    }, processes=lambda params: params.pretrain.nproc)
 
 
 if __name__ == "__main__":

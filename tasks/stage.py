@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,11 @@ from mlflow.exceptions import MlflowException
 
 from tasks.checkpoint import CheckpointError
 from tasks.data import DataError
+from tasks.distributed import is_main_process, process_group, relaunch, under_torchrun
 from tasks.io import write_json
 from tasks.params import DEFAULT_PARAMS_PATH, Params, ParamsError, load_params
-from tasks.tracking import Tracker, numeric, stage_run, tracking_uri
-from tasks.training import TrainingDiverged
+from tasks.tracking import NullTracker, Tracker, numeric, stage_run, tracking_uri
+from tasks.training import TrainingDiverged, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,7 @@ EXIT_FAILED = 1
 
 StageWork = Callable[[Params, argparse.Namespace, Tracker], dict[str, Any]]
 StageRun = Callable[..., dict[str, Any]]  # a stage's run(params, *, <paths>..., tracker)
+Processes = Callable[[Params], int]  # how many training processes a stage's params ask for
 
 
 def stage_parser(stage: str, description: str | None) -> argparse.ArgumentParser:
@@ -60,9 +63,11 @@ def declared_params(stage: str, params: Params, dvc_file: Path = Path("dvc.yaml"
 
 
 def stage_cli(stage: str, description: str | None, run: StageRun, argv: Sequence[str] | None, *,
-              paths: Mapping[str, str], options: Mapping[str, tuple[Path, str]] | None = None) -> int:
+              paths: Mapping[str, str], options: Mapping[str, tuple[Path, str]] | None = None,
+              processes: Processes | None = None) -> int:
     """A stage's command line: `--<path>` for each of `paths` (name: help) and `options` (name: (default,
-    help)), passed to `run(params, **paths, tracker=...)` by name; returns the exit code."""
+    help)), passed to `run(params, **paths, tracker=...)` by name; returns the exit code. `processes`: see
+    stage_main."""
     parser = stage_parser(stage, description)
     for name, help_text in paths.items():
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=Path, required=True, metavar="PATH",
@@ -75,12 +80,17 @@ def stage_cli(stage: str, description: str | None, run: StageRun, argv: Sequence
     def work(params: Params, args: argparse.Namespace, tracker: Tracker) -> dict[str, Any]:
         return run(params, **{name: getattr(args, name) for name in names}, tracker=tracker)
 
-    return stage_main(stage, parser, work, argv)
+    return stage_main(stage, parser, work, argv, processes=processes)
 
 
 def stage_main(stage: str, parser: argparse.ArgumentParser, work: StageWork,
-               argv: Sequence[str] | None = None) -> int:
-    """Validate params, run the stage inside its MLflow run, write and log its metrics; return an exit code."""
+               argv: Sequence[str] | None = None, *, processes: Processes | None = None) -> int:
+    """Validate params, run the stage inside its MLflow run, write and log its metrics; return an exit code.
+
+    A stage that names its `processes` trains in that many when the params ask for more than one: started
+    plainly (by hand, by DVC), the command runs itself again under torchrun and returns torchrun's exit code;
+    under torchrun, every rank does the work and rank 0 alone opens the MLflow run and writes the metrics.
+    """
     args = parser.parse_args(argv)
     configure_logging()
     try:
@@ -88,12 +98,16 @@ def stage_main(stage: str, parser: argparse.ArgumentParser, work: StageWork,
     except ParamsError as exc:
         print(f"{stage}: {exc}", file=sys.stderr)
         return EXIT_BAD_PARAMS
+    if processes is not None and not under_torchrun() and (count := processes(params)) > 1:
+        return relaunch(f"tasks.{stage}", count, sys.argv[1:] if argv is None else argv)
     try:
-        with stage_run(stage, declared_params(stage, params)) as tracker:
-            metrics = work(params, args, tracker)
-            write_json(args.metrics, metrics)
-            tracker.log_metrics(numeric(metrics))
-            tracker.log_artifact(args.metrics)
+        with process_group(resolve_device(params.device)) if processes is not None else nullcontext():
+            if is_main_process():
+                _record(stage, params, args, work)
+            else:
+                logging.getLogger().setLevel(logging.WARNING)  # rank 0 reports progress for all
+                work(params, args, NullTracker())
+                return 0
     except EXPECTED_FAILURES as exc:
         log.error("%s failed: %s", stage, exc)
         return EXIT_FAILED
@@ -104,3 +118,11 @@ def stage_main(stage: str, parser: argparse.ArgumentParser, work: StageWork,
         return EXIT_FAILED
     log.info("%s done; metrics in %s", stage, args.metrics)
     return 0
+
+
+def _record(stage: str, params: Params, args: argparse.Namespace, work: StageWork) -> None:
+    with stage_run(stage, declared_params(stage, params)) as tracker:
+        metrics = work(params, args, tracker)
+        write_json(args.metrics, metrics)
+        tracker.log_metrics(numeric(metrics))
+        tracker.log_artifact(args.metrics)

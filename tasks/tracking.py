@@ -87,7 +87,8 @@ def experiment_name() -> str:
 
 
 def ensure_experiment(client: Any, root: Path | None = None) -> str:
-    """The experiment's id, creating it (artifacts beside the store, for a local store) when missing."""
+    """The experiment's id, creating it when missing: artifacts in the project's mlartifacts/ for a SQLite store;
+    a tracking server (http) picks its own artifact root, e.g. its `--artifacts-destination`, served through it."""
     name = experiment_name()
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:

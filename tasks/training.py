@@ -17,6 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from tasks.data import to_float
+from tasks.distributed import broadcast_from_main, is_main_process, parallel, rank, sum_over_ranks, world_size
 from tasks.params import TrainParams
 from tasks.resume import load_resume, save_resume
 
@@ -145,17 +146,45 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
     }
 
 
-def _epoch_order(count: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+def _epoch_order(count: int, batch_size: int, generator: torch.Generator, *, rank: int = 0,
+                 world: int = 1) -> list[torch.Tensor]:
+    """This rank's batches of one epoch, as DistributedSampler deals them: one permutation drawn alike on every
+    rank, wrapped round to a multiple of `world` so all ranks take the same number of steps, and every
+    `world`-th index from position `rank` taken here. `batch_size` is per rank: the k-th batches of all ranks
+    together are the k-th batch a single process would take with batch_size * world."""
     order = torch.randperm(count, generator=generator)
+    if world > 1:
+        order = order[torch.arange(-(-count // world) * world) % count][rank::world]
     # BatchNorm cannot train on a batch of one: drop a lone trailing sample (it is reshuffled next epoch).
-    if count > 1 and count % batch_size == 1:
+    if len(order) > 1 and len(order) % batch_size == 1:
         order = order[:-1]
     return list(order.split(batch_size))
 
 
-def steps_per_epoch(count: int, batch_size: int) -> int:
-    """Optimizer steps in one epoch over `count` images: what equal-budget baselines are matched on."""
-    return len(_epoch_order(count, batch_size, torch.Generator().manual_seed(0)))
+def steps_per_epoch(count: int, batch_size: int, world: int = 1) -> int:
+    """Optimizer steps in one epoch over `count` images at global `batch_size` split over `world` processes:
+    what equal-budget baselines are matched on."""
+    return len(_epoch_order(count, batch_size // world, torch.Generator().manual_seed(0), world=world))
+
+
+def _rank_generator(generator: torch.Generator) -> torch.Generator:
+    """The generator an epoch's objective draws from (augmentation): the loop's own when training alone. Under
+    DDP, a stream per rank, seeded from the shared generator at every epoch, so ranks augment (and drop out)
+    independently, the shared generator stays in step on all ranks, and a resumed run replays the same draws."""
+    if world_size() == 1:
+        return generator
+    augment_seed, dropout_seed = torch.randint(2**31, (2,), generator=generator).tolist()
+    torch.manual_seed(dropout_seed + rank())
+    return torch.Generator().manual_seed(augment_seed + rank())
+
+
+def per_rank_batch(batch_size: int, desc: str) -> int:
+    """The global batch size's share of this process; an error when the ranks cannot share it evenly."""
+    world = world_size()
+    if batch_size % world or batch_size // world < 2:
+        raise ValueError(f"{desc}: batch_size {batch_size} does not split into {world} equal per-process batches "
+                         "of at least 2 images (batch_size is the global batch; make it a multiple of nproc)")
+    return batch_size // world
 
 
 def supervised(augment: BatchAugment | None = None) -> Objective:
@@ -206,13 +235,20 @@ def _train_epoch(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], cfg
     trainable = [p for p in model.parameters() if p.requires_grad]
     model.train()
     loss_sum, correct, seen = 0.0, 0, 0
-    for batch in _epoch_order(len(labels), cfg.batch_size, generator):
+    batches = _epoch_order(len(labels), per_rank_batch(cfg.batch_size, desc), generator, rank=rank(),
+                           world=world_size())
+    draws = _rank_generator(generator)
+    for batch in batches:
         inputs, targets = prepare_batch(images[batch], device), labels[batch].to(device)
-        loss, batch_correct = objective(model, inputs, targets, generator)
-        first = progress.first_loss = loss.item() if progress.first_loss is None else progress.first_loss
-        if not math.isfinite(loss.item()) or loss.item() > DIVERGENCE_FACTOR * first:
+        loss, batch_correct = objective(model, inputs, targets, draws)
+        # the step's figures over all ranks: every rank sees the same loss and stops on the same step
+        step_loss, step_correct, step_seen = sum_over_ranks([loss.item() * len(batch), batch_correct, len(batch)],
+                                                            device)
+        value = step_loss / step_seen
+        first = progress.first_loss = value if progress.first_loss is None else progress.first_loss
+        if not math.isfinite(value) or value > DIVERGENCE_FACTOR * first:
             raise TrainingDiverged(
-                f"{desc}: loss became {loss.item():.4g} in epoch {progress.epoch + 1} (first batch: {first:.4g}); "
+                f"{desc}: loss became {value:.4g} in epoch {progress.epoch + 1} (first batch: {first:.4g}); "
                 f"lower the learning rate (lr={cfg.lr}) or enable grad_clip"
             )
         optimizer.zero_grad(set_to_none=True)
@@ -221,9 +257,9 @@ def _train_epoch(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], cfg
             nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
         optimizer.step()
         policy.after_step()
-        loss_sum += loss.item() * len(batch)
-        correct += batch_correct
-        seen += len(batch)
+        loss_sum += step_loss
+        correct += int(step_correct)
+        seen += int(step_seen)
         bar.update()
     return {"train_loss": loss_sum / seen, "train_accuracy": correct / seen, "lr": optimizer.param_groups[-1]["lr"]}
 
@@ -252,10 +288,16 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], cfg: TrainPa
     state found there at the start is continued from, and the file is removed when training ends: a killed
     run, started again, ends exactly as an uninterrupted one. Raises TrainingDiverged as soon as the loss
     blows up or stops being finite.
+
+    Under torchrun (a process group is up) every rank calls fit alike: the training steps run through
+    DistributedDataParallel on each rank's share of the epoch, `cfg.batch_size` being the global batch split
+    evenly across ranks; rank 0 alone validates (the others receive its scores, so schedules and stopping
+    agree) and keeps the resume file. BatchNorm normalises with each rank's own share of the batch.
     """
     objective = objective or supervised()
     generator = torch.Generator().manual_seed(seed)
-    batches_per_epoch = steps_per_epoch(len(train[1]), cfg.batch_size)
+    per_rank_batch(cfg.batch_size, desc)  # fail before any work when the ranks cannot share the batch
+    batches_per_epoch = steps_per_epoch(len(train[1]), cfg.batch_size, world_size())
     fingerprint = _fingerprint(model, train, cfg, seed, desc) if resume is not None else ""
     model.to(device, memory_format=torch.channels_last)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -271,13 +313,14 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], cfg: TrainPa
         progress = _Progress(**saved["progress"])
         log.info("%s: resuming after epoch %d from %s", desc, progress.epoch, resume)
     bar = tqdm(total=cfg.epochs * batches_per_epoch, initial=progress.epoch * batches_per_epoch, desc=desc,
-               unit="batch", disable=None, leave=False)
+               unit="batch", disable=None if is_main_process() else True, leave=False)
+    trainer = parallel(model, device)
     try:
         while progress.epoch < cfg.epochs and not (cfg.early_stopping and progress.stale >= cfg.early_stopping):
-            metrics = _train_epoch(model, train, cfg, objective=objective, optimizer=optimizer, policy=policy,
+            metrics = _train_epoch(trainer, train, cfg, objective=objective, optimizer=optimizer, policy=policy,
                                    generator=generator, device=device, progress=progress, bar=bar, desc=desc)
             if validate is not None:
-                metrics |= validate(model)
+                metrics |= broadcast_from_main(validate(model) if is_main_process() else None)
             policy.after_epoch(metrics.get("val_loss"))
             progress.epoch += 1
             bar.set_postfix({k: f"{v:.3g}" for k, v in metrics.items() if k != "lr"})
@@ -287,7 +330,7 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], cfg: TrainPa
             _track_best(model, metrics, cfg, progress)
             if on_epoch is not None:
                 on_epoch(progress.epoch, metrics)
-            if resume is not None:
+            if resume is not None and is_main_process():
                 save_resume(resume, fingerprint, {
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "policy": policy.state_dict(), "generator": generator.get_state(),
@@ -300,6 +343,6 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], cfg: TrainPa
     if progress.best_state is not None:
         model.load_state_dict(progress.best_state)
         log.info("%s: restored the weights of the epoch with val_loss %.4g", desc, progress.best_loss)
-    if resume is not None:
+    if resume is not None and is_main_process():
         resume.unlink(missing_ok=True)
     return progress.history

@@ -15,6 +15,7 @@ import pandas as pd
 from tasks.augmentation import online_augmentation
 from tasks.checkpoint import load_model, save_checkpoint
 from tasks.data import Dataset, example_input, load_dataset
+from tasks.distributed import is_main_process
 from tasks.io import atomic_path
 from tasks.model import DigitNet, new_head
 from tasks.params import Params
@@ -113,11 +114,15 @@ def write_history(path: Path, histories: dict[str, History]) -> None:
 
 def run(params: Params, *, pretrained: Path, target: Path, model_out: Path, history_out: Path,
         tracker: Tracker | None = None) -> dict[str, Any]:
-    """Transfer and the from-scratch baseline on the target's labelled split; save the transferred model."""
+    """Transfer and the from-scratch baseline on the target's labelled split; save the transferred model.
+
+    Under torchrun every rank trains; rank 0 alone saves and records the model."""
     tracker = tracker or NullTracker()
     data, digest = load_dataset(target)
     tracker.log_dataset("target", target, digest, context="input")
     model, scores, histories = transfer_and_scratch(pretrained, data, params, seed=params.seed, tracker=tracker)
+    if not is_main_process():
+        return scores
     metrics = {"mode": params.transfer.mode, "train_images": len(data["train"]), **scores,
                "transfer_val_accuracy": histories["transfer"][-1]["val_accuracy"],
                "scratch_val_accuracy": histories["scratch"][-1]["val_accuracy"]}
@@ -138,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "target": "target dataset (.npz) from ingest",
         "model_out": "transferred checkpoint (.pt) to write",
         "history_out": "per-epoch metrics (.csv) to write",
-    })
+    }, processes=lambda params: params.transfer.nproc)
 
 
 if __name__ == "__main__":

@@ -1,20 +1,39 @@
-"""compress: global magnitude pruning to the target sparsity, int8 on ONNX Runtime, sizes."""
+"""compress: every variant (pruned, structured, lowrank, int8, structured_int8, packed), the techniques behind
+them, and the deployable files, loaded in fresh processes."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import pytest
 import torch
 
-from tasks.checkpoint import load_model
-from tasks.data import load_dataset
-from tasks.export import onnx_logits, onnx_session
+from tasks.checkpoint import CheckpointError, load_model, save_checkpoint
+from tasks.data import load_dataset, to_float
+from tasks.distill import UNLABELLED, distillation
+from tasks.export import MANIFEST, onnx_logits, onnx_session
+from tasks.lowrank import factorize, rank_for_energy
+from tasks.model import DigitNet, prunable_layers
+from tasks.packing import load_packed, pack, share_weights, tie_to_codebooks, untie
 from tasks.params import Params
 from tasks.pruning import make_permanent, prune_to, sparsity
+from tasks.structured import narrower, prune_channels
 from tasks.training import logits_of
+
+CPU = torch.device("cpu")
+ROOT = Path(__file__).resolve().parent.parent
+ONNX_VARIANTS = ("fp32", "pruned", "structured", "lowrank", "int8", "structured_int8")
+
+
+def target_test_images(tiny_data: dict[str, Path]) -> torch.Tensor:
+    target, _ = load_dataset(tiny_data["target"], splits=("test",))
+    return target["test"].tensors()[0]
 
 
 def test_global_pruning_reaches_the_exact_sparsity(tiny_transferred: dict[str, Any]) -> None:
@@ -27,27 +46,188 @@ def test_global_pruning_reaches_the_exact_sparsity(tiny_transferred: dict[str, A
     assert not any("weight_orig" in key for key in model.state_dict())
 
 
-def test_variants_are_written_and_sparse(tiny_params: Params, tiny_compressed: dict[str, Any]) -> None:
+def test_removing_dead_channels_changes_nothing(tiny_params: Params, tiny_transferred: dict[str, Any],
+                                                tiny_data: dict[str, Path]) -> None:
+    """Channels whose BatchNorm scale and shift are zero output nothing: structured pruning must pick exactly
+    those, and the narrower network must compute the same logits."""
+    model, _ = load_model(tiny_transferred["model"])
+    arch = narrower(model.arch, 0.5)
+    with torch.no_grad():
+        for block, width in zip(model.backbone.features, arch.channels, strict=True):
+            for norm in (block[1], block[4]):
+                norm.weight[width:] = 0
+                norm.bias[width:] = 0
+        model.backbone.embed[2].weight[arch.embedding_dim:] = 0
+        model.backbone.embed[2].bias[arch.embedding_dim:] = 0
+    small = prune_channels(model, arch)
+    assert list(small.arch.channels) == [c // 2 for c in tiny_params.model.channels]
+    assert sum(p.numel() for p in small.parameters()) < 0.35 * sum(p.numel() for p in model.parameters())
+    images = target_test_images(tiny_data)
+    torch.testing.assert_close(logits_of(small, images, device=CPU), logits_of(model, images, device=CPU),
+                               atol=1e-4, rtol=1e-4)
+
+
+def test_rank_follows_the_energy_threshold() -> None:
+    singular = torch.tensor([3.0, 2.0, 1.0, 0.0])  # squared: 9, 4, 1 of 14
+    assert rank_for_energy(singular, 9 / 14 - 1e-6) == 1
+    assert rank_for_energy(singular, 13 / 14 - 1e-6) == 2
+    assert rank_for_energy(singular, 13 / 14 + 1e-6) == 3
+
+
+def test_full_energy_factorisation_computes_the_same_and_reloads(tmp_path: Path, tiny_transferred: dict[str, Any],
+                                                                 tiny_data: dict[str, Path]) -> None:
+    """A layer whose weight has rank 4 is replaced by a rank-4 pair that computes the same."""
+    model, _ = load_model(tiny_transferred["model"])
+    embed = model.backbone.embed[1].weight
+    with torch.no_grad():
+        embed.copy_(torch.randn(embed.shape[0], 4) @ torch.randn(4, embed.shape[1]) * embed.std() / 2)
+    images = target_test_images(tiny_data)
+    before = logits_of(model, images, device=CPU)
+    ranks = factorize(model, 0.9999999)
+    assert ranks["backbone.embed.1"] == 4
+    assert isinstance(model.get_submodule("backbone.embed.1"), torch.nn.Sequential)
+    torch.testing.assert_close(logits_of(model, images, device=CPU), before, atol=1e-3, rtol=1e-3)
+    save_checkpoint(tmp_path / "lowrank.pt", model, stage="test", params={}, metrics={})
+    reloaded, _ = load_model(tmp_path / "lowrank.pt")
+    assert reloaded.factorized == ranks
+    torch.testing.assert_close(logits_of(reloaded, images, device=CPU), logits_of(model, images, device=CPU))
+
+
+def test_weight_sharing_is_exact_when_values_fit_the_codebook() -> None:
+    values = torch.tensor([-0.5, 0.25, 0.25, 1.0, -0.5, 1.0])
+    codebook, codes = share_weights(values, 3)
+    torch.testing.assert_close(codebook[codes], values)
+
+
+def test_packed_round_trip_keeps_zeros_and_codebooks(tmp_path: Path, tiny_transferred: dict[str, Any]) -> None:
+    model, _ = load_model(tiny_transferred["model"])
+    prune_to(model, 0.9)
+    make_permanent(model)
+    pack(model, tmp_path / "model.gwpk", bits=3)
+    restored = load_packed(tmp_path / "model.gwpk")
+    loaded_state = restored.state_dict()
+    assert loaded_state.keys() == model.state_dict().keys()
+    for name, original in model.state_dict().items():
+        loaded = loaded_state[name]
+        if name.endswith("weight") and original.dim() > 1:
+            assert torch.equal(original == 0, loaded == 0), f"{name}: pruned weights stay exactly zero"
+            assert loaded.unique().numel() <= 2 ** 3, f"{name}: at most 7 shared values plus zero"
+            assert (loaded - original).abs().max() < 0.25 * original.abs().max()
+        else:
+            torch.testing.assert_close(loaded, original.to(loaded.dtype), atol=1e-2, rtol=1e-3)  # float16
+
+
+def test_codebook_fine_tuning_moves_shared_values_and_keeps_zeros(tiny_transferred: dict[str, Any]) -> None:
+    model, _ = load_model(tiny_transferred["model"])
+    prune_to(model, 0.8)
+    make_permanent(model)
+    zeros = {name: weight == 0 for name, weight in model.state_dict().items() if weight.dim() > 1}
+    tie_to_codebooks(model, bits=3)
+    shared = [module.weight.detach().clone() for module, _ in prunable_layers(model)]  # the tied values
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert not any(p is module.parametrizations.weight.original for module, _ in prunable_layers(model)
+                   for p in trainable), "the raw weights are frozen: only the codebooks move"
+    optimizer = torch.optim.SGD(trainable, lr=0.1)
+    model.train()
+    torch.nn.functional.cross_entropy(model(torch.rand(8, 1, 28, 28)), torch.arange(8)).backward()
+    optimizer.step()
+    untie(model)
+    for name, mask in zeros.items():
+        weight = model.state_dict()[name]
+        assert torch.equal(weight == 0, mask), f"{name}: pruned weights stay zero, shared ones stay non-zero"
+        assert weight[weight != 0].unique().numel() <= 7, f"{name}: still at most 7 shared values"
+    after = [module.weight.detach() for module, _ in prunable_layers(model)]
+    assert any(not torch.equal(a, b) for a, b in zip(after, shared, strict=True)), "the codebooks moved"
+
+
+def test_packed_file_errors_name_the_file(tmp_path: Path, tiny_compressed: dict[str, Any]) -> None:
+    broken = tmp_path / "broken.gwpk"
+    broken.write_bytes((tiny_compressed["dir"] / "packed.gwpk").read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match=r"broken\.gwpk: corrupt or truncated"):
+        load_packed(broken)
+    foreign = tmp_path / "foreign.gwpk"
+    foreign.write_bytes(b"PK\x03\x04 not ours")
+    with pytest.raises(CheckpointError, match=r"foreign\.gwpk: not a packed model"):
+        load_packed(foreign)
+
+
+def test_distillation_learns_from_the_teacher_on_unlabelled_images(tiny_params: Params) -> None:
+    torch.manual_seed(0)
+    teacher, student = DigitNet(tiny_params.model).eval(), DigitNet(tiny_params.model).eval()
+    inputs = torch.rand(6, 1, 28, 28)
+    labels = torch.tensor([1, 2, 3, UNLABELLED, UNLABELLED, UNLABELLED])
+    generator = torch.Generator()
+    plain, _ = distillation(teacher, weight=0.0, temperature=4.0)(student, inputs[:3], labels[:3], generator)
+    torch.testing.assert_close(plain, torch.nn.functional.cross_entropy(student(inputs[:3]), labels[:3]))
+    unlabelled_only, _ = distillation(teacher, weight=0.5, temperature=2.0)(student, inputs[3:], labels[3:],
+                                                                            generator)
+    assert unlabelled_only > 0
+    unlabelled_only.backward()
+    assert student.head[1].weight.grad is not None and student.head[1].weight.grad.abs().sum() > 0
+    itself, _ = distillation(student, weight=1.0, temperature=2.0)(student, inputs[3:], labels[3:], generator)
+    assert itself.item() == pytest.approx(0.0, abs=1e-6), "a student that matches its teacher has nothing to learn"
+
+
+def test_every_variant_is_written_and_listed(tiny_params: Params, tiny_compressed: dict[str, Any]) -> None:
     folder, metrics = tiny_compressed["dir"], tiny_compressed["metrics"]
-    assert sorted(p.name for p in folder.iterdir()) == ["fp32.onnx", "int8.onnx", "pruned.pt"]
+    manifest = json.loads((folder / MANIFEST).read_text())
+    assert set(manifest) == {"fp32_onnx", "int8", "pruned", "structured", "lowrank", "structured_int8", "packed"}
+    assert all((folder / entry["file"]).is_file() for entry in manifest.values())
     pruned, _ = load_model(folder / "pruned.pt")
     assert sparsity(pruned) == pytest.approx(tiny_params.compress.sparsity, abs=2e-3) == metrics["sparsity"]
-    sizes = metrics["size"]
-    # zeros compress: the pruned checkpoint shrinks far more under zlib than the dense one
-    assert sizes["pruned_checkpoint"]["compressed_bytes"] < 0.6 * sizes["fp32_checkpoint"]["compressed_bytes"]
-    assert sizes["int8_onnx"]["bytes"] < 0.5 * sizes["fp32_onnx"]["bytes"]
+    assert manifest["pruned"]["nonzero_params"] < 0.3 * manifest["pruned"]["params"]
+    assert manifest["structured"]["params"] < 0.5 * manifest["fp32_onnx"]["params"]
+    assert manifest["lowrank"]["params"] < manifest["fp32_onnx"]["params"]
+    sizes = {name: (folder / entry["file"]).stat().st_size for name, entry in manifest.items()}
+    assert sizes["int8"] < 0.5 * sizes["fp32_onnx"]
+    assert sizes["structured"] < 0.5 * sizes["fp32_onnx"]
+    assert sizes["structured_int8"] < 0.75 * sizes["structured"]  # quantization parameters weigh on a tiny net
+    assert metrics["packed_times_smaller"] > 8, "even the tiny model packs far below its state dict"
 
 
-def test_int8_model_runs_integer_kernels_and_agrees(tiny_data: dict[str, Path], tiny_transferred: dict[str, Any],
-                                                    tiny_compressed: dict[str, Any]) -> None:
-    graph = onnx.load(str(tiny_compressed["dir"] / "int8.onnx")).graph
-    assert sum(node.op_type == "QuantizeLinear" for node in graph.node) > 0
-    assert any(init.data_type == onnx.TensorProto.INT8 for init in graph.initializer)
-    target, _ = load_dataset(tiny_data["target"], splits=("test",))
-    images = target["test"].tensors()[0]
-    reference, _ = load_model(tiny_transferred["model"])
-    expected = logits_of(reference, images, device=torch.device("cpu")).argmax(1)
-    fp32 = onnx_logits(onnx_session(tiny_compressed["dir"] / "fp32.onnx"), images).argmax(1)
-    int8 = onnx_logits(onnx_session(tiny_compressed["dir"] / "int8.onnx"), images).argmax(1)
-    assert (fp32 == expected).float().mean() > 0.99, "the ONNX export computes what the PyTorch model does"
-    assert (int8 == expected).float().mean() > 0.9, "int8 keeps nearly every prediction"
+def test_int8_models_run_integer_kernels(tiny_compressed: dict[str, Any]) -> None:
+    for name in ("int8", "structured_int8"):
+        graph = onnx.load(str(tiny_compressed["dir"] / f"{name}.onnx")).graph
+        assert sum(node.op_type == "QuantizeLinear" for node in graph.node) > 0
+        assert any(init.data_type == onnx.TensorProto.INT8 for init in graph.initializer)
+
+
+# Runs with ONNX Runtime and NumPy alone, in isolated mode (-I): the project's code cannot be imported.
+STANDALONE_ONNX = """
+import sys, numpy, onnxruntime
+images = numpy.load(sys.argv[1])
+for path in sys.argv[3:]:
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    numpy.save(sys.argv[2] + "/" + path.rsplit("/", 1)[-1] + ".npy", session.run(None, {"images": images})[0])
+"""
+STANDALONE_PACKED = """
+import sys, numpy, torch
+from tasks.packing import load_packed
+model = load_packed(sys.argv[2])
+with torch.no_grad():
+    numpy.save(sys.argv[3], model(torch.from_numpy(numpy.load(sys.argv[1]))).numpy())
+"""
+
+
+def test_exported_files_predict_as_in_process_in_a_fresh_process(tmp_path: Path, tiny_data: dict[str, Path],
+                                                                  tiny_transferred: dict[str, Any],
+                                                                  tiny_compressed: dict[str, Any]) -> None:
+    folder = tiny_compressed["dir"]
+    images = target_test_images(tiny_data)
+    np.save(tmp_path / "images.npy", to_float(images).numpy())
+    paths = [str(folder / f"{name}.onnx") for name in ONNX_VARIANTS]
+    subprocess.run([sys.executable, "-I", "-c", STANDALONE_ONNX, str(tmp_path / "images.npy"), str(tmp_path), *paths],
+                   cwd=tmp_path, check=True)
+    in_process = {"fp32": load_model(tiny_transferred["model"])[0],
+                  **{name: load_model(folder / f"{name}.pt")[0] for name in ("pruned", "structured", "lowrank")}}
+    for name in ONNX_VARIANTS:
+        fresh = torch.from_numpy(np.load(tmp_path / f"{name}.onnx.npy"))
+        if name in in_process:  # fp32 files: the same numbers as the PyTorch model, to float tolerance
+            torch.testing.assert_close(fresh, logits_of(in_process[name], images, device=CPU), atol=1e-3, rtol=1e-3)
+        else:  # int8 files: the same numbers as the same file run in this process
+            torch.testing.assert_close(fresh, onnx_logits(onnx_session(folder / f"{name}.onnx"), images))
+    subprocess.run([sys.executable, "-c", STANDALONE_PACKED, str(tmp_path / "images.npy"),
+                    str(folder / "packed.gwpk"), str(tmp_path / "packed.npy")], cwd=ROOT, check=True)
+    torch.testing.assert_close(torch.from_numpy(np.load(tmp_path / "packed.npy")),
+                               logits_of(load_packed(folder / "packed.gwpk"), images, device=CPU),
+                               atol=1e-4, rtol=1e-4)

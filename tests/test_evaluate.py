@@ -25,20 +25,37 @@ def test_classification_scores_match_hand_counts() -> None:
 def test_run_scores_every_variant(tmp_path: Path, tiny_params: Params, tiny_data: dict[str, Path],
                                   tiny_transferred: dict[str, Any], tiny_compressed: dict[str, Any]) -> None:
     outputs = {"table_out": tmp_path / "evaluate.csv", "confusion_out": tmp_path / "confusion.png",
-               "predictions_dir": tmp_path / "predictions"}
+               "pareto_out": tmp_path / "pareto.png", "predictions_dir": tmp_path / "predictions"}
     metrics = evaluate.run(tiny_params, transferred=tiny_transferred["model"], compressed=tiny_compressed["dir"],
                            target=tiny_data["target"], **outputs)
     variants = metrics["variants"]
-    assert set(variants) == {"fp32", "pruned", "fp32_onnx", "int8"}
+    assert set(variants) == {"fp32", "fp32_onnx", "pruned", "structured", "lowrank", "int8", "structured_int8",
+                             "packed"}
     assert variants["fp32"]["accuracy"] == pytest.approx(tiny_transferred["metrics"]["transfer_accuracy"])
+    assert variants["fp32_onnx"]["accuracy"] == pytest.approx(variants["fp32"]["accuracy"], abs=0.01)
+    assert variants["fp32"]["accuracy_drop_points"] == 0
     for scores in variants.values():
-        assert {"accuracy", "precision", "recall", "f1", "bytes", "latency_p50_ms", "latency_p95_ms",
-                "throughput_b32"} <= set(scores)
+        assert {"accuracy", "precision", "recall", "f1", "params", "nonzero_params", "bytes", "compressed_bytes",
+                "latency_p50_ms", "latency_p95_ms", "throughput_b32", "speedup_vs_fastest_fp32",
+                "times_smaller_than_fp32_state_dict"} <= set(scores)
         assert 0 < scores["latency_p50_ms"] <= scores["latency_p95_ms"]
         assert scores["throughput_b32"] > 0
+        assert 0 < scores["nonzero_params"] <= scores["params"]
+    assert max(variants[name]["speedup_vs_fastest_fp32"] for name in ("fp32", "fp32_onnx")) == 1.0
+    assert variants["packed"]["times_smaller_than_fp32_state_dict"] > 8
+    assert variants["pruned"]["nonzero_params"] < 0.3 * variants["pruned"]["params"]
     table = pd.read_csv(outputs["table_out"], index_col="variant")
     assert table.loc["int8", "bytes"] == variants["int8"]["bytes"]
     predictions = pd.read_csv(outputs["predictions_dir"] / "int8.csv")
     assert len(predictions) == metrics["test_images"]
     assert (predictions["actual"] == predictions["predicted"]).mean() == pytest.approx(variants["int8"]["accuracy"])
     assert outputs["confusion_out"].read_bytes()[:4] == b"\x89PNG"
+    assert outputs["pareto_out"].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_pareto_front_keeps_only_unbeaten_points() -> None:
+    from tasks.plots import pareto_front
+
+    cost = pd.Series({"a": 1.0, "b": 2.0, "c": 3.0, "d": 4.0})
+    accuracy = pd.Series({"a": 0.90, "b": 0.95, "c": 0.94, "d": 0.99})
+    assert pareto_front(cost, accuracy) == ["a", "b", "d"]

@@ -81,8 +81,8 @@ def test_first_run_executes_every_stage_and_records_them(project: Path) -> None:
     summary = artifacts["pipeline-summary"]
     assert all(f"| {stage} | ran |" in summary for stage in STAGES)
     assert "promoted to `champion`" in summary and "/#/experiments/" in summary
-    assert {row["variant"] for row in json.loads(artifacts["model-variants"])} == {"fp32", "pruned", "fp32_onnx",
-                                                                                   "int8"}
+    assert {row["variant"] for row in json.loads(artifacts["model-variants"])} == {
+        "fp32", "fp32_onnx", "pruned", "structured", "lowrank", "int8", "structured_int8", "packed"}
     declared = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
     for stage, spec in declared.items():
         for out in [*spec["outs"], *spec["metrics"]]:

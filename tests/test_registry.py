@@ -65,7 +65,8 @@ def test_champion_from_a_pipeline_run_loads_in_a_fresh_process(tmp_path: Path, t
     with mlflow.start_run(experiment_id=experiment):
         metrics = evaluate.run(tiny_params, transferred=tiny_transferred["model"], compressed=tiny_compressed["dir"],
                                target=tiny_data["target"], table_out=tmp_path / "e.csv",
-                               confusion_out=tmp_path / "c.png", predictions_dir=tmp_path / "p",
+                               confusion_out=tmp_path / "c.png", pareto_out=tmp_path / "pareto.png",
+                               predictions_dir=tmp_path / "p",
                                tracker=MlflowTracker(mlflow))
     registry = metrics["registry"]
     assert registry["promoted"] and registry["version"] == 1 and registry["variant"] == "int8"

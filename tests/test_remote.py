@@ -1,0 +1,200 @@
+"""Beyond one machine: the flow records to a real `mlflow server` (SQLite backend, artifacts served by the server),
+pushes data and models to a DVC remote in a folder outside the project, and a fresh `git clone` restores them
+with `dvc pull`. One flow run of the first stages, with tiny params, serves every test."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+import yaml
+from mlflow import MlflowClient
+from prefect.testing.utilities import prefect_test_harness
+
+from flows.pipeline import pipeline
+from flows.stages import RAN, PushFailed
+from tasks.registry import CHAMPION, gate
+from tests.conftest import tiny_params_dict
+from tests.project_copy import copy_project
+from tests.test_pipeline import child_runs, dvc, flow_artifacts, output_digests, parent_runs, statuses
+
+GIT = ["git", "-c", "user.name=groundwork", "-c", "user.email=groundwork@localhost"]
+# The flow runs whatever graph dvc.yaml holds; the first three stages write data and a model, which is all these
+# tests need, in a fraction of the whole pipeline's time.
+STAGES = ["ingest", "augment", "pretrain"]
+
+
+@dataclass(frozen=True)
+class TrackingServer:
+    url: str
+    artifacts: Path  # the server's --artifacts-destination: where artifacts land, whoever logs them
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_tracking_server(folder: Path) -> tuple[subprocess.Popen[bytes], TrackingServer]:
+    """`mlflow server` as a team would run it, with local stand-ins for the database and the bucket."""
+    server = TrackingServer(url=f"http://127.0.0.1:{free_port()}", artifacts=folder / "artifacts")
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+               "--artifacts-destination", str(server.artifacts), "--serve-artifacts",
+               "--host", "127.0.0.1", "--port", server.url.rsplit(":", 1)[1], "--workers", "1"]
+    with (folder / "server.log").open("wb") as log:  # its own process group: stopped with its workers
+        process = subprocess.Popen(command, cwd=folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return process, server
+
+
+def wait_until_healthy(process: subprocess.Popen[bytes], server: TrackingServer, log: Path) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"mlflow server exited {process.returncode}:\n{log.read_text()[-3000:]}"
+        try:
+            with urllib.request.urlopen(f"{server.url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"mlflow server not healthy after 120 s:\n{log.read_text()[-3000:]}")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def tracking_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrackingServer]:
+    """A tracking server named by MLFLOW_TRACKING_URI, with a Prefect test server for the flows (started while
+    the tracking server starts: both take seconds)."""
+    folder = tmp_path_factory.mktemp("mlflow-server")
+    process, server = start_tracking_server(folder)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("MLFLOW_TRACKING_URI", server.url)
+            for name in ("MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
+                patch.delenv(name, raising=False)
+            with prefect_test_harness(server_startup_timeout=60):
+                wait_until_healthy(process, server, folder / "server.log")
+                yield server
+    finally:
+        stop(process)
+
+
+@dataclass(frozen=True)
+class PushedRun:
+    project: Path
+    remote: Path
+    state: Any  # the flow run's final Prefect state
+
+
+@pytest.fixture(scope="module")
+def pushed_run(tmp_path_factory: pytest.TempPathFactory, tracking_server: TrackingServer) -> PushedRun:
+    """The flow with push=True on a tiny project (its first stages) whose default DVC remote is a folder outside it."""
+    project = copy_project(tmp_path_factory.mktemp("project"), tiny_params_dict())
+    graph = yaml.safe_load((project / "dvc.yaml").read_text())
+    (project / "dvc.yaml").write_text(yaml.safe_dump({"stages": {name: graph["stages"][name] for name in STAGES}}))
+    remote = tmp_path_factory.mktemp("dvc-remote")
+    dvc(project, "remote", "add", "-d", "storage", str(remote))
+    subprocess.run([*GIT, "commit", "-qam", "first stages, DVC remote"], cwd=project, check=True)
+    state = pipeline(project_dir=str(project), push=True, return_state=True)
+    assert state.is_completed(), state
+    return PushedRun(project=project, remote=remote, state=state)
+
+
+def test_stages_record_runs_metrics_and_artifacts_on_the_server(tracking_server: TrackingServer,
+                                                               pushed_run: PushedRun, tmp_path: Path) -> None:
+    assert statuses(pushed_run.state.result()) == dict.fromkeys(STAGES, RAN)
+    client = MlflowClient(tracking_server.url)
+    [parent] = parent_runs(client)
+    children = {run.data.tags["stage"]: run for run in child_runs(client, parent.info.run_id)}
+    assert sorted(children) == sorted(STAGES)
+    assert all(run.info.status == "FINISHED" and run.data.metrics for run in children.values())
+    history = client.get_metric_history(children["pretrain"].info.run_id, "val_accuracy")
+    assert [m.step for m in history] == list(range(1, tiny_params_dict()["pretrain"]["epochs"] + 1))
+    summary = flow_artifacts(pushed_run.state.state_details.flow_run_id)["pipeline-summary"]
+    assert f"{tracking_server.url}/#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}" in summary
+
+    # artifacts go through the server to its own store, never to a folder of the project
+    assert client.get_experiment(parent.info.experiment_id).artifact_location.startswith("mlflow-artifacts:")
+    assert not (pushed_run.project / "mlflow.db").exists() and not (pushed_run.project / "mlartifacts").exists()
+    downloaded = Path(client.download_artifacts(children["ingest"].info.run_id, "ingest.json", str(tmp_path)))
+    assert downloaded.read_bytes() == (pushed_run.project / "reports" / "ingest.json").read_bytes()
+    assert any(path.read_bytes() == downloaded.read_bytes() for path in tracking_server.artifacts.rglob("ingest.json"))
+
+
+def test_a_stage_model_is_registered_gated_and_loaded_through_the_server(tracking_server: TrackingServer,
+                                                                        pushed_run: PushedRun, tmp_path: Path) -> None:
+    """The pretrain stage's logged model becomes a registered version; the project's gate gives it the champion
+    alias over the server's REST API; a client with nothing but the server's address loads it and predicts."""
+    client = MlflowClient(tracking_server.url)
+    [parent] = parent_runs(client)
+    [pretrain] = [run for run in child_runs(client, parent.info.run_id) if run.data.tags["stage"] == "pretrain"]
+    [logged] = [model for model in client.search_logged_models(experiment_ids=[parent.info.experiment_id])
+                if model.source_run_id == pretrain.info.run_id]
+    name = "groundwork-pretrained"
+    client.create_registered_model(name)
+    version = client.create_model_version(name, f"models:/{logged.model_id}", run_id=pretrain.info.run_id,
+                                          model_id=logged.model_id).version
+    score = pretrain.data.metrics["source_test_accuracy"]
+    assert gate(client, name, str(version), {"accuracy": score}, metric="accuracy", min_gain=0.0).promote
+    assert client.get_registered_model(name).aliases == {CHAMPION: str(version)}
+    assert client.get_model_version(name, str(version)).run_id == pretrain.info.run_id
+    local = mlflow.artifacts.download_artifacts(f"models:/{name}@{CHAMPION}", dst_path=str(tmp_path),
+                                                tracking_uri=tracking_server.url)
+    model = mlflow.pytorch.load_model(local)
+    with torch.no_grad():
+        assert model(torch.from_numpy(np.zeros((1, 1, 28, 28), np.float32))).shape == (1, 10)
+
+
+def test_pushed_data_and_models_restore_in_a_fresh_clone(pushed_run: PushedRun, tmp_path: Path) -> None:
+    project = pushed_run.project
+    assert "in sync" in dvc(project, "status", "--cloud"), "the flow pushed every output to the remote"
+    subprocess.run([*GIT, "add", "dvc.lock"], cwd=project, check=True)
+    subprocess.run([*GIT, "commit", "-qm", "pipeline run"], cwd=project, check=True)
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(project), str(clone)], check=True)
+    assert not (clone / "models").exists()
+    assert str(pushed_run.remote) in dvc(clone, "remote", "list"), "the clone knows the remote from .dvc/config"
+    dvc(clone, "pull")
+    assert output_digests(clone) == output_digests(project)
+    assert "up to date" in dvc(clone, "status"), "nothing reruns after a pull"
+
+
+def test_push_without_a_remote_stops_before_any_stage(tracking_server: TrackingServer, tmp_path: Path) -> None:
+    project = copy_project(tmp_path / "project", tiny_params_dict())
+    dvc(project, "remote", "default", "--unset")  # the project's own default (a folder beside it) taken away
+    client = MlflowClient(tracking_server.url)
+    runs_before = run_count(client)
+    state = pipeline(project_dir=str(project), push=True, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(PushFailed, match=r"has no default remote\. Add one, e\.g\. `dvc remote add -d storage"):
+        state.result()
+    with pytest.raises(ValueError, match=r"dvc exp push"):
+        pipeline(project_dir=str(project), overrides={"transfer.epochs": 3}, push=True)
+    assert not (project / "data").exists() and not (project / "dvc.lock").exists()
+    assert run_count(client) == runs_before, "no MLflow run is opened for a flow that cannot start"
+
+
+def run_count(client: MlflowClient) -> int:
+    return len(client.search_runs([experiment.experiment_id for experiment in client.search_experiments()]))
