@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -51,16 +52,27 @@ def test_gate_moves_the_alias_only_for_a_better_candidate(registry: tuple[Mlflow
     assert client.get_model_version(name, better).tags["accuracy"] == "0.97"
 
 
-def test_champion_from_a_pipeline_run_loads_in_a_fresh_process(tmp_path: Path, tiny_params, tiny_data,
-                                                               tiny_transferred, tiny_compressed) -> None:
+@pytest.fixture
+def tracking_at(tmp_path: Path) -> Iterator[str]:
+    """The MLflow client's global tracking URI set to a store in tmp_path, and unset afterwards: set_tracking_uri
+    also exports MLFLOW_TRACKING_URI, which would send later tests' runs here."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    mlflow.set_tracking_uri(None)
+
+
+def test_champion_from_a_pipeline_run_loads_in_a_fresh_process(tmp_path: Path, tracking_at: str, tiny_params,
+                                                               tiny_data, tiny_transferred, tiny_compressed) -> None:
     """evaluate registers the int8 candidate; `models:/<name>@champion` then predicts in another process."""
     import mlflow
 
     from tasks import evaluate
     from tasks.tracking import MlflowTracker
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
+    uri = tracking_at
     experiment = mlflow.create_experiment("gate", artifact_location=(tmp_path / "artifacts").as_uri())
     with mlflow.start_run(experiment_id=experiment):
         metrics = evaluate.run(tiny_params, transferred=tiny_transferred["model"], compressed=tiny_compressed["dir"],

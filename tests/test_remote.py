@@ -125,7 +125,7 @@ def pushed_run(tmp_path_factory: pytest.TempPathFactory, tracking_server: Tracki
 def test_stages_record_runs_metrics_and_artifacts_on_the_server(tracking_server: TrackingServer,
                                                                pushed_run: PushedRun, tmp_path: Path) -> None:
     assert statuses(pushed_run.state.result()) == dict.fromkeys(STAGES, RAN)
-    client = MlflowClient(tracking_server.url)
+    client = MlflowClient(tracking_server.url, registry_uri=tracking_server.url)
     [parent] = parent_runs(client)
     children = {run.data.tags["stage"]: run for run in child_runs(client, parent.info.run_id)}
     assert sorted(children) == sorted(STAGES)
@@ -147,7 +147,7 @@ def test_a_stage_model_is_registered_gated_and_loaded_through_the_server(trackin
                                                                         pushed_run: PushedRun, tmp_path: Path) -> None:
     """The pretrain stage's logged model becomes a registered version; the project's gate gives it the champion
     alias over the server's REST API; a client with nothing but the server's address loads it and predicts."""
-    client = MlflowClient(tracking_server.url)
+    client = MlflowClient(tracking_server.url, registry_uri=tracking_server.url)
     [parent] = parent_runs(client)
     [pretrain] = [run for run in child_runs(client, parent.info.run_id) if run.data.tags["stage"] == "pretrain"]
     [logged] = [model for model in client.search_logged_models(experiment_ids=[parent.info.experiment_id])
@@ -184,7 +184,7 @@ def test_pushed_data_and_models_restore_in_a_fresh_clone(pushed_run: PushedRun, 
 def test_push_without_a_remote_stops_before_any_stage(tracking_server: TrackingServer, tmp_path: Path) -> None:
     project = copy_project(tmp_path / "project", tiny_params_dict())
     dvc(project, "remote", "default", "--unset")  # the project's own default (a folder beside it) taken away
-    client = MlflowClient(tracking_server.url)
+    client = MlflowClient(tracking_server.url, registry_uri=tracking_server.url)
     runs_before = run_count(client)
     state = pipeline(project_dir=str(project), push=True, return_state=True)
     assert state.is_failed()
