@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")  # no display on servers and CI; selected before pyplot is imported
 import matplotlib.pyplot as plt
@@ -84,6 +85,18 @@ def pareto_front(cost: pd.Series, accuracy: pd.Series) -> list[str]:
     return front
 
 
+def _label_points(axis: plt.Axes, x: pd.Series, y: pd.Series) -> None:
+    """Name every point; names of points that sit on top of each other are stacked, not overprinted."""
+    axis.autoscale_view()  # the limits the figure will have, so that display positions are final
+    placed: list[tuple[float, float]] = []
+    for name in x.index:
+        px, py = axis.transData.transform((x[name], y[name]))  # display coordinates, after any log scale
+        stacked = sum(abs(px - qx) < 60 and abs(py - qy) < 12 for qx, qy in placed)
+        placed.append((px, py))
+        axis.annotate(str(name), (x[name], y[name]), textcoords="offset points", xytext=(5, 4 - 11 * stacked),
+                      fontsize=8)
+
+
 def pareto_plot(path: Path, table: pd.DataFrame, axes_spec: Sequence[tuple[str, str, bool]]) -> None:
     """Accuracy against each cost column of `table` (one panel per (column, label, log scale)); every variant
     labelled, the Pareto front joined by a line."""
@@ -94,14 +107,13 @@ def pareto_plot(path: Path, table: pd.DataFrame, axes_spec: Sequence[tuple[str, 
                   label="Pareto front", zorder=1)
         on_front = table.index.isin(front)
         axis.scatter(table[column], table["accuracy"], c=np.where(on_front, "tab:green", "tab:grey"), zorder=2)
-        for name, row in table.iterrows():
-            axis.annotate(str(name), (row[column], row["accuracy"]), textcoords="offset points", xytext=(4, 4),
-                          fontsize=8)
         if log_scale:
             axis.set_xscale("log")
+        _label_points(axis, table[column], table["accuracy"])
         axis.set_xlabel(label)
         axis.set_ylabel("target test accuracy")
         axis.grid(alpha=0.3)
-        axis.legend(loc="lower right")
+        axis.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+        axis.legend(loc="best")
     figure.suptitle("Compressed variants: accuracy against cost (up and left is better)")
     _save(figure, path)
