@@ -16,19 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import mlflow
-import numpy as np
 import pytest
-import torch
 import yaml
 from mlflow import MlflowClient
 from prefect.testing.utilities import prefect_test_harness
 
 from flows.pipeline import pipeline
 from flows.stages import RAN, PushFailed
-from tasks.registry import CHAMPION, gate
+from tasks.registry import CHAMPION
 from tests.conftest import tiny_params_dict
-from tests.project_copy import copy_project
+from tests.project_copy import ROOT, copy_project
 from tests.test_pipeline import child_runs, dvc, flow_artifacts, output_digests, parent_runs, statuses
 
 GIT = ["git", "-c", "user.name=groundwork", "-c", "user.email=groundwork@localhost"]
@@ -143,28 +140,35 @@ def test_stages_record_runs_metrics_and_artifacts_on_the_server(tracking_server:
     assert any(path.read_bytes() == downloaded.read_bytes() for path in tracking_server.artifacts.rglob("ingest.json"))
 
 
-def test_a_stage_model_is_registered_gated_and_loaded_through_the_server(tracking_server: TrackingServer,
-                                                                        pushed_run: PushedRun, tmp_path: Path) -> None:
-    """The pretrain stage's logged model becomes a registered version; the project's gate gives it the champion
-    alias over the server's REST API; a client with nothing but the server's address loads it and predicts."""
+def test_evaluate_registers_and_gates_its_candidate_on_the_server(tracking_server: TrackingServer, tmp_path: Path,
+                                                                   tiny_data: dict[str, Path],
+                                                                   tiny_transferred: dict[str, Any],
+                                                                   tiny_compressed: dict[str, Any]) -> None:
+    """The evaluate stage's command, pointed at the server by MLFLOW_TRACKING_URI alone, registers its candidate
+    there and gives it the champion alias; a client with nothing but the server's address loads and runs it."""
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(tiny_params_dict()))
+    subprocess.run([sys.executable, "-m", "tasks.evaluate", "--params", str(params),
+                    "--transferred", str(tiny_transferred["model"]), "--compressed", str(tiny_compressed["dir"]),
+                    "--target", str(tiny_data["target"]), "--table-out", str(tmp_path / "evaluate.csv"),
+                    "--confusion-out", str(tmp_path / "confusion.png"), "--pareto-out", str(tmp_path / "pareto.png"),
+                    "--predictions-dir", str(tmp_path / "predictions"), "--metrics", str(tmp_path / "evaluate.json")],
+                   cwd=ROOT, check=True)
     client = MlflowClient(tracking_server.url, registry_uri=tracking_server.url)
-    [parent] = parent_runs(client)
-    [pretrain] = [run for run in child_runs(client, parent.info.run_id) if run.data.tags["stage"] == "pretrain"]
-    [logged] = [model for model in client.search_logged_models(experiment_ids=[parent.info.experiment_id])
-                if model.source_run_id == pretrain.info.run_id]
-    name = "groundwork-pretrained"
-    client.create_registered_model(name)
-    version = client.create_model_version(name, f"models:/{logged.model_id}", run_id=pretrain.info.run_id,
-                                          model_id=logged.model_id).version
-    score = pretrain.data.metrics["source_test_accuracy"]
-    assert gate(client, name, str(version), {"accuracy": score}, metric="accuracy", min_gain=0.0).promote
-    assert client.get_registered_model(name).aliases == {CHAMPION: str(version)}
-    assert client.get_model_version(name, str(version)).run_id == pretrain.info.run_id
-    local = mlflow.artifacts.download_artifacts(f"models:/{name}@{CHAMPION}", dst_path=str(tmp_path),
-                                                tracking_uri=tracking_server.url)
-    model = mlflow.pytorch.load_model(local)
-    with torch.no_grad():
-        assert model(torch.from_numpy(np.zeros((1, 1, 28, 28), np.float32))).shape == (1, 10)
+    name = tiny_params_dict()["evaluate"]["registered_model"]
+    champion = client.get_model_version_by_alias(name, CHAMPION)
+    evaluate_run = client.get_run(champion.run_id)
+    assert evaluate_run.data.tags["stage"] == "evaluate" and evaluate_run.info.status == "FINISHED"
+    assert evaluate_run.data.metrics["variants.int8.accuracy"] == pytest.approx(
+        yaml.safe_load((tmp_path / "evaluate.json").read_text())["variants"]["int8"]["accuracy"])
+    script = ("import mlflow, numpy, sys; mlflow.set_tracking_uri(sys.argv[1]); "
+              f"model = mlflow.pyfunc.load_model('models:/{name}@{CHAMPION}'); "
+              "out = model.predict(numpy.zeros((3, 1, 28, 28), numpy.float32)); "  # ONNX flavour: {output: array}
+              "print(numpy.asarray(list(out.values())[0] if isinstance(out, dict) else out).shape)")
+    shown = subprocess.run([sys.executable, "-I", "-c", script, tracking_server.url], cwd=tmp_path,
+                           capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    assert shown.stdout.strip().endswith("(3, 10)")
 
 
 def test_pushed_data_and_models_restore_in_a_fresh_clone(pushed_run: PushedRun, tmp_path: Path) -> None:
