@@ -68,6 +68,10 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
+def _exit_on_terminate(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 @contextmanager
 def process_group(device: torch.device) -> Iterator[None]:
     """Join torchrun's process group for the duration (a no-op outside torchrun); on CUDA, pin this process to
@@ -82,6 +86,9 @@ def process_group(device: torch.device) -> Iterator[None]:
             raise RuntimeError(f"local rank {local_rank} has no GPU: nproc is above the {torch.cuda.device_count()} "
                                "CUDA devices of this machine")
         torch.cuda.set_device(local_rank)
+    # When one worker dies, torchrun stops the others with SIGTERM, whose default action ends a process on the
+    # spot: raised as SystemExit instead, it unwinds the stage, so rank 0 closes its MLflow run as FAILED.
+    signal.signal(signal.SIGTERM, _exit_on_terminate)
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend, timeout=GROUP_TIMEOUT,
                             device_id=torch.device("cuda", local_rank) if device.type == "cuda" else None)

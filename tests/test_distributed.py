@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -123,3 +125,51 @@ def test_batch_must_split_evenly_across_processes() -> None:
     with pytest.raises(ParamsError, match=r"transfer: .*batch_size \(16\) must split into nproc \(16\)"):
         parse_params(tiny_params_dict(transfer={"nproc": 16}))
     assert parse_params(tiny_params_dict(pretrain={"nproc": 4})).pretrain.nproc == 4
+
+
+def _worker_pid(marker: str, rank: int) -> int | None:
+    """The pid of the torchrun worker of `rank` whose environment carries `marker` (this test's own run)."""
+    for entry in Path("/proc").iterdir():
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if marker.encode() in environ and f"RANK={rank}".encode() in environ and b"LOCAL_RANK=1" in environ:
+            return int(entry.name)
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the worker through /proc (Linux)")
+def test_a_rank_that_dies_fails_the_stage_and_closes_its_mlflow_run(tmp_path: Path,
+                                                                    tiny_data: dict[str, Path]) -> None:
+    """One worker killed (a GPU lost, the OOM killer): torchrun stops the others with SIGTERM; rank 0 must still
+    mark its MLflow run FAILED and leave no output behind."""
+    raw = tiny_params_dict(device="cpu", pretrain={"nproc": 2, "augmentation": "none", "epochs": 200})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    uri, marker = f"sqlite:///{tmp_path / 'mlflow.db'}", f"GROUNDWORK_TEST_RUN={tmp_path.name}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GROUNDWORK_", "MLFLOW_", "DVC_"))}
+    env |= {"MLFLOW_TRACKING_URI": uri, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), marker.split("=")[0]:
+            marker.split("=")[1]}
+    out = tmp_path / "out"
+    with (tmp_path / "stderr.log").open("w") as stderr:
+        stage = subprocess.Popen([sys.executable, "-m", "tasks.pretrain", "--params", "params.yaml", "--train",
+                                  "unused.npz", "--source", str(tiny_data["source"]), "--model-out",
+                                  str(out / "pretrained.pt"), "--history-out", str(out / "history.csv"), "--metrics",
+                                  str(out / "metrics.json")], cwd=tmp_path, env=env, stderr=stderr)
+        try:
+            deadline = time.monotonic() + 120
+            while "pretrain epoch 1/200" not in (tmp_path / "stderr.log").read_text():
+                assert stage.poll() is None and time.monotonic() < deadline, (tmp_path / "stderr.log").read_text()
+                time.sleep(0.2)
+            victim = _worker_pid(marker, rank=1)
+            assert victim is not None, "the rank-1 worker is running"
+            os.kill(victim, signal.SIGKILL)
+            code = stage.wait(timeout=120)
+        finally:
+            if stage.poll() is None:
+                stage.kill()
+    assert code != 0, "the stage fails when one of its ranks dies"
+    client = MlflowClient(uri)
+    [run] = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.info.status == "FAILED", (tmp_path / "stderr.log").read_text()[-3000:]
+    assert not (out / "pretrained.pt").exists() and not (out / "metrics.json").exists()
