@@ -39,25 +39,24 @@ TIMING_THREADS = 2  # every variant timed with the same thread budget, the cores
 
 @dataclass(frozen=True)
 class Variant:
-    """One model variant: its deployable file, how it runs, a function that runs it on the CPU, its size in
-    parameters, and (for a PyTorch model) the model itself."""
+    """One model variant: its deployable file, a function that runs it on the CPU, its size in parameters, and
+    (for a PyTorch model) the model itself."""
 
     path: Path
-    runtime: str  # torch | onnx | packed
     predict: Predict
     params: int
     nonzero_params: int
     model: torch.nn.Module | None = None
 
 
-def _torch_variant(path: Path, model: torch.nn.Module, runtime: str) -> Variant:
+def _torch_variant(path: Path, model: torch.nn.Module) -> Variant:
     cpu = torch.device("cpu")
-    return Variant(path, runtime, lambda x: logits_of(model, x, device=cpu), **parameter_counts(model), model=model)
+    return Variant(path, lambda x: logits_of(model, x, device=cpu), **parameter_counts(model), model=model)
 
 
 def variants(transferred: Path, compressed: Path) -> dict[str, Variant]:
     """The fp32 reference (channels_last PyTorch) and every variant the compress stage listed in its manifest."""
-    found = {"fp32": _torch_variant(transferred, load_model(transferred)[0], "torch")}
+    found = {"fp32": _torch_variant(transferred, load_model(transferred)[0])}
     manifest_path = compressed / MANIFEST
     try:
         manifest = json.loads(manifest_path.read_text())
@@ -66,10 +65,10 @@ def variants(transferred: Path, compressed: Path) -> dict[str, Variant]:
     for name, entry in manifest.items():
         path = compressed / entry["file"]
         if entry["runtime"] == "packed":
-            found[name] = _torch_variant(path, load_packed(path), "packed")
+            found[name] = _torch_variant(path, load_packed(path))
         else:
             session = onnx_session(path)
-            found[name] = Variant(path, "onnx", lambda x, session=session: onnx_logits(session, x),
+            found[name] = Variant(path, lambda x, session=session: onnx_logits(session, x),
                                   entry["params"], entry["nonzero_params"])
     return found
 
