@@ -7,9 +7,9 @@ BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 UI_PORT ?= 5000
 
-.PHONY: help run test repro ui serve clean
+.PHONY: help run test test-fast repro ui serve clean
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,9 +22,15 @@ $(VENV)/.installed: pyproject.toml
 run: $(VENV)/.installed  ## run the whole pipeline through the Prefect flow
 	$(BIN)/python -m flows.pipeline
 
-test: $(VENV)/.installed  ## lint, then run the test suite
+test: $(VENV)/.installed  ## lint, then run the whole test suite (what CI runs)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+# The markers are declared in pyproject.toml; each marked test also runs alone: pytest tests/x.py::test_y
+FAST_TESTS := not (e2e or server or browser or torchrun or subprocess)
+test-fast: $(VENV)/.installed  ## lint, then the unit tests alone (no pipeline runs, servers, browser, torchrun, stage processes)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -m "$(FAST_TESTS)"
 
 repro: $(VENV)/.installed  ## run the pipeline with plain `dvc repro` (same stages, cache and dvc.lock)
 	$(BIN)/dvc repro

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import torch
 
-from tasks.data import load_dataset
-from tasks.evaluate import FP32_RUNTIMES, TIMING_THREADS, variants, wall_times_ms
+from groundwork.compression.names import FP32_RUNTIMES
+from groundwork.data.datasets import load_dataset
+from groundwork.evaluation.timing import TIMING_THREADS, wall_times_ms
+from groundwork.evaluation.variants import load_variants
 
 
 def main() -> None:
@@ -28,7 +30,7 @@ def main() -> None:
     images = target["test"].tensors()[0]
     batch = images[torch.arange(args.batch) % len(images)]
     results: dict[str, tuple[float, float]] = {}
-    runners = variants(args.models / "transfer.pt", args.models / "compressed")
+    runners = load_variants(args.models / "transfer.pt", args.models / "compressed")
     for _round in range(2):  # two interleaved rounds, keeping each variant's best median: less noise
         for name, variant in runners.items():
             single = statistics.median(wall_times_ms(variant.predict, images[:1], warmup=10, runs=args.runs))

@@ -15,7 +15,7 @@ import time
 
 import psutil
 
-from tasks.data import load_dataset
+from groundwork.data.datasets import load_dataset
 
 GIB = 1024**3
 

@@ -23,9 +23,8 @@ from pathlib import Path
 
 import yaml
 
-from flows.stages import stage_environment, stage_order
-from tests.conftest import project_params_dict, tiny_params_dict
-from tests.project_copy import copy_project
+from flows.repro import stage_environment, stage_order
+from groundwork.project import copy_project, project_params_dict, tiny_params_dict
 
 
 def timed(action: Callable[[], None]) -> float:

@@ -3,12 +3,13 @@ set, side by side in one run.
 
 The larger sets are the source training images followed by augmented copies of them (the augment stage's
 `augmented_copies`, the augment section's magnitudes), so every size holds digits of the same kind. Each size
-is pretrained by the stage's own `run` (supervised, on the copies, as `augmentation: offline` does) in a
-fresh process, for a fixed number of epochs with the default model, batch size and optimizer, on the CPU;
+is pretrained by the pretrain stage's supervised training (`groundwork.training.pretraining`, on the copies, as
+`augmentation: offline` does, validating every epoch; the stage's final test scoring and saving are not timed) in
+a fresh process, for a fixed number of epochs with the default model, batch size and optimizer, on the CPU;
 sizes are interleaved across repeats so all see the same machine load. That process reports the wall and CPU
-seconds of the stage's work, its peak resident memory (getrusage) and what it held just before pretraining
-began (the Python and torch runtime with the stage's modules imported), so the growth due to the data shows
-apart from the runtime's fixed share.
+seconds of loading the data and training, its peak resident memory (getrusage) and what it held just before
+(the Python and torch runtime with the training modules imported), so the growth due to the data shows apart
+from the runtime's fixed share.
 
 One torch thread by default: on a shared machine, other processes then slow a run in proportion to the CPU
 they take, and CPU seconds stay a steady measure; with two threads, OpenMP's spinning made a loaded run
@@ -31,10 +32,13 @@ from pathlib import Path
 import torch
 import yaml
 
-from tasks import ingest, pretrain
-from tasks.augment import augmented_copies
-from tasks.data import load_dataset, save_dataset
-from tasks.params import load_params, read_raw_params
+from groundwork.data.corpus import build_datasets
+from groundwork.data.datasets import load_dataset, save_dataset
+from groundwork.models.digitnet import DigitNet
+from groundwork.params import load_params, read_raw_params
+from groundwork.training.loop import seed_everything
+from groundwork.training.pretraining import pretrain_supervised
+from groundwork.training.transforms import augmented_copies
 
 MIB = 2**20
 
@@ -45,13 +49,18 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def child(params_path: Path, train: Path, source: Path, out: Path, threads: int) -> None:
-    """Pretrain once on `train`; print wall and CPU seconds and memory as one JSON line."""
+def child(params_path: Path, train: Path, source: Path, threads: int) -> None:
+    """Pretrain once on `train` (the pretrain stage's supervised training, per-epoch validation included);
+    print wall and CPU seconds and memory as one JSON line."""
     torch.set_num_threads(threads)
     params = load_params(params_path)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
     started, cpu_started = time.perf_counter(), cpu_seconds()
-    pretrain.run(params, train=train, source=source, model_out=out / "pretrained.pt", history_out=out / "history.csv")
+    source_set, _ = load_dataset(source)
+    copies, _ = load_dataset(train, splits=("train",))
+    seed_everything(params.seed)
+    pretrain_supervised(DigitNet(params.model), copies["train"], source_set, params, on_epoch=lambda *_: None,
+                        resume=None)
     seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu_started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps({"seconds": seconds, "cpu": cpu, "before": before, "peak": peak}))
@@ -67,8 +76,9 @@ def prepare(folder: Path, factors: list[int], epochs: int) -> tuple[Path, Path, 
     params_path.write_text(yaml.safe_dump(raw, sort_keys=False))
     params = load_params(params_path)
     source = folder / "source.npz"
-    ingest.run(params, source_out=source, target_out=folder / "target.npz")
-    train = load_dataset(source, splits=("train",))[0]["train"]
+    source_set, _ = build_datasets(params.ingest, params.seed)
+    save_dataset(source, source_set)
+    train = source_set["train"]
     sets = {}
     for factor in factors:
         grown = augmented_copies(train, params.augment.model_copy(update={"copies": factor - 1}), seed=params.seed)
@@ -78,10 +88,9 @@ def prepare(folder: Path, factors: list[int], epochs: int) -> tuple[Path, Path, 
     return params_path, source, sets
 
 
-def measure(params_path: Path, source: Path, train: Path, out: Path, threads: int) -> dict[str, float]:
+def measure(params_path: Path, source: Path, train: Path, threads: int) -> dict[str, float]:
     """One pretraining in a fresh process: its seconds, memory before training and peak memory."""
-    out.mkdir(exist_ok=True)
-    done = subprocess.run([sys.executable, __file__, "--child", str(params_path), str(train), str(source), str(out),
+    done = subprocess.run([sys.executable, __file__, "--child", str(params_path), str(train), str(source),
                            str(threads)], capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"pretraining on {train.name} failed:\n{done.stderr[-2000:]}")
@@ -95,10 +104,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2, help="pretraining epochs at every size")
     parser.add_argument("--repeats", type=int, default=2, help="runs per size (median reported)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each pretraining process")
-    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(*map(Path, args.child[:4]), threads=int(args.child[4]))
+        child(*map(Path, args.child[:3]), threads=int(args.child[3]))
         return
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -106,7 +115,7 @@ def main() -> None:
         runs: dict[int, list[dict[str, float]]] = {factor: [] for factor in args.factors}
         for _ in range(args.repeats):
             for factor, (train, _) in sets.items():
-                runs[factor].append(measure(params_path, source, train, folder / f"run_{factor}x", args.threads))
+                runs[factor].append(measure(params_path, source, train, args.threads))
     print(f"torch {torch.__version__}, {args.threads} thread(s) per run, {args.epochs} epochs per size, "
           f"median of {args.repeats} runs per size, sizes interleaved")
     median = {f: {key: statistics.median(r[key] for r in rs) for key in rs[0]} for f, rs in runs.items()}

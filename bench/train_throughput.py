@@ -19,11 +19,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from tasks.augmentation import online_augmentation
-from tasks.ingest import load_source_raw
-from tasks.model import DigitNet
-from tasks.params import Params, load_params
-from tasks.training import fit, seed_everything, supervised
+from groundwork.data.embedded import load_source_raw
+from groundwork.models.digitnet import DigitNet
+from groundwork.params import Params, load_params
+from groundwork.training.loop import fit, seed_everything, supervised
+from groundwork.training.transforms import online_augmentation
 
 
 class PILDigits(Dataset):

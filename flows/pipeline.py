@@ -5,7 +5,9 @@ records a child run under it. With `push`, a successful run ends with `dvc push`
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,12 +16,15 @@ import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
+from prefect.states import State
 
 from flows.lock import pipeline_lock
-from flows.stages import (
+from flows.parent_run import end_parent_run, experiment_of, start_parent_run, tag_stage_run
+from flows.repro import (
     RAN,
     RESTORED,
     SKIPPED,
+    StageFailed,
     StageResult,
     default_remote,
     lock_hash,
@@ -31,26 +36,25 @@ from flows.stages import (
     up_to_date,
 )
 from flows.summary import mlflow_address, summary_markdown, variant_rows
-from tasks.params import read_raw_params, with_overrides
-from tasks.tracking import (
-    FLOW_RUN_ID_ENV,
-    FLOW_RUN_NAME_ENV,
-    PARENT_RUN_ENV,
-    end_parent_run,
-    experiment_of,
-    start_parent_run,
-    tag_stage_run,
-    tracking_uri,
-)
+from groundwork.params import read_raw_params, with_overrides
+from groundwork.tracking.runs import FLOW_RUN_ID_ENV, FLOW_RUN_NAME_ENV, PARENT_RUN_ENV, tracking_uri
 
 FLOW_NAME = "groundwork-pipeline"
 
 
-@task(task_run_name="{stage}", retries=1, retry_delay_seconds=5)
-def run_stage(stage: str, root: str, env: dict[str, str]) -> StageResult:
-    """One DVC stage; DVC decides whether it must run. Retried once, for transient failures."""
+def may_pass(task: Any, task_run: Any, state: State) -> bool:
+    """Prefect's retry condition: retry a stage only when its failure may be transient (see StageFailed)."""
+    failure = state.result(raise_on_failure=False)
+    return not isinstance(failure, StageFailed) or failure.transient
+
+
+@task(task_run_name="{stage}", retries=1, retry_delay_seconds=5, retry_condition_fn=may_pass)
+def run_stage(stage: str, root: str, env: dict[str, str], outcomes: str) -> StageResult:
+    """One DVC stage; DVC decides whether it must run. Retried once when the failure may be transient; bad
+    params, bad data or a diverged run fail at once, with the stage's message."""
     logger = get_run_logger()
-    result = repro_stage(stage, root=Path(root), env=env, echo=lambda line: logger.info("%s", line))
+    result = repro_stage(stage, root=Path(root), env=env, echo=lambda line: logger.info("%s", line),
+                         outcomes=Path(outcomes))
     if result.status == RAN:
         logger.info("stage '%s' ran in %.1f s", stage, result.seconds or 0.0)
     elif result.status == RESTORED:
@@ -62,10 +66,11 @@ def run_stage(stage: str, root: str, env: dict[str, str]) -> StageResult:
 
 @task(task_run_name="experiment {name}")
 def run_dvc_experiment(name: str, overrides: dict[str, Any], stages: list[str], root: str,
-                       env: dict[str, str]) -> list[StageResult]:
+                       env: dict[str, str], outcomes: str) -> list[StageResult]:
     """The whole graph as one DVC experiment with the overrides, outside the working tree."""
     logger = get_run_logger()
-    return run_experiment(name, overrides, stages, root=Path(root), env=env, echo=lambda line: logger.info("%s", line))
+    return run_experiment(name, overrides, stages, root=Path(root), env=env, echo=lambda line: logger.info("%s", line),
+                          outcomes=Path(outcomes))
 
 
 @task(task_run_name="dvc push", retries=1, retry_delay_seconds=10)
@@ -123,16 +128,18 @@ def _run_stages(root: Path, overrides: dict[str, Any]) -> list[StageResult]:
     env = stage_environment({PARENT_RUN_ENV: parent, "MLFLOW_TRACKING_URI": tracking_uri(root), **flow_ids})
     results: list[StageResult] = []
     status = "FAILED"
+    # where each stage's entry point records how it ended (groundwork.tracking.outcome)
+    outcomes = tempfile.mkdtemp(prefix="groundwork-outcomes-")
     try:
         if overrides:
-            results = run_dvc_experiment(str(flow_run.name), overrides, stages, str(root), env)
+            results = run_dvc_experiment(str(flow_run.name), overrides, stages, str(root), env, outcomes)
         elif up_to_date(root, env):
             for stage in stages:
                 logger.info("stage '%s' skipped: `dvc status` finds every stage unchanged", stage)
             results = [StageResult(stage=stage, status=SKIPPED, seconds=0.0) for stage in stages]
         else:
             for stage in stages:
-                results.append(run_stage(stage, str(root), env))
+                results.append(run_stage(stage, str(root), env, outcomes))
                 if results[-1].status == RAN and (stage_hash := lock_hash(root, stage)) is not None:
                     # dvc.lock gets the stage's entry only after the stage succeeded: tag its run now
                     tag_stage_run(parent, stage, {"dvc_lock_hash": stage_hash}, root=root)
@@ -143,6 +150,7 @@ def _run_stages(root: Path, overrides: dict[str, Any]) -> list[StageResult]:
                        tags={f"stage_status.{r.stage}": r.status for r in results})
         publish_artifacts(root, results, status=status, parent_run_id=parent,
                           experiment=str(flow_run.name) if overrides else None)
+        shutil.rmtree(outcomes, ignore_errors=True)
     ran = [r.stage for r in results if r.status == RAN]
     logger.info("done: %d stage(s) ran (%s), %d skipped", len(ran), ", ".join(ran) or "none",
                 len(results) - len(ran))

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from flows.stages import StageResult
+from flows.repro import StageResult
 
 
 def _report(root: Path, stage: str) -> dict[str, Any]:

@@ -11,30 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from tasks.augmentation import augment_batch
-from tasks.data import Split, load_dataset, save_dataset, to_float, to_uint8
-from tasks.params import AugmentParams, Params
-from tasks.plots import image_grid
-from tasks.stage import stage_cli
-from tasks.tracking import NullTracker, Tracker
+from groundwork.data.datasets import load_dataset, save_dataset
+from groundwork.entrypoint import stage_cli
+from groundwork.params import Params
+from groundwork.plots import image_grid
+from groundwork.tracking.runs import NullTracker, Tracker
+from groundwork.training.transforms import augmented_copies
 
 log = logging.getLogger(__name__)
-CHUNK = 2048  # images per augmentation call: large enough to amortise, small enough for memory
 
-
-def augmented_copies(split: Split, cfg: AugmentParams, *, seed: int) -> Split:
-    """The originals followed by `cfg.copies` augmented copies of every image, labels alongside."""
-    generator = torch.Generator().manual_seed(seed)
-    images, labels = split.tensors()
-    copies = [images]
-    for _ in range(cfg.copies):
-        copies.append(torch.cat([
-            to_uint8(augment_batch(to_float(images[i:i + CHUNK]), cfg, generator))
-            for i in range(0, len(images), CHUNK)
-        ]))
-    return Split(torch.cat(copies).numpy(), labels.repeat(cfg.copies + 1).numpy())
 
 
 def run(params: Params, *, source: Path, out: Path, preview: Path, tracker: Tracker | None = None) -> dict[str, Any]:

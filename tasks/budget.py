@@ -13,15 +13,15 @@ from typing import Any
 
 import pandas as pd
 
-from tasks.data import Dataset, load_dataset
-from tasks.ingest import label_budget
-from tasks.io import atomic_path
-from tasks.params import Params
-from tasks.plots import budget_curve
-from tasks.stage import stage_cli
-from tasks.tracking import NullTracker, Tracker
-from tasks.training import steps_per_epoch
-from tasks.transfer import transfer_and_scratch
+from groundwork.data.atomic import atomic_path
+from groundwork.data.datasets import Dataset, load_dataset
+from groundwork.data.splits import label_budget
+from groundwork.entrypoint import stage_cli
+from groundwork.params import Params
+from groundwork.plots import budget_curve
+from groundwork.tracking.runs import NullTracker, Tracker
+from groundwork.training.loop import steps_per_epoch
+from groundwork.training.transfer_learning import transfer_and_scratch
 
 log = logging.getLogger(__name__)
 DRAW_SEED_STRIDE = 1000  # seeds of successive draws: far apart, reproducible
@@ -43,7 +43,7 @@ def sweep(pretrained: Path, target: Dataset, params: Params, tracker: Tracker) -
         draws = 1 if per_class is None else params.budget.draws  # the whole pool has one possible draw
         for draw in range(draws):
             seed = params.seed + DRAW_SEED_STRIDE * (draw + 1)
-            train = label_budget(target["pool"], per_class, seed=seed)
+            train = label_budget(target["pool"], per_class, seed=seed, key="budget.labels_per_class")
             data = {"train": train, "val": target["val"], "test": target["test"]}
             _, scores, _ = transfer_and_scratch(pretrained, data, budget_params(params, len(train)), seed=seed)
             label = "all" if per_class is None else per_class

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import copy
-import itertools
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -23,11 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tasks.augmentation import online_augmentation
-from tasks.checkpoint import load_model, save_checkpoint
-from tasks.data import Dataset, Split, example_input, load_dataset, to_float
-from tasks.distill import distillation, with_unlabelled
-from tasks.export import (
+from groundwork.compression.export import (
     MANIFEST,
     export_onnx,
     onnx_logits,
@@ -37,19 +32,24 @@ from tasks.export import (
     size_report,
     state_dict_bytes,
 )
-from tasks.io import write_json
-from tasks.lowrank import factorize
-from tasks.model import DigitNet
-from tasks.packing import load_packed, pack, tie_to_codebooks, untie
-from tasks.params import Params
-from tasks.pruning import make_permanent, prune_to, sparsity
-from tasks.stage import stage_cli
-from tasks.structured import narrower, prune_channels
-from tasks.tracking import NullTracker, Tracker
-from tasks.training import evaluate, fit, resolve_device, validation
+from groundwork.compression.lowrank import factorize
+from groundwork.compression.packing import load_packed, pack, tie_to_codebooks, untie
+from groundwork.compression.pruning import make_permanent, prune_to, sparsity
+from groundwork.compression.structured import narrower, prune_channels
+from groundwork.data.atomic import write_json
+from groundwork.data.datasets import Dataset, Split, example_input, load_dataset, to_float
+from groundwork.entrypoint import stage_cli
+from groundwork.models.checkpoint import load_model, save_checkpoint
+from groundwork.models.digitnet import DigitNet
+from groundwork.params import Params
+from groundwork.tracking.runs import NullTracker, Tracker
+from groundwork.training.distill import distillation, with_unlabelled
+from groundwork.training.distributed import resolve_device
+from groundwork.training.loop import derived_seed, fit, loss_and_accuracy, seed_everything, validation
+from groundwork.training.transforms import online_augmentation
 
 log = logging.getLogger(__name__)
-FineTune = Callable[[DigitNet, str], float]  # (model, description) -> validation accuracy after fine-tuning
+FineTune = Callable[[DigitNet, str, int], float]  # (model, variant, round) -> validation accuracy after fine-tuning
 
 
 def fine_tuner(params: Params, data: Dataset, teacher: DigitNet, device: torch.device,
@@ -62,13 +62,15 @@ def fine_tuner(params: Params, data: Dataset, teacher: DigitNet, device: torch.d
     objective = distillation(teacher.to(device, memory_format=torch.channels_last), augment=augment,
                              weight=cfg.distillation.weight, temperature=cfg.distillation.temperature)
     validate = validation(*data["val"].tensors(), device=device)
-    runs = itertools.count(1)
 
-    def tune(model: DigitNet, desc: str) -> float:
-        run_number = next(runs)  # a seed of its own for every fine-tuning run, and its step in MLflow
-        history = fit(model, train.tensors(), cfg.finetune, device=device, seed=params.seed + run_number,
-                      objective=objective, validate=validate, desc=desc)
-        tracker.log_metrics({f"{desc.split()[0]}_val_accuracy": history[-1]["val_accuracy"]}, step=run_number)
+    def tune(model: DigitNet, variant: str, round_: int) -> float:
+        # a seed of its own for every variant and round, global RNG (dropout) included: a variant's result does
+        # not depend on which other variants ran before it, nor on how many rounds they took
+        seed = derived_seed(params.seed, variant, round_)
+        seed_everything(seed)
+        history = fit(model, train.tensors(), cfg.finetune, device=device, seed=seed, objective=objective,
+                      validate=validate, desc=f"{variant} {round_}")
+        tracker.log_metrics({f"{variant}_val_accuracy": history[-1]["val_accuracy"]}, step=round_)
         return history[-1]["val_accuracy"]
     return tune
 
@@ -83,7 +85,7 @@ def magnitude_pruned(model: DigitNet, params: Params, tune: FineTune) -> DigitNe
     cfg = params.compress
     for step in range(1, cfg.prune_iterations + 1):
         prune_to(model, share(step, cfg.prune_iterations, cfg.sparsity))
-        tune(model, f"pruned {step}/{cfg.prune_iterations}")
+        tune(model, "pruned", step)
     make_permanent(model)
     return model
 
@@ -94,7 +96,7 @@ def channel_pruned(model: DigitNet, params: Params, tune: FineTune) -> DigitNet:
     for step in range(1, cfg.prune_iterations + 1):
         model = prune_channels(model, narrower(params.model, 1 - share(step, cfg.prune_iterations,
                                                                          1 - cfg.channels_kept)))
-        tune(model, f"structured {step}/{cfg.prune_iterations}")
+        tune(model, "structured", step)
     return model
 
 
@@ -102,7 +104,7 @@ def low_rank(model: DigitNet, params: Params, tune: FineTune) -> DigitNet:
     """Factorise the layers where the energy threshold saves parameters, then fine-tune."""
     ranks = factorize(model, params.compress.lowrank_energy)
     log.info("low-rank factorisation at energy %.3f: %s", params.compress.lowrank_energy, ranks)
-    tune(model, "lowrank")
+    tune(model, "lowrank", 1)
     return model
 
 
@@ -111,7 +113,7 @@ def shared_and_tuned(pruned: DigitNet, params: Params, tune: FineTune) -> DigitN
     fine-tuned (pruned weights stay zero): what the packed file stores."""
     model = copy.deepcopy(pruned)
     tie_to_codebooks(model, params.compress.packed_bits)
-    tune(model, "packed")
+    tune(model, "packed", 1)
     untie(model)
     return model.cpu()
 
@@ -160,7 +162,7 @@ def run(params: Params, *, transferred: Path, target: Path, out_dir: Path,
     }
     for name, model in trained.items():
         model.cpu()
-        accuracy = evaluate(model, *val.tensors(), device=torch.device("cpu"))["accuracy"]
+        accuracy = loss_and_accuracy(model, *val.tensors(), device=torch.device("cpu"))["accuracy"]
         save_checkpoint(out_dir / f"{name}.pt", model, stage="compress", params=checkpoint_params,
                         metrics={"val_accuracy": accuracy})
         export_onnx(model, out_dir / f"{name}.onnx")
@@ -171,7 +173,7 @@ def run(params: Params, *, transferred: Path, target: Path, out_dir: Path,
     pack(shared_and_tuned(trained["pruned"], params, tune), out_dir / "packed.gwpk", bits=cfg.packed_bits)
     unpacked = load_packed(out_dir / "packed.gwpk")
     record("packed", "packed.gwpk", "packed", unpacked,
-           evaluate(unpacked, *val.tensors(), device=torch.device("cpu"))["accuracy"])
+           loss_and_accuracy(unpacked, *val.tensors(), device=torch.device("cpu"))["accuracy"])
     write_json(out_dir / MANIFEST, manifest)
 
     example = example_input(data["test"])
@@ -183,7 +185,7 @@ def run(params: Params, *, transferred: Path, target: Path, out_dir: Path,
         "sparsity": round(sparsity(trained["pruned"]), 4),
         "ranks": trained["lowrank"].factorized,
         "channels": list(trained["structured"].arch.channels),
-        "fp32_val_accuracy": evaluate(reference, *val.tensors(), device=torch.device("cpu"))["accuracy"],
+        "fp32_val_accuracy": loss_and_accuracy(reference, *val.tensors(), device=torch.device("cpu"))["accuracy"],
         "fp32_state_dict_bytes": reference_bytes,
         "packed_times_smaller": round(reference_bytes / size_report(out_dir / "packed.gwpk")["bytes"], 2),
         "variants": manifest,

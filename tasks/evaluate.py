@@ -5,13 +5,9 @@ confusion matrices and a Pareto plot of accuracy against size and latency."""
 
 from __future__ import annotations
 
-import json
 import logging
-import statistics
 import sys
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,56 +17,20 @@ import torch
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from tqdm.auto import tqdm
 
-from tasks.checkpoint import load_model
-from tasks.data import NUM_CLASSES, example_input, load_dataset
-from tasks.export import MANIFEST, onnx_logits, onnx_session, parameter_counts, size_report, state_dict_bytes
-from tasks.io import atomic_path
-from tasks.packing import load_packed
-from tasks.params import EvaluateParams, Params
-from tasks.plots import confusion_grid, pareto_plot
-from tasks.stage import stage_cli
-from tasks.tracking import NullTracker, Tracker
-from tasks.training import logits_of
+from groundwork.compression.export import size_report, state_dict_bytes
+from groundwork.compression.names import FP32_RUNTIMES, REFERENCE
+from groundwork.data.atomic import atomic_path
+from groundwork.data.datasets import NUM_CLASSES, example_input, load_dataset
+from groundwork.entrypoint import stage_cli
+from groundwork.evaluation.timing import TIMING_THREADS, speed
+from groundwork.evaluation.variants import Variant, load_variants
+from groundwork.params import Params
+from groundwork.plots import confusion_grid, pareto_plot
+from groundwork.tracking.runs import NullTracker, Tracker
 
 log = logging.getLogger(__name__)
-Predict = Callable[[torch.Tensor], torch.Tensor]  # uint8 images (N, 28, 28) -> logits (N, classes)
-TIMING_THREADS = 2  # every variant timed with the same thread budget, the cores of the reference machine
 
 
-@dataclass(frozen=True)
-class Variant:
-    """One model variant: its deployable file, a function that runs it on the CPU, its size in parameters, and
-    (for a PyTorch model) the model itself."""
-
-    path: Path
-    predict: Predict
-    params: int
-    nonzero_params: int
-    model: torch.nn.Module | None = None
-
-
-def _torch_variant(path: Path, model: torch.nn.Module) -> Variant:
-    cpu = torch.device("cpu")
-    return Variant(path, lambda x: logits_of(model, x, device=cpu), **parameter_counts(model), model=model)
-
-
-def variants(transferred: Path, compressed: Path) -> dict[str, Variant]:
-    """The fp32 reference (channels_last PyTorch) and every variant the compress stage listed in its manifest."""
-    found = {"fp32": _torch_variant(transferred, load_model(transferred)[0])}
-    manifest_path = compressed / MANIFEST
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{manifest_path}: no variant manifest (run the compress stage)") from None
-    for name, entry in manifest.items():
-        path = compressed / entry["file"]
-        if entry["runtime"] == "packed":
-            found[name] = _torch_variant(path, load_packed(path))
-        else:
-            session = onnx_session(path)
-            found[name] = Variant(path, lambda x, session=session: onnx_logits(session, x),
-                                  entry["params"], entry["nonzero_params"])
-    return found
 
 
 def classification_scores(labels: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
@@ -79,26 +39,6 @@ def classification_scores(labels: np.ndarray, predicted: np.ndarray) -> dict[str
     return {"accuracy": float(np.mean(labels == predicted)), "precision": float(precision),
             "recall": float(recall), "f1": float(f1)}
 
-
-def wall_times_ms(predict: Predict, batch: torch.Tensor, *, warmup: int, runs: int) -> list[float]:
-    """Milliseconds of `runs` predictions of one batch, after `warmup` untimed ones."""
-    for _ in range(warmup):
-        predict(batch)
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        predict(batch)
-        times.append((time.perf_counter() - started) * 1000)
-    return times
-
-
-def speed(predict: Predict, images: torch.Tensor, cfg: EvaluateParams) -> dict[str, float]:
-    """Latency of one image (p50, p95) and throughput at a large batch (images/s from the median run)."""
-    single = wall_times_ms(predict, images[:1], warmup=cfg.warmup_runs, runs=cfg.latency_runs)
-    batch = images[torch.arange(cfg.throughput_batch) % len(images)]  # repeats when the split is smaller
-    batched = wall_times_ms(predict, batch, warmup=2, runs=cfg.throughput_runs)
-    return {"latency_p50_ms": statistics.median(single), "latency_p95_ms": statistics.quantiles(single, n=20)[18],
-            f"throughput_b{cfg.throughput_batch}": cfg.throughput_batch / (statistics.median(batched) / 1000)}
 
 
 def register_candidate(params: Params, variant: Variant, scores: dict[str, float], example: np.ndarray,
@@ -121,7 +61,6 @@ def register_candidate(params: Params, variant: Variant, scores: dict[str, float
             "champion_score": decision.champion}
 
 
-FP32_RUNTIMES = ("fp32", "fp32_onnx")  # the fp32 model in each runtime: the fastest is the speed baseline
 PARETO_AXES = (("bytes", "deployable file (bytes, log scale)", True),
                ("latency_p50_ms", "latency at batch 1, p50 (ms)", False))
 
@@ -129,7 +68,7 @@ PARETO_AXES = (("bytes", "deployable file (bytes, log scale)", True),
 def against_fp32(results: dict[str, dict[str, float]], throughput_key: str, state_dict_bytes: int) -> None:
     """Add each variant's accuracy drop (points), its speed-up over the fastest fp32 runtime at the large batch
     and how many times smaller its file is than the fp32 state dict."""
-    reference = results["fp32"]["accuracy"]
+    reference = results[REFERENCE]["accuracy"]
     fastest = max(results[name][throughput_key] for name in FP32_RUNTIMES if name in results)
     for scores in results.values():
         scores["accuracy_drop_points"] = (reference - scores["accuracy"]) * 100
@@ -148,17 +87,17 @@ def run(params: Params, *, transferred: Path, compressed: Path, target: Path, ta
     torch.set_num_threads(TIMING_THREADS)
     results: dict[str, dict[str, float]] = {}
     matrices: dict[str, np.ndarray] = {}
-    found = variants(transferred, compressed)
+    found = load_variants(transferred, compressed)
     for name, variant in tqdm(found.items(), desc="evaluate", unit="variant", disable=None, leave=False):
         predicted = variant.predict(images).argmax(1).numpy()
         results[name] = {**classification_scores(labels.numpy(), predicted),
-                         "params": variant.params, "nonzero_params": variant.nonzero_params,
+                         "params": variant.param_count, "nonzero_params": variant.nonzero_param_count,
                          **size_report(variant.path), **speed(variant.predict, images, params.evaluate)}
         matrices[name] = confusion_matrix(labels.numpy(), predicted, labels=range(NUM_CLASSES))
         with atomic_path(predictions_dir / f"{name}.csv") as tmp:
             pd.DataFrame({"actual": labels.numpy(), "predicted": predicted}).to_csv(tmp, index=False)
     against_fp32(results, f"throughput_b{params.evaluate.throughput_batch}",
-                 state_dict_bytes(found["fp32"].model))
+                 state_dict_bytes(found[REFERENCE].model))
     for name, scores in results.items():
         log.info("%-15s %s", name, " ".join(f"{k}={v:.4g}" for k, v in scores.items()))
     table = pd.DataFrame.from_dict(results, orient="index").rename_axis("variant")

@@ -12,17 +12,16 @@ from typing import Any
 
 import pandas as pd
 
-from tasks.augmentation import online_augmentation
-from tasks.checkpoint import save_checkpoint
-from tasks.contrastive import Projector, contrastive_objective, contrastive_validation
-from tasks.data import Dataset, Split, example_input, load_dataset
-from tasks.distributed import is_main_process
-from tasks.io import atomic_path
-from tasks.model import DigitNet
-from tasks.params import Params
-from tasks.stage import stage_cli
-from tasks.tracking import NullTracker, Tracker
-from tasks.training import EpochCallback, evaluate, fit, resolve_device, seed_everything, supervised, validation
+from groundwork.data.atomic import atomic_path
+from groundwork.data.datasets import example_input, load_dataset
+from groundwork.entrypoint import stage_cli
+from groundwork.models.checkpoint import save_checkpoint
+from groundwork.models.digitnet import DigitNet
+from groundwork.params import Params
+from groundwork.tracking.runs import NullTracker, Tracker
+from groundwork.training.distributed import is_main_process, resolve_device
+from groundwork.training.loop import loss_and_accuracy, seed_everything
+from groundwork.training.pretraining import pretrain_contrastive, pretrain_supervised
 
 log = logging.getLogger(__name__)
 
@@ -31,35 +30,6 @@ def write_history(path: Path, history: list[dict[str, float]]) -> None:
     """Per-epoch metrics as CSV, the format DVC plots read."""
     with atomic_path(path) as tmp:
         pd.DataFrame(history).to_csv(tmp, index=False)
-
-
-def pretrain_supervised(model: DigitNet, train: Split, source: Dataset, params: Params, on_epoch: EpochCallback,
-                        resume: Path | None) -> list[dict[str, float]]:
-    """Cross-entropy on the source labels, augmenting on the fly when params say so."""
-    cfg, device = params.pretrain, resolve_device(params.device)
-    augment = online_augmentation(params.augment) if cfg.augmentation == "online" else None
-    return fit(model, train.tensors(), cfg, device=device, seed=params.seed, objective=supervised(augment),
-               validate=validation(*source["val"].tensors(), device=device), on_epoch=on_epoch, resume=resume,
-               desc="pretrain")
-
-
-def pretrain_contrastive(model: DigitNet, train: Split, source: Dataset, params: Params, on_epoch: EpochCallback,
-                         resume: Path | None) -> tuple[list[dict[str, float]], float]:
-    """NT-Xent on unlabelled images, then a linear probe (frozen backbone, labels for the head only)."""
-    cfg, device = params.pretrain, resolve_device(params.device)
-    projector = Projector(model.backbone, params.model.embedding_dim, cfg.projection_dim)
-    history = fit(projector, train.tensors(), cfg, device=device, seed=params.seed,
-                  objective=contrastive_objective(params.augment, cfg.temperature),
-                  validate=contrastive_validation(source["val"].images_tensor(), params.augment, cfg.temperature,
-                                                  device=device, seed=params.seed),
-                  on_epoch=on_epoch, resume=resume, desc="pretrain (contrastive)")
-    probe = cfg.model_copy(update={"epochs": cfg.probe_epochs, "warmup_epochs": 0, "schedule": "cosine",
-                                   "early_stopping": 0, "restore_best": False})
-    model.freeze_backbone()
-    fit(model, source["train"].tensors(), probe, device=device, seed=params.seed, desc="linear probe",
-        validate=validation(*source["val"].tensors(), device=device))
-    model.freeze_backbone(False)
-    return history, evaluate(model, *source["test"].tensors(), device=device)["accuracy"]
 
 
 def run(params: Params, *, train: Path, source: Path, model_out: Path, history_out: Path,
@@ -95,8 +65,8 @@ def run(params: Params, *, train: Path, source: Path, model_out: Path, history_o
     if not is_main_process():
         return metrics
     device = resolve_device(params.device)
-    test = evaluate(model, *source_set["test"].tensors(), device=device)
-    val = evaluate(model, *source_set["val"].tensors(), device=device)
+    test = loss_and_accuracy(model, *source_set["test"].tensors(), device=device)
+    val = loss_and_accuracy(model, *source_set["val"].tensors(), device=device)
     metrics |= {"source_val_accuracy": val["accuracy"], "source_test_accuracy": test["accuracy"],
                 "source_test_loss": test["loss"], "epochs": len(history)}
     model.cpu()

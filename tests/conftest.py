@@ -1,48 +1,16 @@
-"""Shared fixtures: the project's params.yaml shrunk to tiny sizes, and tiny datasets built by ingest."""
+"""Shared fixtures: the project's params.yaml shrunk to tiny sizes (groundwork.project's TINY), and the tiny
+datasets and models the stages make from them, built once per session for the tests that only read them."""
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
+from groundwork.params import Params, parse_params
+from groundwork.project import tiny_params_dict
 from tasks import ingest
-from tasks.params import Params, parse_params
-
-ROOT = Path(__file__).resolve().parent.parent
-
-# Small enough that every stage runs in seconds on two cores, large enough that every code path runs.
-TINY = {
-    "model": {"channels": [8, 16], "embedding_dim": 32},
-    "ingest": {"source_samples": 300, "labels_per_class": 3},
-    "augment": {"copies": 1, "preview_images": 4},
-    "pretrain": {"epochs": 2, "batch_size": 32},
-    "transfer": {"epochs": 2, "batch_size": 16, "freeze_epochs": 1},
-    "budget": {"labels_per_class": [1, 3], "draws": 2, "steps": 3},
-    "compress": {"prune_iterations": 2, "finetune": {"epochs": 1}, "calibration_images": 16},
-    "evaluate": {"warmup_runs": 1, "latency_runs": 5, "throughput_batch": 32, "throughput_runs": 3},
-}
-
-
-def deep_update(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
-    """A copy of `base` with nested `changes` applied."""
-    merged = copy.deepcopy(base)
-    for key, value in changes.items():
-        merged[key] = deep_update(merged.get(key, {}), value) if isinstance(value, dict) else value
-    return merged
-
-
-def project_params_dict() -> dict[str, Any]:
-    """The project's params.yaml as a plain dict."""
-    return yaml.safe_load((ROOT / "params.yaml").read_text())
-
-
-def tiny_params_dict(**changes: Any) -> dict[str, Any]:
-    """params.yaml with the TINY sizes, plus any further nested changes."""
-    return deep_update(deep_update(project_params_dict(), TINY), changes)
 
 
 @pytest.fixture(scope="session")

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from groundwork.data.datasets import load_dataset
+from groundwork.params import AugmentParams, Params
+from groundwork.project import tiny_params_dict
+from groundwork.training.transforms import augment_batch
 from tasks import augment
-from tasks.augmentation import augment_batch
-from tasks.data import load_dataset
-from tasks.params import AugmentParams, Params
-from tests.conftest import tiny_params_dict
 
 FAMILIES = ("rotation", "scale", "translate", "brightness", "contrast", "blur", "erasing")
 

@@ -8,9 +8,9 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from groundwork.params import Params
+from groundwork.training.loop import steps_per_epoch
 from tasks import budget
-from tasks.params import Params
-from tasks.training import steps_per_epoch
 
 
 @pytest.mark.parametrize("images", [10, 50, 890])
@@ -36,8 +36,8 @@ def test_sweep_reports_mean_and_spread_per_budget(tmp_path: Path, tiny_params: P
 
 def test_draws_differ_and_the_whole_pool_is_drawn_once(tiny_params: Params, tiny_data: dict[str, Path],
                                                         tiny_pretrained: dict[str, Any]) -> None:
-    from tasks.data import load_dataset
-    from tasks.tracking import NullTracker
+    from groundwork.data.datasets import load_dataset
+    from groundwork.tracking.runs import NullTracker
 
     data, _ = load_dataset(tiny_data["target"], splits=("pool", "val", "test"))
     params = tiny_params.model_copy(update={"budget": tiny_params.budget.model_copy(

@@ -14,17 +14,20 @@ import onnx
 import pytest
 import torch
 
-from tasks.checkpoint import CheckpointError, load_model, save_checkpoint
-from tasks.data import load_dataset, to_float
-from tasks.distill import UNLABELLED, distillation
-from tasks.export import MANIFEST, onnx_logits, onnx_session
-from tasks.lowrank import factorize, rank_for_energy
-from tasks.model import DigitNet, prunable_layers
-from tasks.packing import load_packed, pack, share_weights, tie_to_codebooks, untie
-from tasks.params import Params
-from tasks.pruning import make_permanent, prune_to, sparsity
-from tasks.structured import narrower, prune_channels
-from tasks.training import logits_of
+from groundwork.compression.export import MANIFEST, onnx_logits, onnx_session
+from groundwork.compression.lowrank import factorize, rank_for_energy
+from groundwork.compression.names import EXPORTED
+from groundwork.compression.packing import load_packed, pack, share_weights, tie_to_codebooks, untie
+from groundwork.compression.pruning import make_permanent, prune_to, sparsity
+from groundwork.compression.structured import narrower, prune_channels
+from groundwork.data.datasets import load_dataset, to_float
+from groundwork.errors import CheckpointError
+from groundwork.models.checkpoint import load_model, save_checkpoint
+from groundwork.models.digitnet import DigitNet, prunable_layers
+from groundwork.params import Params
+from groundwork.tracking.runs import NullTracker
+from groundwork.training.distill import UNLABELLED, distillation
+from groundwork.training.loop import derived_seed, logits_of
 
 CPU = torch.device("cpu")
 ROOT = Path(__file__).resolve().parent.parent
@@ -171,7 +174,7 @@ def test_distillation_learns_from_the_teacher_on_unlabelled_images(tiny_params: 
 def test_every_variant_is_written_and_listed(tiny_params: Params, tiny_compressed: dict[str, Any]) -> None:
     folder, metrics = tiny_compressed["dir"], tiny_compressed["metrics"]
     manifest = json.loads((folder / MANIFEST).read_text())
-    assert set(manifest) == {"fp32_onnx", "int8", "pruned", "structured", "lowrank", "structured_int8", "packed"}
+    assert list(manifest) == list(EXPORTED)
     assert all((folder / entry["file"]).is_file() for entry in manifest.values())
     pruned, _ = load_model(folder / "pruned.pt")
     assert sparsity(pruned) == pytest.approx(tiny_params.compress.sparsity, abs=2e-3) == metrics["sparsity"]
@@ -202,13 +205,14 @@ for path in sys.argv[3:]:
 """
 STANDALONE_PACKED = """
 import sys, numpy, torch
-from tasks.packing import load_packed
+from groundwork.compression.packing import load_packed
 model = load_packed(sys.argv[2])
 with torch.no_grad():
     numpy.save(sys.argv[3], model(torch.from_numpy(numpy.load(sys.argv[1]))).numpy())
 """
 
 
+@pytest.mark.subprocess
 def test_exported_files_predict_as_in_process_in_a_fresh_process(tmp_path: Path, tiny_data: dict[str, Path],
                                                                   tiny_transferred: dict[str, Any],
                                                                   tiny_compressed: dict[str, Any]) -> None:
@@ -231,3 +235,23 @@ def test_exported_files_predict_as_in_process_in_a_fresh_process(tmp_path: Path,
     torch.testing.assert_close(torch.from_numpy(np.load(tmp_path / "packed.npy")),
                                logits_of(load_packed(folder / "packed.gwpk"), images, device=CPU),
                                atol=1e-4, rtol=1e-4)
+
+
+def test_a_variant_does_not_depend_on_the_variants_made_before_it(tiny_params: Params, tiny_data: dict[str, Path],
+                                                                   tiny_transferred: dict[str, Any]) -> None:
+    """Every fine-tune takes its seed from the seed, the variant and the round: the pruned model comes out the same
+    whether or not the low-rank model was fine-tuned first with the same fine-tuner."""
+    from tasks.compress import fine_tuner, low_rank, magnitude_pruned
+
+    data, _ = load_dataset(tiny_data["target"], splits=("train", "val", "test", "pool"))
+
+    def pruned(after_lowrank: bool) -> dict[str, torch.Tensor]:
+        tune = fine_tuner(tiny_params, data, load_model(tiny_transferred["model"])[0], CPU, NullTracker())
+        if after_lowrank:
+            low_rank(load_model(tiny_transferred["model"])[0], tiny_params, tune)
+        return magnitude_pruned(load_model(tiny_transferred["model"])[0], tiny_params, tune).state_dict()
+
+    alone, after = pruned(after_lowrank=False), pruned(after_lowrank=True)
+    assert alone.keys() == after.keys()
+    assert all(torch.equal(alone[key], after[key]) for key in alone)
+    assert len({derived_seed(42, variant, step) for variant in ("pruned", "structured") for step in (1, 2)}) == 4

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.data import DataError, Split, digest, load_dataset, save_dataset
+from groundwork.data.datasets import Split, digest, load_dataset, save_dataset
+from groundwork.errors import DataError
 
 
 def small_dataset(count: int = 12) -> dict[str, Split]:

@@ -18,8 +18,9 @@ from prefect.settings import PREFECT_API_URL
 from prefect.testing.utilities import prefect_test_harness
 from prefect.workers.utilities import get_default_base_job_template_for_infrastructure_type
 
-from tests.conftest import tiny_params_dict
-from tests.project_copy import copy_project
+from groundwork.project import copy_project, tiny_params_dict
+
+pytestmark = [pytest.mark.server]
 
 POOLS = {"groundwork-process": "process", "groundwork-docker": "docker", "groundwork-kubernetes": "kubernetes"}
 DEPLOY_ENV = {"GROUNDWORK_GIT_URL": "https://git.example.com/ml/groundwork.git",

@@ -16,11 +16,11 @@ import torch
 import yaml
 from mlflow import MlflowClient
 
+from groundwork.models.checkpoint import read_checkpoint
+from groundwork.params import ParamsError, parse_params
+from groundwork.project import ROOT, tiny_params_dict
+from groundwork.training.loop import _epoch_order, steps_per_epoch
 from tasks import pretrain, transfer
-from tasks.checkpoint import read_checkpoint
-from tasks.params import ParamsError, parse_params
-from tasks.training import _epoch_order, steps_per_epoch
-from tests.conftest import ROOT, tiny_params_dict
 
 # Two processes against one, same seed, same global batch (32, 16 per rank), no augmentation, tiny params.
 # Equality cannot hold: BatchNorm normalises over each rank's 16 images instead of 32, dropout draws differ,
@@ -64,6 +64,7 @@ def pretrained_in_two(tmp_path_factory: pytest.TempPathFactory, tiny_data: dict[
     return {"folder": folder, "out": out, "client": client}
 
 
+@pytest.mark.torchrun
 def test_pretrain_in_two_processes_matches_one(tmp_path: Path, tiny_data: dict[str, Path],
                                                pretrained_in_two: dict[str, Any]) -> None:
     out, client = pretrained_in_two["out"], pretrained_in_two["client"]
@@ -86,6 +87,7 @@ def test_pretrain_in_two_processes_matches_one(tmp_path: Path, tiny_data: dict[s
     assert (history["train_loss"] - reference["train_loss"]).abs().max() < TRAIN_LOSS_TOLERANCE
 
 
+@pytest.mark.torchrun
 def test_transfer_in_two_processes_matches_one(tmp_path: Path, tiny_data: dict[str, Path],
                                                pretrained_in_two: dict[str, Any]) -> None:
     # Head-only epoch then the discriminative one (the model wrapped anew for each), then scratch: all in DDP.
@@ -139,6 +141,7 @@ def _worker_pid(marker: str, rank: int) -> int | None:
     return None
 
 
+@pytest.mark.torchrun
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the worker through /proc (Linux)")
 def test_a_rank_that_dies_fails_the_stage_and_closes_its_mlflow_run(tmp_path: Path,
                                                                     tiny_data: dict[str, Path]) -> None:

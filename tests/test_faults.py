@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,9 +13,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from groundwork.entrypoint import EXIT_TRANSIENT
+from groundwork.params import Params
+from groundwork.project import ROOT, tiny_params_dict
+from groundwork.tracking.outcome import OUTCOME_DIR_ENV, read_outcome
 from tasks import augment
-from tasks.params import Params
-from tests.conftest import ROOT, tiny_params_dict
+from tests.helpers import free_port
+
+pytestmark = [pytest.mark.subprocess]
 
 
 def stage_command(stage: str, *args: str) -> list[str]:
@@ -25,7 +29,7 @@ def stage_command(stage: str, *args: str) -> list[str]:
 
 def environment(workdir: Path, **extra: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}",
-            **extra}
+            OUTCOME_DIR_ENV: str(workdir / "outcomes"), **extra}
 
 
 @pytest.fixture
@@ -87,22 +91,22 @@ def test_divergence_stops_the_stage_before_anything_is_saved(workdir: Path, tiny
                             cwd=workdir, env=environment(workdir), capture_output=True, text=True)
     assert result.returncode == 1
     assert "pretrain failed: pretrain: loss became" in result.stderr
+    outcome = read_outcome(workdir / "outcomes", "pretrain")
+    assert outcome is not None and outcome.kind == "failed", "a diverged run would diverge again: not transient"
     assert not any((workdir / name).exists() for name in ("d.pt", "d.csv", "d.json"))
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_unreachable_tracking_fails_the_stage_at_its_start(workdir: Path) -> None:
+    """A failure whose cause may pass: exit code 75 (EX_TEMPFAIL), and the outcome the flow reads says transient."""
     uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     env = environment(workdir, MLFLOW_TRACKING_URI=uri, MLFLOW_HTTP_REQUEST_MAX_RETRIES="1",
-                      MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="0", MLFLOW_HTTP_REQUEST_TIMEOUT="5")
+                      MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="0", MLFLOW_HTTP_REQUEST_TIMEOUT="5",
+                      **{OUTCOME_DIR_ENV: str(workdir / "outcomes")})
     result = subprocess.run(stage_command("ingest", "--source-out", "s.npz", "--target-out", "t.npz",
                                           "--metrics", "ingest.json"),
                             cwd=workdir, env=env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 1
+    assert result.returncode == EXIT_TRANSIENT == 75
     assert f"ingest failed: MLflow tracking at {uri} is unreachable" in result.stderr
     assert not any((workdir / name).exists() for name in ("s.npz", "t.npz", "ingest.json"))
+    outcome = read_outcome(workdir / "outcomes", "ingest")
+    assert outcome is not None and (outcome.kind, outcome.exit_code) == ("transient", 75)

@@ -1,4 +1,5 @@
-"""ingest: the target brought to the source format, seeded stratified splits, the label budget."""
+"""ingest and the data library it uses: the target brought to the source format, seeded stratified splits,
+the label budget."""
 
 from __future__ import annotations
 
@@ -7,14 +8,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from groundwork.data.corpus import build_datasets
+from groundwork.data.datasets import NUM_CLASSES, Split, load_dataset
+from groundwork.data.embedded import load_target_raw
+from groundwork.data.formatting import to_source_format
+from groundwork.data.splits import label_budget
+from groundwork.params import Params
 from tasks import ingest
-from tasks.data import NUM_CLASSES, Split, load_dataset
-from tasks.params import Params
 
 
 def test_target_is_resized_and_centred_like_mnist() -> None:
-    raw, _ = ingest.load_target_raw()
-    images = ingest.to_source_format(raw[:50], max_value=16.0, size=20)
+    raw, _ = load_target_raw()
+    images = to_source_format(raw[:50], max_value=16.0, size=20)
     assert images.shape == (50, 28, 28) and images.dtype == np.uint8
     assert images[:, :4, :].max() == 0 and images[:, -4:, :].max() == 0  # 4-pixel empty border, as MNIST
     assert images[:, :, :4].max() == 0 and images[:, :, -4:].max() == 0
@@ -22,7 +27,7 @@ def test_target_is_resized_and_centred_like_mnist() -> None:
 
 
 def test_splits_are_stratified_disjoint_and_seeded(tiny_params: Params) -> None:
-    source, target = ingest.build_datasets(tiny_params.ingest, seed=tiny_params.seed)
+    source, target = build_datasets(tiny_params.ingest, seed=tiny_params.seed)
     assert sum(len(s) for s in source.values()) == 300
     for split in source.values():
         counts = np.bincount(split.labels, minlength=NUM_CLASSES)
@@ -33,23 +38,23 @@ def test_splits_are_stratified_disjoint_and_seeded(tiny_params: Params) -> None:
     pool, val, test = rows(target["pool"]), rows(target["val"]), rows(target["test"])
     assert len(pool | val | test) == 1797, "pool, val and test split all of scikit-learn's digits, disjointly"
     assert rows(target["train"]) <= pool, "the labelled budget is drawn from the pool"
-    again, _ = ingest.build_datasets(tiny_params.ingest, seed=tiny_params.seed)
+    again, _ = build_datasets(tiny_params.ingest, seed=tiny_params.seed)
     np.testing.assert_array_equal(again["train"].images, source["train"].images)
 
 
 def test_label_budget_keeps_exactly_k_per_class() -> None:
     labels = np.repeat(np.arange(NUM_CLASSES), 7)
     split = Split(np.zeros((len(labels), 28, 28), np.uint8), labels)
-    kept = ingest.label_budget(split, 3, seed=1)
+    kept = label_budget(split, 3, seed=1)
     assert np.bincount(kept.labels).tolist() == [3] * NUM_CLASSES
-    assert ingest.label_budget(split, None, seed=1) is split
+    assert label_budget(split, None, seed=1) is split
 
 
 def test_label_budget_larger_than_the_data_is_refused() -> None:
     labels = np.repeat(np.arange(NUM_CLASSES), 4)
     split = Split(np.zeros((len(labels), 28, 28), np.uint8), labels)
     with pytest.raises(ValueError, match=r"labels_per_class=5 exceeds .* only 4 images"):
-        ingest.label_budget(split, 5, seed=0)
+        label_budget(split, 5, seed=0)
 
 
 def test_run_writes_both_datasets_with_counts(tmp_path: Path, tiny_params: Params) -> None:

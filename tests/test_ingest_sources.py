@@ -16,10 +16,14 @@ import scipy.io
 from PIL import Image
 from torchvision import datasets
 
-from tasks import ingest, sources
-from tasks.data import IMAGE_SIDE, NUM_CLASSES, DataError, Dataset, load_dataset
-from tasks.params import TORCHVISION_DATASETS, DataSource, parse_params
-from tests.conftest import tiny_params_dict
+from groundwork.data import sources
+from groundwork.data.corpus import build_datasets
+from groundwork.data.datasets import IMAGE_SIDE, NUM_CLASSES, Dataset, load_dataset
+from groundwork.data.formatting import LUMINANCE
+from groundwork.errors import DataError
+from groundwork.params import TORCHVISION_DATASETS, DataSource, parse_params
+from groundwork.project import tiny_params_dict
+from tasks import ingest
 
 MNIST_FAMILY = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "kmnist": "KMNIST", "emnist": "EMNIST"}
 
@@ -108,7 +112,7 @@ def test_image_folder_of_colour_images_of_other_sizes(tmp_path: Path, color: str
     _, target = ingest_files(params, tmp_path)
     images, labels = every_image(target, ("pool", "val", "test"))
     assert len(labels) == 100 and np.bincount(labels).tolist() == [10] * NUM_CLASSES
-    weights = ingest.LUMINANCE if color == "luminance" else (1 / 3,) * 3
+    weights = LUMINANCE if color == "luminance" else (1 / 3,) * 3
     letterboxed = 0
     for image, label in zip(images, labels, strict=True):
         if image[0].any():  # the 24x24 gray image, resized to fill the whole 28x28 canvas
@@ -175,7 +179,7 @@ def test_cifar10_pickled_batches_become_gray(tmp_path: Path, monkeypatch: pytest
     source, _ = ingest_files(side_params("source", dataset="cifar10", root=str(tmp_path / "cifar")), tmp_path)
     out, out_labels = every_image(source, ("train", "val", "test"))
     assert len(out_labels) == 120 and np.bincount(out_labels).tolist() == [12] * NUM_CLASSES
-    grey = CLASS_COLOURS.astype(float) @ np.array(ingest.LUMINANCE)  # 0.299 R + 0.587 G + 0.114 B
+    grey = CLASS_COLOURS.astype(float) @ np.array(LUMINANCE)  # 0.299 R + 0.587 G + 0.114 B
     # 32x32 -> 28x28 fills the canvas; each image is its class's luminance (not, e.g., the channel mean)
     assert all((image == image[0, 0]).all() for image in out)
     assert np.abs(out[:, 0, 0] - grey[out_labels]).max() <= 0.5 + 1e-3
@@ -209,7 +213,7 @@ def test_missing_files_without_download_name_folder_dataset_and_key(tmp_path: Pa
     monkeypatch.chdir(tmp_path)  # the default root is data/raw/<dataset>, relative to the project
     params = side_params("source", dataset="mnist")
     with pytest.raises(DataError) as caught:
-        ingest.build_datasets(params.ingest, params.seed)
+        build_datasets(params.ingest, params.seed)
     message = str(caught.value)
     assert "ingest.source.dataset=mnist" in message and str(Path("data/raw/mnist")) in message
     assert "MNIST/raw/" in message and "set ingest.source.download: true" in message
@@ -217,14 +221,14 @@ def test_missing_files_without_download_name_folder_dataset_and_key(tmp_path: Pa
 
     params = side_params("target", dataset="image_folder", root=str(tmp_path / "nowhere"))
     with pytest.raises(DataError, match=r"ingest\.target\.dataset=image_folder: .*nowhere.*ingest\.target\.root"):
-        ingest.build_datasets(params.ingest, params.seed)
+        build_datasets(params.ingest, params.seed)
 
 
 def test_a_class_count_other_than_10_is_refused(tmp_path: Path) -> None:
     write_png_classes(tmp_path / "three", 3)
     params = side_params("target", dataset="image_folder", root=str(tmp_path / "three"))
     with pytest.raises(DataError, match=r"ingest\.target\.dataset=image_folder in .*three: 3 classes .* has 10"):
-        ingest.build_datasets(params.ingest, params.seed)
+        build_datasets(params.ingest, params.seed)
 
 
 def test_every_torchvision_choice_has_a_reader() -> None:

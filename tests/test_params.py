@@ -11,8 +11,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tasks.params import ParamsError, load_params, parse_params
-from tests.conftest import ROOT, project_params_dict, tiny_params_dict
+from groundwork.params import ParamsError, load_params, parse_params
+from groundwork.project import ROOT, project_params_dict, tiny_params_dict
 
 
 def test_project_params_file_is_valid() -> None:
@@ -99,6 +99,7 @@ def test_fuzzed_values_either_validate_or_name_the_key(section: str, value: obje
         assert f"{section}.{key}" in str(exc) or f"  {section}:" in str(exc)
 
 
+@pytest.mark.subprocess
 def test_stage_entry_point_rejects_bad_params_before_any_work(tmp_path: Path) -> None:
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(tiny_params_dict(ingest={"labels_per_class": 0})))

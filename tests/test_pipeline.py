@@ -3,13 +3,13 @@ of the project with tiny params."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,69 +20,71 @@ from prefect.testing.utilities import prefect_test_harness
 
 from flows.lock import PipelineBusy
 from flows.pipeline import pipeline
-from flows.stages import RAN, SKIPPED, StageFailed, StageResult, repro_stage, stage_order
-from tasks.params import ParamsError
-from tasks.tracking import DEFAULT_EXPERIMENT, tracking_uri
-from tests.conftest import ROOT, tiny_params_dict
-from tests.project_copy import copy_project
+from flows.repro import RAN, SKIPPED, StageFailed, StageResult, repro_stage, stage_order
+from groundwork.compression.names import VARIANTS
+from groundwork.params import ParamsError
+from groundwork.project import ROOT, copy_project, tiny_params_dict
+from groundwork.tracking.runs import DEFAULT_EXPERIMENT, tracking_uri
+from tests.helpers import (
+    change_params,
+    child_runs,
+    clone_ran_project,
+    dvc,
+    flow_artifacts,
+    output_digests,
+    parent_runs,
+    statuses,
+)
 
+pytestmark = [pytest.mark.e2e, pytest.mark.server]
 STAGES = ["ingest", "augment", "pretrain", "transfer", "budget", "compress", "evaluate"]
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A temporary copy of the project, run under a Prefect test server, tracked in its own MLflow store."""
+def prefect_server() -> Iterator[None]:
+    """A Prefect test server for the module's flow runs, with no MLflow settings leaking in from outside."""
     with pytest.MonkeyPatch.context() as patch:
         for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
             patch.delenv(name, raising=False)
         with prefect_test_harness(server_startup_timeout=60):
-            yield copy_project(tmp_path_factory.mktemp("project"), tiny_params_dict())
+            yield
 
 
-def statuses(results: list[Any]) -> dict[str, str]:
-    return {result.stage: result.status for result in results}
+@dataclass(frozen=True)
+class FirstRun:
+    project: Path
+    state: Any  # the flow run's final Prefect state
 
 
-def child_runs(client: MlflowClient, parent_id: str) -> list[Any]:
-    experiment = client.get_experiment_by_name(DEFAULT_EXPERIMENT)
-    return client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
+@pytest.fixture(scope="module")
+def first_run(prefect_server: None, tmp_path_factory: pytest.TempPathFactory) -> FirstRun:
+    """A fresh copy of the project with tiny params, after one flow run: read, never changed, by the tests."""
+    project = copy_project(tmp_path_factory.mktemp("project"), tiny_params_dict())
+    state = pipeline(project_dir=str(project), return_state=True)
+    assert state.is_completed(), state
+    return FirstRun(project=project, state=state)
 
 
-def parent_runs(client: MlflowClient) -> list[Any]:
-    experiment = client.get_experiment_by_name(DEFAULT_EXPERIMENT)
-    return client.search_runs([experiment.experiment_id], "tags.stage = 'pipeline'", order_by=["start_time ASC"])
-
-
-def dvc(project: Path, *args: str) -> str:
-    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project, capture_output=True, text=True,
-                          check=True).stdout
+@pytest.fixture
+def project(first_run: FirstRun, tmp_path: Path) -> Path:
+    """A copy of the project as the first run left it, for a test that changes it: each such test starts from
+    the same state, whichever tests ran before it."""
+    return clone_ran_project(first_run.project, tmp_path / "project")
 
 
 def test_stage_order_comes_from_dvc() -> None:
     assert stage_order(ROOT) == STAGES
 
 
-def flow_artifacts(flow_run_id: Any) -> dict[str, Any]:
-    """The artifacts a flow run published, by key, read back from the Prefect server."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-
-    with get_client(sync_client=True) as client:
-        found = client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
-    return {artifact.key: artifact.data for artifact in found}
-
-
-def test_first_run_executes_every_stage_and_records_them(project: Path) -> None:
-    state = pipeline(project_dir=str(project), return_state=True)
+def test_first_run_executes_every_stage_and_records_them(first_run: FirstRun) -> None:
+    project, state = first_run.project, first_run.state
     results = state.result()
     assert statuses(results) == dict.fromkeys(STAGES, RAN)
     artifacts = flow_artifacts(state.state_details.flow_run_id)
     summary = artifacts["pipeline-summary"]
     assert all(f"| {stage} | ran |" in summary for stage in STAGES)
     assert "promoted to `champion`" in summary and "/#/experiments/" in summary
-    assert {row["variant"] for row in json.loads(artifacts["model-variants"])} == {
-        "fp32", "fp32_onnx", "pruned", "structured", "lowrank", "int8", "structured_int8", "packed"}
+    assert [row["variant"] for row in json.loads(artifacts["model-variants"])] == list(VARIANTS)
     declared = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
     for stage, spec in declared.items():
         for out in [*spec["outs"], *spec["metrics"]]:
@@ -101,6 +103,11 @@ def test_first_run_executes_every_stage_and_records_them(project: Path) -> None:
         assert run.data.tags["prefect_flow_run_id"] == parent.data.tags["prefect_flow_run_id"]
         assert any(tag.startswith("data_digest.") for tag in run.data.tags)
     by_stage = {run.data.tags["stage"]: run for run in children}
+    # each stage logs the params dvc.yaml declares for it, key by key where it reads part of a section
+    logged = {stage: run.data.params for stage, run in by_stage.items()}
+    assert "transfer.lr" in logged["budget"] and "transfer.nproc" not in logged["budget"]
+    assert "augment.rotation.degrees" in logged["pretrain"] and "augment.preview_images" not in logged["pretrain"]
+    assert set(logged["evaluate"]) == {f"evaluate.{key}" for key in tiny_params_dict()["evaluate"]}
     pretrain_history = client.get_metric_history(by_stage["pretrain"].info.run_id, "val_accuracy")
     assert [m.step for m in pretrain_history] == list(range(1, tiny_params_dict()["pretrain"]["epochs"] + 1))
     experiment = client.get_experiment_by_name(DEFAULT_EXPERIMENT)
@@ -136,7 +143,7 @@ def test_overrides_run_as_a_dvc_experiment(project: Path) -> None:
     outputs_before = output_digests(project)
     state = pipeline(project_dir=str(project), overrides={"transfer.epochs": 3}, return_state=True)
     ran = [stage for stage, status in statuses(state.result()).items() if status == RAN]
-    assert ran == ["transfer", "budget", "compress", "evaluate"]
+    assert ran == ["transfer", "compress", "evaluate"]
     assert (project / "params.yaml").read_bytes() == params_before, "params.yaml is never edited"
     assert output_digests(project) == outputs_before, "the experiment ran outside the working tree"
     name = flow_artifacts(state.state_details.flow_run_id)["pipeline-summary"].split("DVC experiment `")[1]
@@ -182,32 +189,33 @@ def test_served_deployment_runs_on_its_schedule_and_on_demand(project: Path) -> 
 
 
 def test_transfer_param_change_reruns_exactly_the_stages_that_read_it(project: Path) -> None:
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["transfer"]["epochs"] += 2  # +1 ran already, as the experiment above: DVC would restore it
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    change_params(project, "transfer", epochs=tiny_params_dict()["transfer"]["epochs"] + 1)
     results = pipeline(project_dir=str(project))
     ran = [stage for stage, status in statuses(results).items() if status == RAN]
-    assert ran == ["transfer", "budget", "compress", "evaluate"]  # budget reads transfer's params too
+    assert ran == ["transfer", "compress", "evaluate"]  # budget sets its own epochs from budget.steps
     assert "transfer.epochs" in dvc(project, "params", "diff")
 
 
-def output_digests(project: Path) -> dict[str, str]:
-    """SHA-256 of every file under the DVC output folders."""
-    return {str(path.relative_to(project)): hashlib.sha256(path.read_bytes()).hexdigest()
-            for folder in ("data", "models", "reports") for path in sorted((project / folder).rglob("*"))
-            if path.is_file() and path.name != ".gitignore"}
+def test_a_key_a_stage_does_not_read_never_reruns_it(project: Path) -> None:
+    """Params are declared key by key where a stage reads part of a section: the preview size is the augment
+    stage's alone, and the number of processes is transfer's, not the budget sweep's."""
+    change_params(project, "transfer", nproc=2)
+    assert set(json.loads(dvc(project, "status", "--json"))) == {"transfer"}
+    change_params(project, "transfer", nproc=1)
+    change_params(project, "augment", preview_images=tiny_params_dict()["augment"]["preview_images"] + 1)
+    assert set(json.loads(dvc(project, "status", "--json"))) == {"augment"}
+    results = pipeline(project_dir=str(project))
+    assert [stage for stage, status in statuses(results).items() if status == RAN] == ["augment"]
 
 
 def test_transient_failure_is_retried_by_prefect(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["evaluate"]["latency_runs"] += 1  # evaluate must run again
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    change_params(project, "evaluate", latency_runs=tiny_params_dict()["evaluate"]["latency_runs"] + 1)
     attempts: list[str] = []
 
     def fails_once(stage: str, **kwargs: Any) -> StageResult:
         attempts.append(stage)
         if stage == "evaluate" and attempts.count("evaluate") == 1:
-            raise StageFailed("stage 'evaluate' failed: injected transient fault")
+            raise StageFailed("stage 'evaluate' failed: injected transient fault", transient=True)
         return repro_stage(stage, **kwargs)
 
     monkeypatch.setattr("flows.pipeline.repro_stage", fails_once)
@@ -242,14 +250,15 @@ def test_failing_stage_fails_the_flow_and_keeps_the_last_good_outputs(project: P
     client = MlflowClient(tracking_uri(project))
     name = tiny_params_dict()["evaluate"]["registered_model"]
     champion = client.get_registered_model(name).aliases["champion"]
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["ingest"]["labels_per_class"] = 500  # valid type and range, more than the data holds
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    change_params(project, "ingest", labels_per_class=500)  # valid type and range, more than the data holds
     state = pipeline(project_dir=str(project), return_state=True)
     assert state.is_failed()
-    with pytest.raises(Exception, match=r"stage 'ingest' failed[\s\S]*labels_per_class=500 exceeds"):
+    with pytest.raises(StageFailed, match=r"stage 'ingest' failed[\s\S]*labels_per_class=500 exceeds"):
         state.result()
-    assert parent_runs(client)[-1].info.status == "FAILED"
+    parent = parent_runs(client)[-1]
+    assert parent.info.status == "FAILED"
+    attempts = [run for run in child_runs(client, parent.info.run_id) if run.data.tags["stage"] == "ingest"]
+    assert [run.info.status for run in attempts] == ["FAILED"], "bad data fails once: a retry would fail the same"
     assert client.get_registered_model(name).aliases["champion"] == champion
     after = output_digests(project)
     assert after == before, "the outputs of the last good run are back in place"
@@ -258,9 +267,7 @@ def test_failing_stage_fails_the_flow_and_keeps_the_last_good_outputs(project: P
 
 
 def test_bad_params_stop_the_flow_before_any_stage(project: Path) -> None:
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["pretrain"]["optimizer"] = "rmsprop"
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    change_params(project, "pretrain", optimizer="rmsprop")
     client = MlflowClient(tracking_uri(project))
     runs_before = len(parent_runs(client))
     state = pipeline(project_dir=str(project), return_state=True)

@@ -10,13 +10,14 @@ import pandas as pd
 import pytest
 import torch
 
+from groundwork.data.datasets import Split, load_dataset, save_dataset
+from groundwork.errors import CheckpointError
+from groundwork.models.checkpoint import FORMAT, load_model, read_checkpoint
+from groundwork.params import Params, parse_params
+from groundwork.project import tiny_params_dict
+from groundwork.training.contrastive import nt_xent
+from groundwork.training.loop import loss_and_accuracy
 from tasks import pretrain
-from tasks.checkpoint import FORMAT, CheckpointError, load_model, read_checkpoint
-from tasks.contrastive import nt_xent
-from tasks.data import Split, load_dataset, save_dataset
-from tasks.params import Params, parse_params
-from tasks.training import evaluate
-from tests.conftest import tiny_params_dict
 
 
 def test_history_has_one_row_per_epoch(tiny_params: Params, tiny_pretrained: dict[str, Any]) -> None:
@@ -30,7 +31,7 @@ def test_metrics_are_scores_of_the_saved_model(tiny_data: dict[str, Path], tiny_
     metrics = tiny_pretrained["metrics"]
     model, payload = load_model(tiny_pretrained["model"])
     source, _ = load_dataset(tiny_data["source"], splits=("test",))
-    rescored = evaluate(model, *source["test"].tensors(), device=torch.device("cpu"))
+    rescored = loss_and_accuracy(model, *source["test"].tensors(), device=torch.device("cpu"))
     assert rescored["accuracy"] == pytest.approx(metrics["source_test_accuracy"])
     assert payload["metrics"] == metrics
     assert metrics["source_test_accuracy"] > 0.2, "beats chance (0.1) even after two tiny epochs"

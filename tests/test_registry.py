@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from tasks.registry import CHAMPION, decide, gate
+from groundwork.tracking.registry import CHAMPION, decide, gate
 
 
 def test_decide_rules() -> None:
@@ -64,13 +64,14 @@ def tracking_at(tmp_path: Path) -> Iterator[str]:
     mlflow.set_tracking_uri(None)
 
 
+@pytest.mark.subprocess
 def test_champion_from_a_pipeline_run_loads_in_a_fresh_process(tmp_path: Path, tracking_at: str, tiny_params,
                                                                tiny_data, tiny_transferred, tiny_compressed) -> None:
     """evaluate registers the int8 candidate; `models:/<name>@champion` then predicts in another process."""
     import mlflow
 
+    from groundwork.tracking.runs import MlflowTracker
     from tasks import evaluate
-    from tasks.tracking import MlflowTracker
 
     uri = tracking_at
     experiment = mlflow.create_experiment("gate", artifact_location=(tmp_path / "artifacts").as_uri())

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,11 +21,12 @@ from mlflow import MlflowClient
 from prefect.testing.utilities import prefect_test_harness
 
 from flows.pipeline import pipeline
-from flows.stages import RAN, PushFailed
-from tasks.registry import CHAMPION
-from tests.conftest import tiny_params_dict
-from tests.project_copy import ROOT, copy_project
-from tests.test_pipeline import child_runs, dvc, flow_artifacts, output_digests, parent_runs, statuses
+from flows.repro import RAN, PushFailed
+from groundwork.project import ROOT, copy_project, tiny_params_dict
+from groundwork.tracking.registry import CHAMPION
+from tests.helpers import child_runs, dvc, flow_artifacts, free_port, output_digests, parent_runs, statuses
+
+pytestmark = [pytest.mark.e2e, pytest.mark.server]
 
 GIT = ["git", "-c", "user.name=groundwork", "-c", "user.email=groundwork@localhost"]
 # The flow runs whatever graph dvc.yaml holds; the first three stages write data and a model, which is all these
@@ -39,11 +39,6 @@ class TrackingServer:
     url: str
     artifacts: Path  # the server's --artifacts-destination: where artifacts land, whoever logs them
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def start_tracking_server(folder: Path) -> tuple[subprocess.Popen[bytes], TrackingServer]:

@@ -7,21 +7,21 @@ import itertools
 import pytest
 import torch
 
-from tasks.augmentation import online_augmentation
-from tasks.model import DigitNet
-from tasks.params import AugmentParams, Params, TrainParams
-from tasks.training import (
+from groundwork.errors import TrainingDiverged
+from groundwork.models.digitnet import DigitNet
+from groundwork.params import AugmentParams, Params, TrainParams
+from groundwork.project import tiny_params_dict
+from groundwork.training.distributed import resolve_device
+from groundwork.training.loop import (
     LRPolicy,
-    TrainingDiverged,
     build_optimizer,
-    evaluate,
     fit,
-    resolve_device,
+    loss_and_accuracy,
     seed_everything,
     supervised,
     validation,
 )
-from tests.conftest import tiny_params_dict
+from groundwork.training.transforms import online_augmentation
 
 
 def train_params(**changes: object) -> TrainParams:
@@ -119,7 +119,7 @@ def test_fit_learns_and_reports_every_epoch() -> None:
                   validate=validation(*data, device=torch.device("cpu")), on_epoch=lambda epoch, _: seen.append(epoch))
     assert seen == [1, 2, 3] and [h["epoch"] for h in history] == [1, 2, 3]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
-    assert evaluate(model, *data, device=torch.device("cpu"))["accuracy"] > 0.5
+    assert loss_and_accuracy(model, *data, device=torch.device("cpu"))["accuracy"] > 0.5
 
 
 def test_same_seed_gives_identical_metrics() -> None:

@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
-from tasks.checkpoint import load_model
-from tasks.data import load_dataset
-from tasks.params import Params, parse_params
-from tasks.training import evaluate
-from tasks.transfer import fine_tune, param_groups, transferred_model
-from tests.conftest import tiny_params_dict
+from groundwork.data.datasets import load_dataset
+from groundwork.models.checkpoint import load_model
+from groundwork.params import Params, parse_params
+from groundwork.project import tiny_params_dict
+from groundwork.training.loop import loss_and_accuracy
+from groundwork.training.transfer_learning import fine_tune, param_groups, transferred_model
 
 
 def test_new_head_keeps_the_backbone(tiny_pretrained: dict[str, Any]) -> None:
@@ -61,7 +61,7 @@ def test_reports_transfer_scratch_and_gain(tiny_params: Params, tiny_data: dict[
     assert metrics["train_images"] == 10 * tiny_params.ingest.labels_per_class
     model, _ = load_model(tiny_transferred["model"])
     target, _ = load_dataset(tiny_data["target"], splits=("test",))
-    rescored = evaluate(model, *target["test"].tensors(), device=torch.device("cpu"))
+    rescored = loss_and_accuracy(model, *target["test"].tensors(), device=torch.device("cpu"))
     assert rescored["accuracy"] == pytest.approx(metrics["transfer_accuracy"])
 
 

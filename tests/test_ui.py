@@ -1,11 +1,10 @@
 """The MLflow UI on a project store, checked in a real browser: headless Chromium renders the runs page
-and the runs the pipeline records appear on it. A screenshot is kept in screenshots/ (ignored by git)."""
+and the runs the pipeline records appear on it, rendered (a screenshot in the test's temporary folder)."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -14,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from tasks.tracking import FLOW_RUN_NAME_ENV, PARENT_RUN_ENV, ensure_experiment, stage_run, start_parent_run
-from tests.conftest import ROOT
+from groundwork.tracking.runs import FLOW_RUN_NAME_ENV, PARENT_RUN_ENV, ensure_experiment, stage_run, start_parent_run
+from tests.helpers import free_port
+
+pytestmark = [pytest.mark.server, pytest.mark.browser]
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # Without the background-networking switches, Chromium keeps trying hosts this machine cannot reach.
@@ -23,11 +24,6 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--virtual-time-budget=20000", "--window-size=1400,900"]
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def record_runs(root: Path, monkeypatch: pytest.MonkeyPatch) -> str:
@@ -63,8 +59,7 @@ def test_runs_appear_in_the_mlflow_ui(tmp_path: Path, monkeypatch: pytest.Monkey
         browser = [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium'}"]
         dom = subprocess.run([*browser, "--dump-dom", page], capture_output=True, text=True, timeout=120).stdout
         assert "pipeline · ui-check" in dom, "the parent run is listed on the experiment's runs page"
-        (ROOT / "screenshots").mkdir(exist_ok=True)
-        shot = ROOT / "screenshots" / "mlflow-runs.png"
+        shot = tmp_path / "mlflow-runs.png"
         subprocess.run([*browser, f"--screenshot={shot}", page], capture_output=True, timeout=120)
         assert shot.stat().st_size > 10_000, "a rendered page, not a blank one"
     finally:

@@ -1,0 +1,52 @@
+"""The flow side of MLflow: the flow run's parent run, opened and closed explicitly by id (MLflow's active run is
+thread-local and Prefect runs tasks in threads), and tags added to a stage's run once the flow knows more."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from groundwork.tracking.runs import ensure_experiment, git_tags, tracking_uri
+
+
+def start_parent_run(*, run_name: str, tags: Mapping[str, str], root: Path | None = None) -> str:
+    """Create the flow's MLflow run explicitly (no thread-local active run) and return its id."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri(root))
+    run = client.create_run(ensure_experiment(client, root), run_name=run_name,
+                            tags={"stage": "pipeline", **git_tags(root), **tags})
+    return run.info.run_id
+
+
+def experiment_of(run_id: str, *, root: Path | None = None) -> str:
+    """The experiment id a run belongs to."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri(root)).get_run(run_id).info.experiment_id
+
+
+def tag_stage_run(parent_run_id: str, stage: str, tags: Mapping[str, str], *, root: Path | None = None) -> None:
+    """Add tags to the newest run of `stage` under the flow's run (facts known only once the stage ended)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri(root))
+    experiment = client.get_run(parent_run_id).info.experiment_id
+    runs = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.stage = '{stage}'",
+                              order_by=["start_time DESC"], max_results=1)
+    for key, value in tags.items():
+        for run in runs:
+            client.set_tag(run.info.run_id, key, value)
+
+
+def end_parent_run(run_id: str, *, status: str, metrics: Mapping[str, float], tags: Mapping[str, str],
+                   root: Path | None = None) -> None:
+    """Record the flow's summary on its MLflow run and close it with FINISHED or FAILED."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri(root))
+    for key, value in metrics.items():
+        client.log_metric(run_id, key, value)
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+    client.set_terminated(run_id, status=status)

@@ -1,0 +1,94 @@
+"""Deployable files: ONNX export, int8 static quantization with ONNX Runtime, running them, sizing them."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import tempfile
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from groundwork.data.atomic import atomic_path
+from groundwork.data.datasets import to_float
+
+log = logging.getLogger(__name__)
+INPUT_NAME = "images"
+OUTPUT_NAME = "logits"
+MANIFEST = "variants.json"  # the compress stage's list of variants: file, runtime, parameter counts
+
+
+def export_onnx(model: torch.nn.Module, path: Path) -> None:
+    """Export with torch.export (the supported exporter), batch size dynamic, BatchNorm folded into convs."""
+    model = model.eval().cpu().to(memory_format=torch.contiguous_format)
+    example = torch.zeros(2, 1, 28, 28)
+    with atomic_path(path) as tmp, contextlib.redirect_stdout(io.StringIO()):
+        # the exporter prints progress lines on stdout; the stage's own log says what happened
+        torch.onnx.export(model, (example,), str(tmp), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                          dynamo=True, dynamic_shapes={"images": {0: torch.export.Dim("batch")}},
+                          external_data=False, verbose=False)
+
+
+class _Calibration:
+    """Feeds calibration batches to ONNX Runtime's quantizer (its CalibrationDataReader protocol)."""
+
+    def __init__(self, images: np.ndarray, batch: int = 64) -> None:
+        self._batches = iter([images[i:i + batch] for i in range(0, len(images), batch)])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._batches, None)
+        return None if batch is None else {INPUT_NAME: batch}
+
+
+def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray) -> None:
+    """Static int8 quantization (QDQ, per-channel weights, activations calibrated on real images)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    CalibrationDataReader.register(_Calibration)
+    with tempfile.TemporaryDirectory() as scratch, atomic_path(out_path) as tmp:
+        prepared = Path(scratch) / "prepared.onnx"
+        quant_pre_process(str(fp32_path), str(prepared))  # shape inference and graph fusions first
+        quantize_static(str(prepared), str(tmp), _Calibration(calibration), quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+
+
+def onnx_session(path: Path, threads: int = 2) -> Any:
+    """An ONNX Runtime CPU session with a fixed thread count, for fair timing."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def onnx_logits(session: Any, images: torch.Tensor, batch: int = 512) -> torch.Tensor:
+    """Logits of an ONNX session for uint8 images (N, 28, 28)."""
+    chunks = [session.run([OUTPUT_NAME], {INPUT_NAME: to_float(images[i:i + batch]).numpy()})[0]
+              for i in range(0, len(images), batch)]
+    return torch.from_numpy(np.concatenate(chunks))
+
+
+def size_report(path: Path) -> dict[str, int]:
+    """Bytes on disk and bytes after zlib (level 9): the second shows what zeros and sharing save."""
+    data = Path(path).read_bytes()
+    return {"bytes": len(data), "compressed_bytes": len(zlib.compress(data, 9))}
+
+
+def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
+    """Learned parameters, and those not zero."""
+    return {"params": sum(p.numel() for p in model.parameters()),
+            "nonzero_params": sum(int(p.count_nonzero()) for p in model.parameters())}
+
+
+def state_dict_bytes(model: torch.nn.Module) -> int:
+    """Bytes of `torch.save(model.state_dict())`: the reference size compression is measured against."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.getbuffer().nbytes

@@ -1,0 +1,18 @@
+"""The one list of model variant names: params, the compress stage, the evaluate stage and the tests read it here.
+
+Kept free of heavy imports: the params model builds its `Literal` from it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+# The transferred PyTorch model itself: the reference every variant is measured against.
+REFERENCE = "fp32"
+# What the compress stage writes and lists in its manifest, in the order it makes them.
+ExportedVariant = Literal["fp32_onnx", "int8", "pruned", "structured", "lowrank", "structured_int8", "packed"]
+VariantName = Literal["fp32", ExportedVariant]  # the reference first (nested Literals flatten)
+EXPORTED: tuple[str, ...] = get_args(ExportedVariant)
+VARIANTS: tuple[str, ...] = get_args(VariantName)
+# The fp32 model in each runtime: the fastest of them is the speed baseline.
+FP32_RUNTIMES = (REFERENCE, "fp32_onnx")

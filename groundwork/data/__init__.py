@@ -1,0 +1,1 @@
+"""Datasets: the on-disk format, atomic writes, the embedded and torchvision sources, the input format, splits."""

@@ -1,0 +1,16 @@
+"""The failures with a known cause that a stage reports in one line (no traceback): kept apart from the code
+that raises them, so the stage entry point can name them without importing the data, model or training code."""
+
+from __future__ import annotations
+
+
+class DataError(ValueError):
+    """A data file that is missing, corrupt or not in the expected format; the message names the file."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, corrupt, foreign or unsafe; the message names the file."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; nothing trained in this run should be saved."""

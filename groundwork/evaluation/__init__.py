@@ -1,0 +1,1 @@
+"""Scoring the variants: loading each as something to run, and timing it."""

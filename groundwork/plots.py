@@ -1,0 +1,119 @@
+"""Figures the stages write (PNG, via matplotlib's non-interactive backend)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+import matplotlib.ticker
+
+matplotlib.use("Agg")  # no display on servers and CI; selected before pyplot is imported
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from groundwork.data.atomic import atomic_path
+
+
+def _save(figure: plt.Figure, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(figure)
+
+
+def image_grid(path: Path, rows: Sequence[np.ndarray], row_titles: Sequence[str], title: str) -> None:
+    """One row of uint8 images (N, 28, 28) per entry of `rows`, each titled on its left."""
+    columns = max(len(row) for row in rows)
+    figure, axes = plt.subplots(len(rows), columns, figsize=(columns * 0.8, len(rows) * 0.9), squeeze=False)
+    for r, (row, label) in enumerate(zip(rows, row_titles, strict=True)):
+        for c in range(columns):
+            axis = axes[r][c]
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if c < len(row):
+                axis.imshow(row[c], cmap="gray", vmin=0, vmax=255)
+            else:
+                axis.axis("off")
+        axes[r][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+    figure.suptitle(title)
+    _save(figure, path)
+
+
+def confusion_grid(path: Path, matrices: Mapping[str, np.ndarray], scores: Mapping[str, float]) -> None:
+    """One confusion matrix (rows: true class, columns: predicted) per model variant, side by side."""
+    figure, axes = plt.subplots(1, len(matrices), figsize=(3.6 * len(matrices), 3.6), squeeze=False)
+    for axis, (name, matrix) in zip(axes[0], matrices.items(), strict=True):
+        axis.imshow(matrix, cmap="Blues")
+        for (i, j), count in np.ndenumerate(matrix):
+            if count:
+                colour = "white" if count > matrix.max() / 2 else "black"
+                axis.text(j, i, str(count), ha="center", va="center", fontsize=6, color=colour)
+        axis.set_title(f"{name} (accuracy {scores[name]:.2%})", fontsize=9)
+        axis.set_xlabel("predicted")
+        axis.set_ylabel("true")
+        axis.set_xticks(range(matrix.shape[1]))
+        axis.set_yticks(range(matrix.shape[0]))
+    _save(figure, path)
+
+
+def budget_curve(path: Path, summary: pd.DataFrame) -> None:
+    """Transfer and scratch accuracy (mean, with a band of one standard deviation) against labels per class."""
+    figure, axis = plt.subplots(figsize=(6, 4))
+    x = summary["labels_per_class"]
+    for name, colour in (("transfer", "tab:blue"), ("scratch", "tab:orange")):
+        mean, std = summary[f"{name}_accuracy_mean"], summary[f"{name}_accuracy_std"]
+        axis.plot(x, mean, marker="o", color=colour, label=name)
+        axis.fill_between(x, mean - std, mean + std, color=colour, alpha=0.2)
+    axis.set_xscale("log")
+    axis.set_xticks(x, [f"{b}\n({n})" if b == "all" else str(n) for b, n in zip(summary["budget"], x, strict=True)])
+    axis.set_xlabel("labelled target images per class")
+    axis.set_ylabel("target test accuracy")
+    axis.set_title("Transfer against training from scratch, same optimizer steps")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    _save(figure, path)
+
+
+def pareto_front(cost: pd.Series, accuracy: pd.Series) -> list[str]:
+    """Names of the points no other point beats on both axes (lower cost, higher accuracy), by rising cost."""
+    front, best = [], -np.inf
+    for name in cost.sort_values(kind="stable").index:
+        if accuracy[name] > best:
+            front.append(name)
+            best = accuracy[name]
+    return front
+
+
+def _label_points(axis: plt.Axes, x: pd.Series, y: pd.Series) -> None:
+    """Name every point; names of points that sit on top of each other are stacked, not overprinted."""
+    axis.autoscale_view()  # the limits the figure will have, so that display positions are final
+    placed: list[tuple[float, float]] = []
+    for name in x.index:
+        px, py = axis.transData.transform((x[name], y[name]))  # display coordinates, after any log scale
+        stacked = sum(abs(px - qx) < 60 and abs(py - qy) < 12 for qx, qy in placed)
+        placed.append((px, py))
+        axis.annotate(str(name), (x[name], y[name]), textcoords="offset points", xytext=(5, 4 - 11 * stacked),
+                      fontsize=8)
+
+
+def pareto_plot(path: Path, table: pd.DataFrame, axes_spec: Sequence[tuple[str, str, bool]]) -> None:
+    """Accuracy against each cost column of `table` (one panel per (column, label, log scale)); every variant
+    labelled, the Pareto front joined by a line."""
+    figure, axes = plt.subplots(1, len(axes_spec), figsize=(6.2 * len(axes_spec), 4.4), squeeze=False)
+    for axis, (column, label, log_scale) in zip(axes[0], axes_spec, strict=True):
+        front = pareto_front(table[column], table["accuracy"])
+        axis.plot(table.loc[front, column], table.loc[front, "accuracy"], color="tab:green", alpha=0.6,
+                  label="Pareto front", zorder=1)
+        on_front = table.index.isin(front)
+        axis.scatter(table[column], table["accuracy"], c=np.where(on_front, "tab:green", "tab:grey"), zorder=2)
+        if log_scale:
+            axis.set_xscale("log")
+        _label_points(axis, table[column], table["accuracy"])
+        axis.set_xlabel(label)
+        axis.set_ylabel("target test accuracy")
+        axis.grid(alpha=0.3)
+        axis.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+        axis.legend(loc="best")
+    figure.suptitle("Compressed variants: accuracy against cost (up and left is better)")
+    _save(figure, path)

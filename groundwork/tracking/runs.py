@@ -1,0 +1,235 @@
+"""The stage side of MLflow: the tracking store, one run per stage (a child of the flow's run when there is one),
+what a stage may record through a Tracker, and the tags that give lineage."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from groundwork.tracking.registry import GateDecision, gate
+
+log = logging.getLogger(__name__)
+
+# The flow hands its MLflow run to stage processes through variables of our own: MLFLOW_RUN_ID would make
+# each stage resume (and overwrite) the parent run instead of nesting under it.
+PARENT_RUN_ENV = "GROUNDWORK_PARENT_RUN_ID"
+FLOW_RUN_ID_ENV = "GROUNDWORK_FLOW_RUN_ID"
+FLOW_RUN_NAME_ENV = "GROUNDWORK_FLOW_RUN_NAME"
+DVC_EXPERIMENT_ENV = "DVC_EXP_NAME"  # set by `dvc exp run` for the stages it runs
+EXPERIMENT_ENV = "MLFLOW_EXPERIMENT_NAME"  # MLflow's own variable, honoured here too
+DEFAULT_EXPERIMENT = "groundwork"
+STORE_FILE = "mlflow.db"
+ARTIFACTS_DIR = "mlartifacts"
+
+
+class Tracker(Protocol):
+    """What a stage's run() may record; tests pass NullTracker, entry points an MLflow-backed one."""
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
+    def log_artifact(self, path: Path | str, artifact_path: str | None = None) -> None: ...
+    def log_torch_model(self, model: torch.nn.Module, name: str, example: np.ndarray,
+                        registered_name: str | None = None) -> str | None: ...
+    def log_onnx_model(self, path: Path | str, name: str, example: np.ndarray,
+                       registered_name: str | None = None) -> str | None: ...
+    def set_tags(self, tags: Mapping[str, str]) -> None: ...
+    def log_dataset(self, name: str, path: Path | str, digest: str, context: str) -> None: ...
+    def gate(self, registered_name: str, version: str, scores: Mapping[str, float], *, metric: str,
+             min_gain: float) -> GateDecision | None: ...
+
+
+class NullTracker:
+    """Records nothing: for tests and for calling stages as plain functions."""
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Ignore metrics."""
+
+    def log_artifact(self, path: Path | str, artifact_path: str | None = None) -> None:
+        """Ignore an artifact."""
+
+    def log_torch_model(self, model: torch.nn.Module, name: str, example: np.ndarray,
+                        registered_name: str | None = None) -> str | None:
+        """Ignore a model; nothing is registered."""
+        return None
+
+    def log_onnx_model(self, path: Path | str, name: str, example: np.ndarray,
+                       registered_name: str | None = None) -> str | None:
+        """Ignore a model; nothing is registered."""
+        return None
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        """Ignore tags."""
+
+    def log_dataset(self, name: str, path: Path | str, digest: str, context: str) -> None:
+        """Ignore a dataset."""
+
+    def gate(self, registered_name: str, version: str, scores: Mapping[str, float], *, metric: str,
+             min_gain: float) -> GateDecision | None:
+        """No registry, no gate."""
+        return None
+
+
+def tracking_uri(root: Path | None = None) -> str:
+    """MLFLOW_TRACKING_URI if set, else the project's SQLite store `mlflow.db` in `root` (default: cwd)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root or Path.cwd()).resolve() / STORE_FILE}"
+
+
+def experiment_name() -> str:
+    """MLFLOW_EXPERIMENT_NAME if set, else 'groundwork'."""
+    return os.environ.get(EXPERIMENT_ENV) or DEFAULT_EXPERIMENT
+
+
+def ensure_experiment(client: Any, root: Path | None = None) -> str:
+    """The experiment's id, creating it when missing: artifacts in the project's mlartifacts/ for a SQLite store;
+    a tracking server (http) picks its own artifact root, e.g. its `--artifacts-destination`, served through it."""
+    name = experiment_name()
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    uri = tracking_uri(root)
+    location = ((root or Path.cwd()).resolve() / ARTIFACTS_DIR).as_uri() if uri.startswith("sqlite:") else None
+    return client.create_experiment(name, artifact_location=location)
+
+
+def git_tags(root: Path | None = None) -> dict[str, str]:
+    """The git commit and whether the work tree differs from it; empty outside a git repository."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.CalledProcessError):
+        return {}
+    return {"git_commit": commit, "git_dirty": str(dirty).lower(), "mlflow.source.git.commit": commit}
+
+
+def flow_tags() -> dict[str, str]:
+    """The Prefect flow run and the DVC experiment this process belongs to, when there are."""
+    keys = {FLOW_RUN_ID_ENV: "prefect_flow_run_id", FLOW_RUN_NAME_ENV: "prefect_flow_run_name",
+            DVC_EXPERIMENT_ENV: "dvc_experiment"}
+    return {tag: os.environ[env] for env, tag in keys.items() if os.environ.get(env)}
+
+
+def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}: the key style of DVC params and MLflow metrics."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat |= flatten(value, f"{name}.")
+        else:
+            flat[name] = value
+    return flat
+
+
+def numeric(values: Mapping[str, Any]) -> dict[str, float]:
+    """The numeric leaves of a nested mapping, flattened: what becomes MLflow metrics."""
+    return {k: float(v) for k, v in flatten(values).items()
+            if isinstance(v, int | float) and not isinstance(v, bool)}
+
+
+def _pip_requirements() -> list[str]:
+    # Stated, not inferred: MLflow's inference imports the model in a subprocess and costs seconds per model.
+    import onnx
+    import onnxruntime
+    return [f"torch=={torch.__version__.split('+')[0]}", f"onnx=={onnx.__version__}",
+            f"onnxruntime=={onnxruntime.__version__}", f"numpy=={np.__version__}"]
+
+
+class MlflowTracker:
+    """Records into the active MLflow run of this process (stage processes are single-threaded)."""
+
+    def __init__(self, mlflow_module: Any) -> None:
+        self._mlflow = mlflow_module
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Log numeric metrics, at an epoch `step` where there is one."""
+        self._mlflow.log_metrics(dict(metrics), step=step)
+
+    def log_artifact(self, path: Path | str, artifact_path: str | None = None) -> None:
+        """Copy a file into the run's artifacts."""
+        self._mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+    def _signature(self, example: np.ndarray, output: np.ndarray) -> Any:
+        from mlflow.models import infer_signature
+        return infer_signature(example, output)
+
+    def log_torch_model(self, model: torch.nn.Module, name: str, example: np.ndarray,
+                        registered_name: str | None = None) -> str | None:
+        """Log a PyTorch model with its signature and an input example; register it when a name is given."""
+        # contiguous weights: MLflow's serialiser warns about (and mishandles) channels_last storage
+        model = model.eval().cpu().to(memory_format=torch.contiguous_format)
+        with torch.no_grad():
+            output = model(torch.from_numpy(example)).numpy()
+        info = self._mlflow.pytorch.log_model(model, name=name, signature=self._signature(example, output),
+                                              input_example=example, pip_requirements=_pip_requirements(),
+                                              registered_model_name=registered_name)
+        return _version(info)
+
+    def log_onnx_model(self, path: Path | str, name: str, example: np.ndarray,
+                       registered_name: str | None = None) -> str | None:
+        """Log an ONNX file as an MLflow model with signature and input example; register it when named."""
+        import onnx
+        import onnxruntime
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        output = session.run(None, {session.get_inputs()[0].name: example})[0]
+        info = self._mlflow.onnx.log_model(onnx.load(str(path)), name=name,
+                                           signature=self._signature(example, output), input_example=example,
+                                           pip_requirements=_pip_requirements(),
+                                           onnx_execution_providers=["CPUExecutionProvider"],
+                                           registered_model_name=registered_name)
+        return _version(info)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        """Set run tags."""
+        self._mlflow.set_tags(dict(tags))
+
+    def log_dataset(self, name: str, path: Path | str, digest: str, context: str) -> None:
+        """Record a dataset file the stage read or wrote: an MLflow dataset input and a full-digest tag."""
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+
+        with warnings.catch_warnings():  # MLflow registers its local source twice and warns about it
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(str(Path(path).resolve()))
+        # MLflow stores at most 36 characters of a dataset digest; the tag keeps all 64
+        self._mlflow.log_input(MetaDataset(source, name=name, digest=digest[:32]), context=context)
+        self._mlflow.set_tag(f"data_digest.{name}", digest)
+
+    def gate(self, registered_name: str, version: str, scores: Mapping[str, float], *, metric: str,
+             min_gain: float) -> GateDecision | None:
+        """Run the champion gate on a registered version; record the decision on this run too."""
+        decision = gate(self._mlflow.MlflowClient(), registered_name, version, scores, metric=metric,
+                        min_gain=min_gain)
+        self.set_tags({**decision.as_tags(), "gate.version": version})
+        return decision
+
+
+def _version(info: Any) -> str | None:
+    version = getattr(info, "registered_model_version", None)
+    return None if version is None else str(version)
+
+
+@contextmanager
+def stage_run(stage: str, params: Mapping[str, Any]) -> Iterator[MlflowTracker]:
+    """An MLflow run for one stage execution, nested under the flow's run when there is one."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri())
+    experiment_id = ensure_experiment(mlflow.MlflowClient())
+    parent = os.environ.get(PARENT_RUN_ENV) or None
+    flow = flow_tags()
+    name = f"{stage} · {flow['prefect_flow_run_name']}" if "prefect_flow_run_name" in flow else stage
+    tags = {"stage": stage, "dvc_stage": stage, **git_tags(), **flow}
+    with mlflow.start_run(experiment_id=experiment_id, run_name=name, parent_run_id=parent, tags=tags) as run:
+        log.info("MLflow run %s (%s) in %s", run.info.run_id, name, tracking_uri())
+        mlflow.log_params({k: str(v) for k, v in flatten(params).items()})
+        yield MlflowTracker(mlflow)

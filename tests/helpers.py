@@ -1,0 +1,80 @@
+"""Helpers the test modules share: free ports, DVC commands on a project copy, what a flow run left behind in
+MLflow and Prefect, and copies of a project that has already run (so a test that changes it stands alone)."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from mlflow import MlflowClient
+
+from groundwork.tracking.runs import DEFAULT_EXPERIMENT
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def dvc(project: Path, *args: str) -> str:
+    """`dvc <args>` in `project`; its standard output (CalledProcessError when it fails)."""
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project, capture_output=True, text=True,
+                          check=True).stdout
+
+
+def output_digests(project: Path) -> dict[str, str]:
+    """SHA-256 of every file under the DVC output folders."""
+    return {str(path.relative_to(project)): hashlib.sha256(path.read_bytes()).hexdigest()
+            for folder in ("data", "models", "reports") for path in sorted((project / folder).rglob("*"))
+            if path.is_file() and path.name != ".gitignore"}
+
+
+def change_params(project: Path, section: str, **changes: Any) -> None:
+    """Edit one section of the project's params.yaml, as a user would."""
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params[section] |= changes
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def statuses(results: list[Any]) -> dict[str, str]:
+    """Stage name -> what happened to it, from a flow run's results."""
+    return {result.stage: result.status for result in results}
+
+
+def child_runs(client: MlflowClient, parent_id: str) -> list[Any]:
+    """The stage runs nested under a flow's parent run."""
+    experiment = client.get_experiment_by_name(DEFAULT_EXPERIMENT)
+    return client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
+
+
+def parent_runs(client: MlflowClient) -> list[Any]:
+    """Every flow's parent run, oldest first."""
+    experiment = client.get_experiment_by_name(DEFAULT_EXPERIMENT)
+    return client.search_runs([experiment.experiment_id], "tags.stage = 'pipeline'", order_by=["start_time ASC"])
+
+
+def flow_artifacts(flow_run_id: Any) -> dict[str, Any]:
+    """The artifacts a flow run published, by key, read back from the Prefect server."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    return {artifact.key: artifact.data for artifact in found}
+
+
+def clone_ran_project(project: Path, destination: Path) -> Path:
+    """A copy of a project that has run, with everything it holds (git, DVC cache and lock, outputs, MLflow
+    store), for a test that changes it. The copy's MLflow experiment still keeps new artifacts in the original's
+    mlartifacts/ (its location is stored as an absolute path); runs, models and registry are the copy's own."""
+    shutil.copytree(project, destination, symlinks=True)
+    return destination
