@@ -3,6 +3,7 @@ datasets and models the stages make from them, built once per session for the te
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,13 @@ import pytest
 from groundwork.params import Params, parse_params
 from groundwork.project import tiny_params_dict
 from tasks import ingest
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Hypothesis keeps its caches in a temporary folder, not in the project (tests write nothing there)."""
+    from hypothesis.configuration import set_hypothesis_home_dir
+
+    set_hypothesis_home_dir(tempfile.mkdtemp(prefix="groundwork-hypothesis-"))
 
 
 @pytest.fixture(scope="session")

@@ -25,12 +25,13 @@ from groundwork.errors import CheckpointError
 from groundwork.models.checkpoint import load_model, save_checkpoint
 from groundwork.models.digitnet import DigitNet, prunable_layers
 from groundwork.params import Params
+from groundwork.project import ROOT
 from groundwork.tracking.runs import NullTracker
 from groundwork.training.distill import UNLABELLED, distillation
 from groundwork.training.loop import derived_seed, logits_of
 
 CPU = torch.device("cpu")
-ROOT = Path(__file__).resolve().parent.parent
+
 ONNX_VARIANTS = ("fp32", "pruned", "structured", "lowrank", "int8", "structured_int8")
 
 

@@ -72,8 +72,9 @@ def project(first_run: FirstRun, tmp_path: Path) -> Path:
     return clone_ran_project(first_run.project, tmp_path / "project")
 
 
-def test_stage_order_comes_from_dvc() -> None:
-    assert stage_order(ROOT) == STAGES
+def test_stage_order_comes_from_dvc(tmp_path: Path) -> None:
+    # on a copy: opening the DVC repository writes DVC's .dvc/tmp, and tests write nothing into the project
+    assert stage_order(copy_project(tmp_path, tiny_params_dict())) == STAGES
 
 
 def test_first_run_executes_every_stage_and_records_them(first_run: FirstRun) -> None:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from groundwork.tracking.runs import FLOW_RUN_NAME_ENV, PARENT_RUN_ENV, ensure_experiment, stage_run, start_parent_run
+from flows.parent_run import start_parent_run
+from groundwork.tracking.runs import FLOW_RUN_NAME_ENV, PARENT_RUN_ENV, ensure_experiment, stage_run
 from tests.helpers import free_port
 
 pytestmark = [pytest.mark.server, pytest.mark.browser]
