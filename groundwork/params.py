@@ -228,12 +228,26 @@ class PretrainParams(StageTrainParams):
     probe_epochs: int = Field(ge=1, le=1000, description="linear-probe training on frozen features (contrastive)")
 
 
+class SemiSupervised(Section):
+    """Learning from the target's unlabelled pool during transfer (FixMatch: confident pseudo-labels of plain
+    views taught to strongly augmented views)."""
+
+    method: Literal["none", "fixmatch"] = Field(description="none: the labelled images alone")
+    confidence: float = Field(gt=0.0, lt=1.0, description="softmax probability a pseudo-label needs to count")
+    ratio: int = Field(ge=1, le=16, description="unlabelled images drawn per labelled one at every step (mu)")
+    weight: float = Field(ge=0.0, le=10.0, description="weight of the unlabelled loss (lambda_u)")
+
+
 class TransferParams(StageTrainParams):
     """Transfer to the target label budget, beside a from-scratch baseline with the same optimizer steps."""
 
     mode: Literal["linear_probe", "finetune", "discriminative"] = Field(
         description="linear_probe: frozen backbone; finetune: one LR; discriminative: lower backbone LR"
     )
+    head: Literal["new", "keep"] = Field(
+        description="new: a freshly initialised head; keep: the source's head (a warm start: same ten classes)"
+    )
+    semi_supervised: SemiSupervised
     backbone_lr_scale: float = Field(gt=0.0, le=1.0, description="backbone LR relative to lr (discriminative)")
     freeze_epochs: int = Field(ge=0, le=1000, description="head-only epochs first (discriminative)")
 

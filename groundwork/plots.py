@@ -58,18 +58,24 @@ def confusion_grid(path: Path, matrices: Mapping[str, np.ndarray], scores: Mappi
 
 
 def budget_curve(path: Path, summary: pd.DataFrame) -> None:
-    """Transfer and scratch accuracy (mean, with a band of one standard deviation) against labels per class."""
-    figure, axis = plt.subplots(figsize=(6, 4))
+    """Accuracy of each method (mean, with a band of one standard deviation) against labels per class, and the
+    pretrained model's source-only accuracy as a dashed line."""
+    figure, axis = plt.subplots(figsize=(6.4, 4.2))
     x = summary["labels_per_class"]
-    for name, colour in (("transfer", "tab:blue"), ("scratch", "tab:orange")):
+    methods = (("semi_supervised", "semi-supervised transfer", "tab:green"), ("transfer", "transfer", "tab:blue"),
+               ("scratch", "from scratch", "tab:orange"))
+    for name, label, colour in methods:
         mean, std = summary[f"{name}_accuracy_mean"], summary[f"{name}_accuracy_std"]
-        axis.plot(x, mean, marker="o", color=colour, label=name)
+        axis.plot(x, mean, marker="o", color=colour, label=label)
         axis.fill_between(x, mean - std, mean + std, color=colour, alpha=0.2)
+    axis.plot(x, summary["source_only_accuracy_mean"], linestyle="--", color="tab:grey",
+              label="source-only (no target labels)")
     axis.set_xscale("log")
     axis.set_xticks(x, [f"{b}\n({n})" if b == "all" else str(n) for b, n in zip(summary["budget"], x, strict=True)])
     axis.set_xlabel("labelled target images per class")
     axis.set_ylabel("target test accuracy")
-    axis.set_title("Transfer against training from scratch, same optimizer steps")
+    axis.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+    axis.set_title("Label budget: every model trained for the same optimizer steps")
     axis.grid(alpha=0.3)
     axis.legend()
     _save(figure, path)

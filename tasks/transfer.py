@@ -1,6 +1,7 @@
-"""transfer: put a new head on the pretrained backbone and train it on the target label budget (as a linear
-probe, a full fine-tune, or discriminatively with a lower backbone LR); train the same architecture from
-scratch on the same labels with the same optimizer steps as the baseline; report both and the gain."""
+"""transfer: the pretrained model with a new head or its own (a warm start), trained on the target label budget (as
+a linear probe, a full fine-tune, or discriminatively with a lower backbone LR), on the target's unlabelled pool too
+when semi-supervised; the same architecture trained from scratch on the same labels with the same optimizer steps
+as the baseline; both reported with the gain, beside the pretrained model's own accuracy (source-only)."""
 
 from __future__ import annotations
 
@@ -37,12 +38,13 @@ def run(params: Params, *, pretrained: Path, target: Path, model_out: Path, hist
 
     Under torchrun every rank trains; rank 0 alone saves and records the model."""
     tracker = tracker or NullTracker()
-    data, digest = load_dataset(target)
+    data, digest = load_dataset(target, splits=("train", "val", "test", "pool"))  # pool: semi-supervised
     tracker.log_dataset("target", target, digest, context="input")
     model, scores, histories = transfer_and_scratch(pretrained, data, params, seed=params.seed, tracker=tracker)
     if not is_main_process():
         return scores
-    metrics = {"mode": params.transfer.mode, "train_images": len(data["train"]), **scores,
+    metrics = {"mode": params.transfer.mode, "head": params.transfer.head,
+               "semi_supervised": params.transfer.semi_supervised.method, "train_images": len(data["train"]), **scores,
                "transfer_val_accuracy": histories["transfer"][-1]["val_accuracy"],
                "scratch_val_accuracy": histories["scratch"][-1]["val_accuracy"]}
     log.info("target test accuracy: source-only %.4f, scratch %.4f, transfer %.4f (gain %+.2f points)",

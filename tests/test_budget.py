@@ -9,13 +9,14 @@ import pandas as pd
 import pytest
 
 from groundwork.params import Params
+from groundwork.training.label_budget import budget_params, method_params, sweep
 from groundwork.training.loop import steps_per_epoch
 from tasks import budget
 
 
 @pytest.mark.parametrize("images", [10, 50, 890])
 def test_every_budget_gets_at_least_the_same_steps(tiny_params: Params, images: int) -> None:
-    params = budget.budget_params(tiny_params, images)
+    params = budget_params(tiny_params, images)
     steps = params.transfer.epochs * steps_per_epoch(images, params.transfer.batch_size)
     assert tiny_params.budget.steps <= steps < tiny_params.budget.steps + steps_per_epoch(images, 16)
 
@@ -29,8 +30,12 @@ def test_sweep_reports_mean_and_spread_per_budget(tmp_path: Path, tiny_params: P
     assert summary["budget"].astype(str).tolist() == ["1", "3"]
     assert summary["draws"].tolist() == [tiny_params.budget.draws] * 2
     assert set(metrics["budgets"]) == {"1", "3"}
-    assert metrics["budgets"]["3"]["transfer_accuracy"] == pytest.approx(summary["transfer_accuracy_mean"].iloc[1])
-    assert (summary["transfer_accuracy_std"] >= 0).all()
+    for method in ("scratch", "transfer", "semi_supervised"):
+        assert metrics["budgets"]["3"][f"{method}_accuracy"] == pytest.approx(
+            summary[f"{method}_accuracy_mean"].iloc[1])
+        assert (summary[f"{method}_accuracy_std"] >= 0).all()
+    assert (summary["source_only_accuracy_mean"] == metrics["source_only_accuracy"]).all()
+    assert (summary["source_only_accuracy_std"] == 0).all(), "the pretrained model does not depend on the draw"
     assert curve.read_bytes()[:4] == b"\x89PNG"
 
 
@@ -42,6 +47,13 @@ def test_draws_differ_and_the_whole_pool_is_drawn_once(tiny_params: Params, tiny
     data, _ = load_dataset(tiny_data["target"], splits=("pool", "val", "test"))
     params = tiny_params.model_copy(update={"budget": tiny_params.budget.model_copy(
         update={"labels_per_class": [2, None], "draws": 2})})
-    rows = budget.sweep(tiny_pretrained["model"], data, params, NullTracker())
+    rows = sweep(tiny_pretrained["model"], data, params, NullTracker())
     assert rows["budget"].tolist() == ["2", "2", "all"]
     assert rows.loc[rows["budget"] == "all", "train_images"].item() == len(data["pool"])
+
+
+def test_methods_differ_only_in_semi_supervision(tiny_params: Params) -> None:
+    semi = method_params(tiny_params, "semi_supervised").transfer
+    plain = method_params(tiny_params, "transfer").transfer
+    assert (semi.semi_supervised.method, plain.semi_supervised.method) == ("fixmatch", "none")
+    assert semi.model_copy(update={"semi_supervised": plain.semi_supervised}) == plain

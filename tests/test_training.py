@@ -150,3 +150,34 @@ def test_device_resolution() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="no CUDA device"):
             resolve_device("cuda")
+
+
+def test_fixmatch_teaches_confident_pseudo_labels_to_strong_views() -> None:
+    """Unlabelled images whose plain view the model is sure of pull the strong view towards that label; below the
+    confidence threshold they add nothing, and the unlabelled images come from the pool alone."""
+    from groundwork.training.semi_supervised import fixmatch
+
+    class Fixed(torch.nn.Module):
+        """Logits from the first pixel alone: confident on bright images, unsure on dark ones."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.tensor(1.0))
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            first = images[:, 0, 0, 0]
+            return torch.stack([first * 20 * self.scale, torch.zeros_like(first)], dim=1)
+
+    def loss_with(pool_value: int, confidence: float) -> float:
+        pool = torch.full((8, 28, 28), pool_value, dtype=torch.uint8)
+        objective = fixmatch(pool, ratio=2, confidence=confidence, weight=1.0,
+                             strong=lambda images, generator: images * 0.5)
+        inputs, targets = torch.ones(2, 1, 28, 28), torch.zeros(2, dtype=torch.long)
+        loss, correct = objective(Fixed(), inputs, targets, torch.Generator().manual_seed(0))
+        assert correct == 2
+        return float(loss)
+
+    supervised_only = loss_with(0, confidence=0.95)  # dark pool: 50/50 logits, never confident
+    # pixel 40/255: the plain view's logit is 3.1, 96% sure of class 0
+    assert loss_with(40, confidence=0.99) == pytest.approx(supervised_only)  # not sure enough: nothing added
+    assert loss_with(40, confidence=0.95) > supervised_only + 0.1  # the strong (halved) view is less sure: a loss

@@ -17,6 +17,13 @@ from groundwork.training.loop import loss_and_accuracy
 from groundwork.training.transfer_learning import fine_tune, param_groups, transferred_model
 
 
+def test_kept_head_is_the_source_head(tiny_pretrained: dict[str, Any]) -> None:
+    pretrained, _ = load_model(tiny_pretrained["model"])
+    source = {k: v.clone() for k, v in pretrained.state_dict().items()}
+    model = transferred_model(pretrained, seed=1, head="keep")
+    assert all(torch.equal(source[k], v) for k, v in model.state_dict().items()), "a warm start changes nothing"
+
+
 def test_new_head_keeps_the_backbone(tiny_pretrained: dict[str, Any]) -> None:
     pretrained, _ = load_model(tiny_pretrained["model"])
     backbone = {k: v.clone() for k, v in pretrained.backbone.state_dict().items()}

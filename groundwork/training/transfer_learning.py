@@ -1,6 +1,7 @@
-"""Transfer learning: a new head on a pretrained backbone, trained on the target's labels as a linear probe, a
-full fine-tune, or discriminatively (head first, then the backbone at a lower LR), beside a from-scratch model of
-the same architecture with the same labels and optimizer steps as the baseline."""
+"""Transfer learning: the pretrained model's backbone with a new head or the source's own (a warm start), trained
+on the target's labels as a linear probe, a full fine-tune, or discriminatively (head first, then the backbone at
+a lower LR), optionally learning from the target's unlabelled pool too (FixMatch); beside it, a from-scratch
+model of the same architecture with the same labels and optimizer steps as the baseline."""
 
 from __future__ import annotations
 
@@ -13,16 +14,27 @@ from groundwork.models.digitnet import DigitNet, new_head
 from groundwork.params import Params
 from groundwork.tracking.runs import Tracker
 from groundwork.training.distributed import resolve_device
-from groundwork.training.loop import EpochCallback, fit, loss_and_accuracy, seed_everything, supervised, validation
-from groundwork.training.transforms import online_augmentation
+from groundwork.training.loop import (
+    EpochCallback,
+    Objective,
+    fit,
+    loss_and_accuracy,
+    seed_everything,
+    supervised,
+    validation,
+)
+from groundwork.training.semi_supervised import fixmatch
+from groundwork.training.transforms import online_augmentation, strong_augmentation
 
 History = list[dict[str, float]]
 
 
-def transferred_model(pretrained: DigitNet, *, seed: int) -> DigitNet:
-    """The pretrained backbone with a freshly initialised head (seeded)."""
+def transferred_model(pretrained: DigitNet, *, seed: int, head: str = "new") -> DigitNet:
+    """The pretrained model with a freshly initialised head, or with its own head kept (`head="keep"`); the global
+    RNG seeded either way (dropout draws from it while training)."""
     seed_everything(seed)
-    pretrained.head = new_head(pretrained.arch, pretrained.num_classes)
+    if head == "new":
+        pretrained.head = new_head(pretrained.arch, pretrained.num_classes)
     return pretrained
 
 
@@ -32,33 +44,47 @@ def param_groups(model: DigitNet, lr: float, backbone_lr_scale: float) -> list[d
             {"params": list(model.backbone.parameters()), "lr": lr * backbone_lr_scale}]
 
 
-def _train(model: DigitNet, data: Dataset, params: Params, *, epochs: int, seed: int, desc: str,
-           groups: list[dict[str, Any]] | None, on_epoch: EpochCallback | None) -> History:
-    cfg, device = params.transfer, resolve_device(params.device)
+def _objective(data: Dataset, params: Params, *, semi_supervised: bool) -> Objective:
+    """Supervised on the labelled split (augmented on the fly when params say so), plus FixMatch on the
+    unlabelled pool when asked for."""
+    cfg = params.transfer
     augment = online_augmentation(params.augment) if cfg.augmentation == "online" else None
+    semi = cfg.semi_supervised
+    if not semi_supervised or semi.method == "none":
+        return supervised(augment)
+    return fixmatch(data["pool"].images_tensor(), ratio=semi.ratio, confidence=semi.confidence, weight=semi.weight,
+                    strong=strong_augmentation(params.augment), labelled_augment=augment)
+
+
+def _train(model: DigitNet, data: Dataset, params: Params, *, epochs: int, seed: int, desc: str,
+           groups: list[dict[str, Any]] | None, on_epoch: EpochCallback | None, semi_supervised: bool) -> History:
+    cfg, device = params.transfer, resolve_device(params.device)
     return fit(model, data["train"].tensors(), cfg.model_copy(update={"epochs": epochs}), device=device, seed=seed,
-               objective=supervised(augment), validate=validation(*data["val"].tensors(), device=device),
-               groups=groups, on_epoch=on_epoch, desc=desc)
+               objective=_objective(data, params, semi_supervised=semi_supervised),
+               validate=validation(*data["val"].tensors(), device=device), groups=groups, on_epoch=on_epoch,
+               desc=desc)
 
 
 def fine_tune(model: DigitNet, data: Dataset, params: Params, *, seed: int,
               on_epoch: EpochCallback | None = None) -> History:
-    """Train a transferred model in the configured mode; epochs (and so optimizer steps) as in params."""
+    """Train a transferred model in the configured mode, semi-supervised when params say so; epochs (and so
+    optimizer steps) as in params."""
     cfg = params.transfer
+    semi = cfg.semi_supervised.method != "none"
     if cfg.mode == "linear_probe":
         model.freeze_backbone()
         history = _train(model, data, params, epochs=cfg.epochs, seed=seed, desc="transfer (linear probe)",
-                         groups=None, on_epoch=on_epoch)
+                         groups=None, on_epoch=on_epoch, semi_supervised=semi)
         model.freeze_backbone(False)
         return history
     if cfg.mode == "finetune":
         return _train(model, data, params, epochs=cfg.epochs, seed=seed, desc="transfer", groups=None,
-                      on_epoch=on_epoch)
+                      on_epoch=on_epoch, semi_supervised=semi)
     history: History = []
     if cfg.freeze_epochs:
         model.freeze_backbone()
         history = _train(model, data, params, epochs=cfg.freeze_epochs, seed=seed, desc="transfer (head only)",
-                         groups=None, on_epoch=on_epoch)
+                         groups=None, on_epoch=on_epoch, semi_supervised=semi)
         model.freeze_backbone(False)
 
     def shifted(epoch: int, metrics: dict[str, float]) -> None:
@@ -67,31 +93,44 @@ def fine_tune(model: DigitNet, data: Dataset, params: Params, *, seed: int,
 
     rest = _train(model, data, params, epochs=cfg.epochs - cfg.freeze_epochs, seed=seed + 1,
                   desc="transfer (discriminative)", groups=param_groups(model, cfg.lr, cfg.backbone_lr_scale),
-                  on_epoch=shifted)
+                  on_epoch=shifted, semi_supervised=semi)
     return history + [{**row, "epoch": row["epoch"] + cfg.freeze_epochs} for row in rest]
+
+
+def transfer(pretrained: Path, data: Dataset, params: Params, *, seed: int,
+             on_epoch: EpochCallback | None = None) -> tuple[DigitNet, History]:
+    """The pretrained model transferred to the target as params say (head, mode, semi-supervision)."""
+    model = transferred_model(load_model(pretrained)[0], seed=seed, head=params.transfer.head)
+    return model, fine_tune(model, data, params, seed=seed, on_epoch=on_epoch)
+
+
+def from_scratch(data: Dataset, params: Params, *, seed: int,
+                 on_epoch: EpochCallback | None = None) -> tuple[DigitNet, History]:
+    """The baseline: the same architecture from a random start, on the same labels with the same optimizer steps
+    and augmentation as transfer, supervised only."""
+    seed_everything(seed)
+    model = DigitNet(params.model)
+    return model, _train(model, data, params, epochs=params.transfer.epochs, seed=seed, desc="scratch", groups=None,
+                         on_epoch=on_epoch, semi_supervised=False)
+
+
+def target_test_accuracy(model: DigitNet, data: Dataset, params: Params) -> float:
+    """Accuracy on the target's test split."""
+    return loss_and_accuracy(model, *data["test"].tensors(), device=resolve_device(params.device))["accuracy"]
 
 
 def transfer_and_scratch(pretrained: Path, data: Dataset, params: Params, *, seed: int,
                          tracker: Tracker | None = None) -> tuple[DigitNet, dict[str, float], dict[str, History]]:
     """Source-only, transfer and from-scratch (same labels, same optimizer steps) accuracy on the test split."""
-    device = resolve_device(params.device)
-    test = data["test"].tensors()
-    base, _ = load_model(pretrained)
-    source_only = loss_and_accuracy(base, *test, device=device)["accuracy"]
-
     def logger(name: str) -> EpochCallback | None:
         if tracker is None:
             return None
         return lambda epoch, metrics: tracker.log_metrics({f"{name}_{k}": v for k, v in metrics.items()}, step=epoch)
 
-    model = transferred_model(base, seed=seed)
-    transfer_history = fine_tune(model, data, params, seed=seed, on_epoch=logger("transfer"))
-    seed_everything(seed)
-    scratch = DigitNet(params.model)
-    scratch_history = _train(scratch, data, params, epochs=params.transfer.epochs, seed=seed, desc="scratch",
-                             groups=None, on_epoch=logger("scratch"))
-    scores = {"source_only_accuracy": source_only,
-              "scratch_accuracy": loss_and_accuracy(scratch, *test, device=device)["accuracy"],
-              "transfer_accuracy": loss_and_accuracy(model, *test, device=device)["accuracy"]}
+    source_only = target_test_accuracy(load_model(pretrained)[0], data, params)
+    model, transfer_history = transfer(pretrained, data, params, seed=seed, on_epoch=logger("transfer"))
+    scratch, scratch_history = from_scratch(data, params, seed=seed, on_epoch=logger("scratch"))
+    scores = {"source_only_accuracy": source_only, "scratch_accuracy": target_test_accuracy(scratch, data, params),
+              "transfer_accuracy": target_test_accuracy(model, data, params)}
     scores["gain_points"] = round(100 * (scores["transfer_accuracy"] - scores["scratch_accuracy"]), 2)
     return model.cpu(), scores, {"transfer": transfer_history, "scratch": scratch_history}

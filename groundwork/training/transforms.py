@@ -105,6 +105,17 @@ def online_augmentation(params: AugmentParams) -> Callable[[torch.Tensor, torch.
     """augment_batch bound to params: the per-batch hook of the training loop."""
     return lambda images, generator: augment_batch(images, params, generator)
 
+
+TRANSFORMS = ("rotation", "scale", "translate", "brightness", "contrast", "blur", "erasing")
+
+
+def strong_augmentation(params: AugmentParams) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
+    """The strong view of semi-supervised training: every transform of `params` applied to every image (each at
+    probability 1, erasing included), at the magnitudes `params` give."""
+    strong = params.model_copy(update={name: getattr(params, name).model_copy(update={"probability": 1.0})
+                                       for name in TRANSFORMS})
+    return online_augmentation(strong)
+
 def augmented_copies(split: Split, cfg: AugmentParams, *, seed: int) -> Split:
     """The originals followed by `cfg.copies` augmented copies of every image, labels alongside."""
     generator = torch.Generator().manual_seed(seed)

@@ -1,0 +1,37 @@
+"""FixMatch (Sohn et al. 2020) as an objective of the shared training loop: besides the labelled batch, every step
+draws `ratio` unlabelled images per labelled one from the target's pool; the model's prediction on the plain
+(weak) view of each becomes its pseudo-label where the model is confident enough, and the model learns to predict
+that label on a strongly augmented view. Labelled and unlabelled images go through one forward pass, as in the
+paper, so BatchNorm sees them together."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional
+
+from groundwork.training.loop import BatchAugment, Objective, prepare_batch
+
+
+def fixmatch(pool: torch.Tensor, *, ratio: int, confidence: float, weight: float, strong: BatchAugment,
+             labelled_augment: BatchAugment | None = None) -> Objective:
+    """Cross-entropy on the labelled batch (augmented by `labelled_augment`) plus `weight` times the cross-entropy
+    of strong views against the confident pseudo-labels of `ratio` unlabelled images per labelled one, drawn
+    from `pool` (uint8 images) with the loop's generator.
+
+    "Correct" counts the labelled predictions that match their label (the loop's accuracy is over the labelled
+    batch)."""
+    def objective(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+                  generator: torch.Generator) -> tuple[torch.Tensor, int]:
+        count = len(inputs)
+        drawn = torch.randint(len(pool), (ratio * count,), generator=generator)
+        weak = prepare_batch(pool[drawn], inputs.device)
+        labelled = labelled_augment(inputs, generator) if labelled_augment is not None else inputs
+        outputs = model(torch.cat([labelled, weak, strong(weak, generator)]))
+        supervised, weak_out, strong_out = outputs[:count], *outputs[count:].chunk(2)
+        certainty, pseudo = functional.softmax(weak_out.detach(), dim=1).max(dim=1)
+        confident = (certainty >= confidence).float()
+        unlabelled = (functional.cross_entropy(strong_out, pseudo, reduction="none") * confident).mean()
+        loss = functional.cross_entropy(supervised, targets) + weight * unlabelled
+        return loss, int((supervised.argmax(1) == targets).sum())
+    return objective
