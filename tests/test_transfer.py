@@ -40,7 +40,7 @@ def backbone_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("mode", ["linear_probe", "finetune", "discriminative"])
 def test_modes_train_what_they_name(mode: str, tiny_pretrained: dict[str, Any], tiny_data: dict[str, Path]) -> None:
     params = parse_params(tiny_params_dict(transfer={"mode": mode, "epochs": 3, "freeze_epochs": 1}))
-    data, _ = load_dataset(tiny_data["target"])
+    data, _ = load_dataset(tiny_data["target"], splits=("train", "val", "test", "pool"))
     pretrained, _ = load_model(tiny_pretrained["model"])
     before = backbone_state(pretrained)
     model = transferred_model(pretrained, seed=0)

@@ -54,10 +54,12 @@ def sweep(pretrained: Path, target: Dataset, params: Params, tracker: Tracker) -
             train = label_budget(target["pool"], per_class, seed=seed, key="budget.labels_per_class")
             data = {**target, "train": train}
             sized = budget_params(params, len(train))
+            # only the test accuracy is kept: no per-epoch validation unless training itself reads it
+            scratch, _ = from_scratch(data, sized, seed=seed, validated=False)
             scores = {"source_only_accuracy": source_only,
-                      "scratch_accuracy": target_test_accuracy(from_scratch(data, sized, seed=seed)[0], data, sized)}
+                      "scratch_accuracy": target_test_accuracy(scratch, data, sized)}
             for method in METHODS[1:]:
-                model, _ = transfer(pretrained, data, method_params(sized, method), seed=seed)
+                model, _ = transfer(pretrained, data, method_params(sized, method), seed=seed, validated=False)
                 scores[f"{method}_accuracy"] = target_test_accuracy(model, data, sized)
             scores["gain_points"] = round(100 * (scores["transfer_accuracy"] - scores["scratch_accuracy"]), 2)
             label = "all" if per_class is None else per_class

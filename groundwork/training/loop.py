@@ -202,6 +202,12 @@ def supervised(augment: BatchAugment | None = None) -> Objective:
     return objective
 
 
+def needs_validation(cfg: TrainParams) -> bool:
+    """Whether training itself reads the validation loss (plateau schedule, early stopping, restore-best): where
+    it does not, a caller that wants only the end result can skip the per-epoch validation."""
+    return cfg.schedule == "plateau" or cfg.early_stopping > 0 or cfg.restore_best
+
+
 def validation(images: torch.Tensor, labels: torch.Tensor, *, device: torch.device) -> Validate:
     """Loss and accuracy on a held-out split, as the loop's per-epoch validation."""
     def validate(model: nn.Module) -> dict[str, float]:

@@ -1,8 +1,9 @@
 """FixMatch (Sohn et al. 2020) as an objective of the shared training loop: besides the labelled batch, every step
 draws `ratio` unlabelled images per labelled one from the target's pool; the model's prediction on the plain
 (weak) view of each becomes its pseudo-label where the model is confident enough, and the model learns to predict
-that label on a strongly augmented view. Labelled and unlabelled images go through one forward pass, as in the
-paper, so BatchNorm sees them together."""
+that label on a strongly augmented view. The labelled batch and the strong views go through one forward pass, so
+BatchNorm sees them together, as in the paper; the plain views, whose predictions only give the pseudo-labels,
+go through one of their own, in eval mode and without gradients (the backward pass then skips them)."""
 
 from __future__ import annotations
 
@@ -26,11 +27,15 @@ def fixmatch(pool: torch.Tensor, *, ratio: int, confidence: float, weight: float
         count = len(inputs)
         drawn = torch.randint(len(pool), (ratio * count,), generator=generator)
         weak = prepare_batch(pool[drawn], inputs.device)
-        labelled = labelled_augment(inputs, generator) if labelled_augment is not None else inputs
-        outputs = model(torch.cat([labelled, weak, strong(weak, generator)]))
-        supervised, weak_out, strong_out = outputs[:count], *outputs[count:].chunk(2)
-        certainty, pseudo = functional.softmax(weak_out.detach(), dim=1).max(dim=1)
+        training = model.training
+        model.eval()  # pseudo-labels as the model would predict now: BatchNorm's running statistics, no dropout
+        with torch.no_grad():  # and no gradient: the backward pass skips this half of the images
+            certainty, pseudo = functional.softmax(model(weak), dim=1).max(dim=1)
+        model.train(training)
         confident = (certainty >= confidence).float()
+        labelled = labelled_augment(inputs, generator) if labelled_augment is not None else inputs
+        outputs = model(torch.cat([labelled, strong(weak, generator)]))
+        supervised, strong_out = outputs[:count], outputs[count:]
         unlabelled = (functional.cross_entropy(strong_out, pseudo, reduction="none") * confident).mean()
         loss = functional.cross_entropy(supervised, targets) + weight * unlabelled
         return loss, int((supervised.argmax(1) == targets).sum())

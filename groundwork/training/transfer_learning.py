@@ -19,6 +19,7 @@ from groundwork.training.loop import (
     Objective,
     fit,
     loss_and_accuracy,
+    needs_validation,
     seed_everything,
     supervised,
     validation,
@@ -57,34 +58,37 @@ def _objective(data: Dataset, params: Params, *, semi_supervised: bool) -> Objec
 
 
 def _train(model: DigitNet, data: Dataset, params: Params, *, epochs: int, seed: int, desc: str,
-           groups: list[dict[str, Any]] | None, on_epoch: EpochCallback | None, semi_supervised: bool) -> History:
+           groups: list[dict[str, Any]] | None, on_epoch: EpochCallback | None, semi_supervised: bool,
+           validated: bool) -> History:
     cfg, device = params.transfer, resolve_device(params.device)
-    return fit(model, data["train"].tensors(), cfg.model_copy(update={"epochs": epochs}), device=device, seed=seed,
-               objective=_objective(data, params, semi_supervised=semi_supervised),
-               validate=validation(*data["val"].tensors(), device=device), groups=groups, on_epoch=on_epoch,
-               desc=desc)
+    run = cfg.model_copy(update={"epochs": epochs})
+    validate = validation(*data["val"].tensors(), device=device) if validated or needs_validation(run) else None
+    return fit(model, data["train"].tensors(), run, device=device, seed=seed,
+               objective=_objective(data, params, semi_supervised=semi_supervised), validate=validate, groups=groups,
+               on_epoch=on_epoch, desc=desc)
 
 
-def fine_tune(model: DigitNet, data: Dataset, params: Params, *, seed: int,
-              on_epoch: EpochCallback | None = None) -> History:
+def fine_tune(model: DigitNet, data: Dataset, params: Params, *, seed: int, on_epoch: EpochCallback | None = None,
+              validated: bool = True) -> History:
     """Train a transferred model in the configured mode, semi-supervised when params say so; epochs (and so
-    optimizer steps) as in params."""
+    optimizer steps) as in params. `validated=False` skips the per-epoch validation where training does not
+    read it (the history then holds training metrics alone)."""
     cfg = params.transfer
     semi = cfg.semi_supervised.method != "none"
     if cfg.mode == "linear_probe":
         model.freeze_backbone()
         history = _train(model, data, params, epochs=cfg.epochs, seed=seed, desc="transfer (linear probe)",
-                         groups=None, on_epoch=on_epoch, semi_supervised=semi)
+                         groups=None, on_epoch=on_epoch, semi_supervised=semi, validated=validated)
         model.freeze_backbone(False)
         return history
     if cfg.mode == "finetune":
         return _train(model, data, params, epochs=cfg.epochs, seed=seed, desc="transfer", groups=None,
-                      on_epoch=on_epoch, semi_supervised=semi)
+                      on_epoch=on_epoch, semi_supervised=semi, validated=validated)
     history: History = []
     if cfg.freeze_epochs:
         model.freeze_backbone()
         history = _train(model, data, params, epochs=cfg.freeze_epochs, seed=seed, desc="transfer (head only)",
-                         groups=None, on_epoch=on_epoch, semi_supervised=semi)
+                         groups=None, on_epoch=on_epoch, semi_supervised=semi, validated=validated)
         model.freeze_backbone(False)
 
     def shifted(epoch: int, metrics: dict[str, float]) -> None:
@@ -93,25 +97,25 @@ def fine_tune(model: DigitNet, data: Dataset, params: Params, *, seed: int,
 
     rest = _train(model, data, params, epochs=cfg.epochs - cfg.freeze_epochs, seed=seed + 1,
                   desc="transfer (discriminative)", groups=param_groups(model, cfg.lr, cfg.backbone_lr_scale),
-                  on_epoch=shifted, semi_supervised=semi)
+                  on_epoch=shifted, semi_supervised=semi, validated=validated)
     return history + [{**row, "epoch": row["epoch"] + cfg.freeze_epochs} for row in rest]
 
 
-def transfer(pretrained: Path, data: Dataset, params: Params, *, seed: int,
-             on_epoch: EpochCallback | None = None) -> tuple[DigitNet, History]:
+def transfer(pretrained: Path, data: Dataset, params: Params, *, seed: int, on_epoch: EpochCallback | None = None,
+             validated: bool = True) -> tuple[DigitNet, History]:
     """The pretrained model transferred to the target as params say (head, mode, semi-supervision)."""
     model = transferred_model(load_model(pretrained)[0], seed=seed, head=params.transfer.head)
-    return model, fine_tune(model, data, params, seed=seed, on_epoch=on_epoch)
+    return model, fine_tune(model, data, params, seed=seed, on_epoch=on_epoch, validated=validated)
 
 
-def from_scratch(data: Dataset, params: Params, *, seed: int,
-                 on_epoch: EpochCallback | None = None) -> tuple[DigitNet, History]:
+def from_scratch(data: Dataset, params: Params, *, seed: int, on_epoch: EpochCallback | None = None,
+                 validated: bool = True) -> tuple[DigitNet, History]:
     """The baseline: the same architecture from a random start, on the same labels with the same optimizer steps
     and augmentation as transfer, supervised only."""
     seed_everything(seed)
     model = DigitNet(params.model)
     return model, _train(model, data, params, epochs=params.transfer.epochs, seed=seed, desc="scratch", groups=None,
-                         on_epoch=on_epoch, semi_supervised=False)
+                         on_epoch=on_epoch, semi_supervised=False, validated=validated)
 
 
 def target_test_accuracy(model: DigitNet, data: Dataset, params: Params) -> float:
