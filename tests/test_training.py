@@ -175,7 +175,7 @@ def test_fixmatch_teaches_confident_pseudo_labels_to_strong_views() -> None:
         inputs, targets = torch.ones(2, 1, 28, 28), torch.zeros(2, dtype=torch.long)
         loss, correct = objective(Fixed(), inputs, targets, torch.Generator().manual_seed(0))
         assert correct == 2
-        return float(loss)
+        return loss.item()
 
     supervised_only = loss_with(0, confidence=0.95)  # dark pool: 50/50 logits, never confident
     # pixel 40/255: the plain view's logit is 3.1, 96% sure of class 0
