@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from groundwork.compression.names import VariantName
 
 DEFAULT_PARAMS_PATH = Path("params.yaml")
+IMAGE_SIDE = 28  # every image, source or target, is brought to 28x28 gray by ingest
 
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
 NonNegativeFloat = Annotated[float, Field(ge=0.0)]
@@ -31,12 +32,70 @@ class Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+MIN_WIDTH, MIN_EMBEDDING = 4, 8  # the narrowest conv and embedding a model may have
+Width = Annotated[int, Field(ge=MIN_WIDTH, le=256)]
+
+
 class ModelParams(Section):
     """Architecture of the CNN shared by pretrain, transfer and compress."""
 
-    channels: tuple[Annotated[int, Field(ge=4, le=256)], ...] = Field(min_length=1, max_length=3)
-    embedding_dim: int = Field(ge=8, le=1024)
+    channels: tuple[Width, ...] = Field(min_length=1, max_length=3)
+    inner_channels: tuple[Width, ...] | None = Field(
+        description="width of each block's first conv; null: as wide as the block (pruning narrows them apart)"
+    )
+    embedding_dim: int = Field(ge=MIN_EMBEDDING, le=1024)
     dropout: float = Field(ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _one_inner_width_per_block(self) -> ModelParams:
+        if self.inner_channels is not None and len(self.inner_channels) != len(self.channels):
+            raise ValueError(f"inner_channels {list(self.inner_channels)} needs one width per block of channels "
+                             f"{list(self.channels)}")
+        return self
+
+    @classmethod
+    def from_saved(cls, arch: dict[str, Any]) -> ModelParams:
+        """The architecture a saved model describes; files written before inner_channels existed have none."""
+        return cls.model_validate({"inner_channels": None, **arch})
+
+    def layer_widths(self) -> tuple[int, ...]:
+        """Output width of every prunable layer in forward order: each block's two convs, then the embedding."""
+        inner = self.inner_channels or self.channels
+        return (*(width for pair in zip(inner, self.channels, strict=True) for width in pair), self.embedding_dim)
+
+    def with_widths(self, widths: tuple[int, ...] | list[int]) -> ModelParams:
+        """This architecture with each prunable layer at the width given (in `layer_widths` order), validated."""
+        convs, embedding = list(widths[:-1]), widths[-1]
+        inner, outer = tuple(convs[0::2]), tuple(convs[1::2])
+        return ModelParams.model_validate({**self.model_dump(), "channels": outer,
+                                           "inner_channels": None if inner == outer else inner,
+                                           "embedding_dim": embedding})
+
+    def layer_macs(self) -> tuple[int, ...]:
+        """Multiply-adds per image of every prunable layer (`layer_widths` order): k*k*in*out*area for a 3x3
+        conv, in*out for the embedding. The head is not prunable (it has one output per class)."""
+        macs, inputs = [], 1
+        for block, width in enumerate(self.layer_widths()[:-1]):
+            side = IMAGE_SIDE // 2 ** (block // 2)  # each block's pool halves the side after its second conv
+            macs.append(9 * inputs * width * side * side)
+            inputs = width
+        area = (IMAGE_SIDE // 2 ** len(self.channels)) ** 2
+        return (*macs, inputs * area * self.embedding_dim)
+
+    def lowest_keeps(self, min_keep: float) -> tuple[float, ...]:
+        """The smallest share of its outputs each prunable layer may keep: `min_keep`, or more where that would
+        leave a layer narrower than a model may be."""
+        floors = (*(MIN_WIDTH for _ in range(2 * len(self.channels))), MIN_EMBEDDING)
+        return tuple(max(min_keep, floor / width) for floor, width in zip(floors, self.layer_widths(), strict=True))
+
+    def macs_kept(self, keeps: tuple[float, ...] | list[float]) -> float:
+        """Share of the prunable layers' multiply-adds left when layer i keeps share keeps[i] of its outputs
+        (a layer's cost scales with its own outputs and with the inputs the layer before it kept)."""
+        full, kept, inputs = self.layer_macs(), 0.0, 1.0
+        for macs, keep in zip(full, keeps, strict=True):
+            kept += macs * inputs * keep
+            inputs = keep
+        return kept / sum(full)
 
 
 TORCHVISION_DATASETS = ("mnist", "fashion_mnist", "kmnist", "emnist", "usps", "cifar10", "svhn")
@@ -289,6 +348,28 @@ class CompressParams(Section):
     calibration_images: int = Field(ge=8, le=10000)
 
 
+class SearchParams(Section):
+    """The per-layer compression search: an agent picks each layer's share of channels kept under a budget of
+    multiply-adds, scored by validation accuracy after BatchNorm recalibration, beside the baselines."""
+
+    agent: Literal["ddpg", "reinforce"] = Field(
+        description="ddpg: actor-critic with a replay buffer (value-based, as AMC); reinforce: Gaussian policy "
+                    "gradient (policy-based)"
+    )
+    macs_kept: Fraction = Field(description="share of the prunable layers' multiply-adds the pruned model keeps")
+    min_keep: Fraction = Field(description="smallest share of its channels any layer keeps")
+    episodes: int = Field(ge=2, le=100000, description="candidates the agent scores (random search gets as many)")
+    warmup_episodes: int = Field(ge=1, le=100000, description="episodes of random actions before the agent learns")
+    calibration_images: int = Field(ge=16, le=100000,
+                                    description="unlabelled target images that re-estimate BatchNorm statistics")
+
+    @model_validator(mode="after")
+    def _warmup_within_episodes(self) -> SearchParams:
+        if self.warmup_episodes >= self.episodes:
+            raise ValueError(f"warmup_episodes ({self.warmup_episodes}) must be below episodes ({self.episodes})")
+        return self
+
+
 class EvaluateParams(Section):
     """How the variants are timed, which one is registered, and the gate that may make it the champion."""
 
@@ -314,6 +395,7 @@ class Params(Section):
     pretrain: PretrainParams
     transfer: TransferParams
     budget: BudgetParams
+    search: SearchParams
     compress: CompressParams
     evaluate: EvaluateParams
 
@@ -324,6 +406,15 @@ class Params(Section):
         if narrowest < 4 or math.ceil(self.model.embedding_dim * keep) < 8:
             raise ValueError(f"compress.channels_kept={keep} leaves a layer of model.channels "
                              f"{list(self.model.channels)} below 4 channels or model.embedding_dim below 8 units")
+        return self
+
+    @model_validator(mode="after")
+    def _search_budget_is_reachable(self) -> Params:
+        least = self.model.macs_kept(self.model.lowest_keeps(self.search.min_keep))
+        if self.search.macs_kept < least:
+            raise ValueError(f"search.macs_kept={self.search.macs_kept} is below {least:.4f}, the share left with "
+                             f"every layer at its narrowest (search.min_keep={self.search.min_keep}, at least "
+                             f"{MIN_WIDTH} channels and {MIN_EMBEDDING} embedding units)")
         return self
 
 

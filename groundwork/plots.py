@@ -123,3 +123,26 @@ def pareto_plot(path: Path, table: pd.DataFrame, axes_spec: Sequence[tuple[str, 
         axis.legend(loc="best")
     figure.suptitle("Compressed variants: accuracy against cost (up and left is better)")
     _save(figure, path)
+
+
+def search_rewards(path: Path, table: pd.DataFrame, *, agent: str, budget: float) -> None:
+    """The agent's and random search's reward per episode (points) and best so far (lines), with the one-shot
+    baselines (uniform shares, global ranking) as horizontal lines."""
+    figure, axis = plt.subplots(figsize=(7.2, 4.4))
+    x = table["episode"] + 1
+    for method, label, colour in (("agent", agent, "tab:blue"), ("random", "random search", "tab:orange")):
+        axis.scatter(x, table[f"{method}_reward"], s=6, color=colour, alpha=0.35)
+        axis.plot(x, table[f"{method}_best"], color=colour, label=f"{label}, best so far")
+    for method, label, colour in (("uniform", "uniform shares", "tab:grey"),
+                                  ("global_ranking", "global ranking (|gamma|)", "tab:purple")):
+        axis.axhline(table[method].iloc[0], linestyle="--", color=colour, label=label)
+    best = max(table["agent_best"].max(), table["random_best"].max(), table["uniform"].max(),
+               table["global_ranking"].max())
+    axis.set_ylim(max(0.0, best - 0.3), min(1.0, best + 0.03))  # the contest is at the top: keep it readable
+    axis.set_xlabel("candidate (episode)")
+    axis.set_ylabel("validation accuracy after BatchNorm recalibration")
+    axis.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+    axis.set_title(f"Per-layer pruning search at {budget:.0%} of the multiply-adds, no fine-tuning")
+    axis.grid(alpha=0.3)
+    axis.legend(loc="lower right", fontsize=8)
+    _save(figure, path)

@@ -21,6 +21,7 @@ TINY = {
     "pretrain": {"epochs": 2, "batch_size": 32},
     "transfer": {"epochs": 2, "batch_size": 16, "freeze_epochs": 1},
     "budget": {"labels_per_class": [1, 3], "draws": 2, "steps": 3},
+    "search": {"episodes": 6, "warmup_episodes": 3, "calibration_images": 32},
     "compress": {"prune_iterations": 2, "finetune": {"epochs": 1}, "calibration_images": 16},
     "evaluate": {"warmup_runs": 1, "latency_runs": 5, "throughput_batch": 32, "throughput_runs": 3},
 }

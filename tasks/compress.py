@@ -6,6 +6,8 @@
   lowrank          large layers replaced by SVD factor pairs at a rank set by an energy threshold (ONNX)
   int8             static post-training int8 of the fp32 model, calibrated, for ONNX Runtime's int8 kernels
   structured_int8  the structured network in int8
+  searched         channels removed to the per-layer widths the search stage chose, iteratively (ONNX)
+  searched_int8    the searched network in int8
   packed           the pruned model with shared weights (codebooks fine-tuned), stored sparse and entropy-coded
 
 `variants.json` lists each variant's file, runtime, parameter counts and validation accuracy."""
@@ -35,13 +37,14 @@ from groundwork.compression.export import (
 from groundwork.compression.lowrank import factorize
 from groundwork.compression.packing import load_packed, pack, tie_to_codebooks, untie
 from groundwork.compression.pruning import make_permanent, prune_to, sparsity
-from groundwork.compression.structured import narrower, prune_channels
+from groundwork.compression.structured import narrower, prune_channels, toward
 from groundwork.data.atomic import write_json
 from groundwork.data.datasets import Dataset, Split, example_input, load_dataset, to_float
 from groundwork.entrypoint import stage_cli
 from groundwork.models.checkpoint import load_model, save_checkpoint
 from groundwork.models.digitnet import DigitNet
-from groundwork.params import Params
+from groundwork.params import ModelParams, Params
+from groundwork.search.policy import read_policy
 from groundwork.tracking.runs import NullTracker, Tracker
 from groundwork.training.distill import distillation, with_unlabelled
 from groundwork.training.distributed import resolve_device
@@ -90,13 +93,13 @@ def magnitude_pruned(model: DigitNet, params: Params, tune: FineTune) -> DigitNe
     return model
 
 
-def channel_pruned(model: DigitNet, params: Params, tune: FineTune) -> DigitNet:
-    """Remove channels in equal rounds until `channels_kept` of them remain, fine-tuning after each."""
-    cfg = params.compress
-    for step in range(1, cfg.prune_iterations + 1):
-        model = prune_channels(model, narrower(params.model, 1 - share(step, cfg.prune_iterations,
-                                                                         1 - cfg.channels_kept)))
-        tune(model, "structured", step)
+def channel_pruned(model: DigitNet, target: ModelParams, params: Params, tune: FineTune, variant: str) -> DigitNet:
+    """Remove channels in equal rounds until every layer is as narrow as `target` says, fine-tuning after each
+    (`structured`: `channels_kept` of every layer; `searched`: the widths the search chose per layer)."""
+    rounds = params.compress.prune_iterations
+    for step in range(1, rounds + 1):
+        model = prune_channels(model, toward(params.model, target, share(step, rounds, 1.0)))
+        tune(model, variant, step)
     return model
 
 
@@ -130,7 +133,7 @@ def onnx_accuracy(path: Path, val: Split) -> float:
     return float((onnx_logits(onnx_session(path), images).argmax(1) == labels).float().mean())
 
 
-def run(params: Params, *, transferred: Path, target: Path, out_dir: Path,
+def run(params: Params, *, transferred: Path, target: Path, policy: Path, out_dir: Path,
         tracker: Tracker | None = None) -> dict[str, Any]:
     """Write every variant into `out_dir` with its manifest; return sizes, sparsity and accuracies."""
     tracker = tracker or NullTracker()
@@ -140,6 +143,7 @@ def run(params: Params, *, transferred: Path, target: Path, out_dir: Path,
     device = resolve_device(params.device)
     val = data["val"]
     reference, _ = load_model(transferred)
+    searched = read_policy(policy, reference.arch)  # before any work: a bad policy file fails at once
     tune = fine_tuner(params, data, load_model(transferred)[0], device, tracker)
     calibration = calibration_images(data, cfg.calibration_images)
     checkpoint_params = params.model_dump(mode="json")
@@ -157,7 +161,9 @@ def run(params: Params, *, transferred: Path, target: Path, out_dir: Path,
 
     trained = {
         "pruned": magnitude_pruned(load_model(transferred)[0], params, tune),
-        "structured": channel_pruned(load_model(transferred)[0], params, tune),
+        "structured": channel_pruned(load_model(transferred)[0], narrower(params.model, cfg.channels_kept), params,
+                                     tune, "structured"),
+        "searched": channel_pruned(load_model(transferred)[0], searched, params, tune, "searched"),
         "lowrank": low_rank(load_model(transferred)[0], params, tune),
     }
     for name, model in trained.items():
@@ -167,9 +173,10 @@ def run(params: Params, *, transferred: Path, target: Path, out_dir: Path,
                         metrics={"val_accuracy": accuracy})
         export_onnx(model, out_dir / f"{name}.onnx")
         record(name, f"{name}.onnx", "onnx", model, onnx_accuracy(out_dir / f"{name}.onnx", val))
-    quantize_int8(out_dir / "structured.onnx", out_dir / "structured_int8.onnx", calibration)
-    record("structured_int8", "structured_int8.onnx", "onnx", trained["structured"],
-           onnx_accuracy(out_dir / "structured_int8.onnx", val))
+    for name in ("structured", "searched"):
+        quantize_int8(out_dir / f"{name}.onnx", out_dir / f"{name}_int8.onnx", calibration)
+        record(f"{name}_int8", f"{name}_int8.onnx", "onnx", trained[name],
+               onnx_accuracy(out_dir / f"{name}_int8.onnx", val))
     pack(shared_and_tuned(trained["pruned"], params, tune), out_dir / "packed.gwpk", bits=cfg.packed_bits)
     unpacked = load_packed(out_dir / "packed.gwpk")
     record("packed", "packed.gwpk", "packed", unpacked,
@@ -179,12 +186,14 @@ def run(params: Params, *, transferred: Path, target: Path, out_dir: Path,
     example = example_input(data["test"])
     tracker.log_onnx_model(out_dir / "int8.onnx", "int8", example)
     tracker.log_onnx_model(out_dir / "structured_int8.onnx", "structured_int8", example)
+    tracker.log_onnx_model(out_dir / "searched_int8.onnx", "searched_int8", example)
     tracker.log_artifact(out_dir / "packed.gwpk", "packed")
     reference_bytes = state_dict_bytes(reference)
     metrics = {
         "sparsity": round(sparsity(trained["pruned"]), 4),
         "ranks": trained["lowrank"].factorized,
         "channels": list(trained["structured"].arch.channels),
+        "searched_widths": list(trained["searched"].arch.layer_widths()),
         "fp32_val_accuracy": loss_and_accuracy(reference, *val.tensors(), device=torch.device("cpu"))["accuracy"],
         "fp32_state_dict_bytes": reference_bytes,
         "packed_times_smaller": round(reference_bytes / size_report(out_dir / "packed.gwpk")["bytes"], 2),
@@ -198,6 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return stage_cli("compress", __doc__, run, argv, paths={
         "transferred": "transferred checkpoint (.pt)",
         "target": "target dataset (.npz) from ingest",
+        "policy": "per-layer widths (.json) from the search stage, for the searched variant",
         "out_dir": "folder for the compressed variants",
     })
 

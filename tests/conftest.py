@@ -64,12 +64,25 @@ def tiny_transferred(tmp_path_factory: pytest.TempPathFactory, tiny_params: Para
 
 
 @pytest.fixture(scope="session")
+def tiny_searched(tmp_path_factory: pytest.TempPathFactory, tiny_params: Params, tiny_data: dict[str, Path],
+                  tiny_transferred: dict[str, Any]) -> dict[str, Any]:
+    """search per-layer widths for the tiny transferred model: the policy, table, plot and metrics."""
+    from tasks import search
+
+    folder = tmp_path_factory.mktemp("search")
+    paths = {"policy": folder / "policy.json", "table": folder / "search.csv", "plot": folder / "search.png"}
+    metrics = search.run(tiny_params, transferred=tiny_transferred["model"], target=tiny_data["target"],
+                         policy_out=paths["policy"], table_out=paths["table"], plot_out=paths["plot"])
+    return {**paths, "metrics": metrics}
+
+
+@pytest.fixture(scope="session")
 def tiny_compressed(tmp_path_factory: pytest.TempPathFactory, tiny_params: Params, tiny_data: dict[str, Path],
-                    tiny_transferred: dict[str, Any]) -> dict[str, Any]:
+                    tiny_transferred: dict[str, Any], tiny_searched: dict[str, Any]) -> dict[str, Any]:
     """compress the tiny transferred model: the output folder and metrics."""
     from tasks import compress
 
     folder = tmp_path_factory.mktemp("compressed")
     metrics = compress.run(tiny_params, transferred=tiny_transferred["model"], target=tiny_data["target"],
-                           out_dir=folder)
-    return {"dir": folder, "metrics": metrics}
+                           policy=tiny_searched["policy"], out_dir=folder)
+    return {"dir": folder, "metrics": metrics, "policy": tiny_searched["policy"]}

@@ -32,7 +32,7 @@ from groundwork.training.loop import derived_seed, logits_of
 
 CPU = torch.device("cpu")
 
-ONNX_VARIANTS = ("fp32", "pruned", "structured", "lowrank", "int8", "structured_int8")
+ONNX_VARIANTS = ("fp32", "pruned", "structured", "searched", "lowrank", "int8", "structured_int8", "searched_int8")
 
 
 def target_test_images(tiny_data: dict[str, Path]) -> torch.Tensor:
@@ -181,6 +181,9 @@ def test_every_variant_is_written_and_listed(tiny_params: Params, tiny_compresse
     assert sparsity(pruned) == pytest.approx(tiny_params.compress.sparsity, abs=2e-3) == metrics["sparsity"]
     assert manifest["pruned"]["nonzero_params"] < 0.3 * manifest["pruned"]["params"]
     assert manifest["structured"]["params"] < 0.5 * manifest["fp32_onnx"]["params"]
+    searched, _ = load_model(folder / "searched.pt")  # the widths the search chose, layer by layer
+    assert list(searched.arch.layer_widths()) == json.loads(tiny_compressed["policy"].read_text())["widths"]
+    assert metrics["searched_widths"] == list(searched.arch.layer_widths())
     assert manifest["lowrank"]["params"] < manifest["fp32_onnx"]["params"]
     sizes = {name: (folder / entry["file"]).stat().st_size for name, entry in manifest.items()}
     assert sizes["int8"] < 0.5 * sizes["fp32_onnx"]
@@ -190,7 +193,7 @@ def test_every_variant_is_written_and_listed(tiny_params: Params, tiny_compresse
 
 
 def test_int8_models_run_integer_kernels(tiny_compressed: dict[str, Any]) -> None:
-    for name in ("int8", "structured_int8"):
+    for name in ("int8", "structured_int8", "searched_int8"):
         graph = onnx.load(str(tiny_compressed["dir"] / f"{name}.onnx")).graph
         assert sum(node.op_type == "QuantizeLinear" for node in graph.node) > 0
         assert any(init.data_type == onnx.TensorProto.INT8 for init in graph.initializer)
@@ -224,7 +227,8 @@ def test_exported_files_predict_as_in_process_in_a_fresh_process(tmp_path: Path,
     subprocess.run([sys.executable, "-I", "-c", STANDALONE_ONNX, str(tmp_path / "images.npy"), str(tmp_path), *paths],
                    cwd=tmp_path, check=True)
     in_process = {"fp32": load_model(tiny_transferred["model"])[0],
-                  **{name: load_model(folder / f"{name}.pt")[0] for name in ("pruned", "structured", "lowrank")}}
+                  **{name: load_model(folder / f"{name}.pt")[0]
+                     for name in ("pruned", "structured", "searched", "lowrank")}}
     for name in ONNX_VARIANTS:
         fresh = torch.from_numpy(np.load(tmp_path / f"{name}.onnx.npy"))
         if name in in_process:  # fp32 files: the same numbers as the PyTorch model, to float tolerance

@@ -37,7 +37,7 @@ from tests.helpers import (
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.server]
-STAGES = ["ingest", "augment", "pretrain", "transfer", "budget", "compress", "evaluate"]
+STAGES = ["ingest", "augment", "pretrain", "transfer", "budget", "search", "compress", "evaluate"]
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +128,12 @@ def test_first_run_executes_every_stage_and_records_them(first_run: FirstRun) ->
     assert source_run.data.tags["prefect_flow_run_id"] == str(state.state_details.flow_run_id)
     budget_curve = client.list_artifacts(by_stage["budget"].info.run_id, "plots")
     assert [a.path for a in budget_curve] == ["plots/budget_curve.png"]
+    # the search's reward per episode as metric series, its plot and the policy compress read
+    episodes = tiny_params_dict()["search"]["episodes"]
+    search_run = by_stage["search"].info.run_id
+    assert [m.step for m in client.get_metric_history(search_run, "agent_best")] == list(range(episodes))
+    assert [a.path for a in client.list_artifacts(search_run, "plots")] == ["plots/search_rewards.png"]
+    assert "search/search_policy.json" in [a.path for a in client.list_artifacts(search_run, "search")]
 
 
 def test_second_run_executes_nothing(project: Path) -> None:
@@ -144,7 +150,7 @@ def test_overrides_run_as_a_dvc_experiment(project: Path) -> None:
     outputs_before = output_digests(project)
     state = pipeline(project_dir=str(project), overrides={"transfer.epochs": 3}, return_state=True)
     ran = [stage for stage, status in statuses(state.result()).items() if status == RAN]
-    assert ran == ["transfer", "compress", "evaluate"]
+    assert ran == ["transfer", "search", "compress", "evaluate"]
     assert (project / "params.yaml").read_bytes() == params_before, "params.yaml is never edited"
     assert output_digests(project) == outputs_before, "the experiment ran outside the working tree"
     name = flow_artifacts(state.state_details.flow_run_id)["pipeline-summary"].split("DVC experiment `")[1]
@@ -193,7 +199,7 @@ def test_transfer_param_change_reruns_exactly_the_stages_that_read_it(project: P
     change_params(project, "transfer", epochs=tiny_params_dict()["transfer"]["epochs"] + 1)
     results = pipeline(project_dir=str(project))
     ran = [stage for stage, status in statuses(results).items() if status == RAN]
-    assert ran == ["transfer", "compress", "evaluate"]  # budget sets its own epochs from budget.steps
+    assert ran == ["transfer", "search", "compress", "evaluate"]  # budget sets its own epochs from budget.steps
     assert "transfer.epochs" in dvc(project, "params", "diff")
 
 

@@ -10,7 +10,8 @@ from typing import Literal, get_args
 # The transferred PyTorch model itself: the reference every variant is measured against.
 REFERENCE = "fp32"
 # What the compress stage writes and lists in its manifest, in the order it makes them.
-ExportedVariant = Literal["fp32_onnx", "int8", "pruned", "structured", "lowrank", "structured_int8", "packed"]
+ExportedVariant = Literal["fp32_onnx", "int8", "pruned", "structured", "searched", "lowrank", "structured_int8",
+                          "searched_int8", "packed"]
 VariantName = Literal["fp32", ExportedVariant]  # the reference first (nested Literals flatten)
 EXPORTED: tuple[str, ...] = get_args(ExportedVariant)
 VARIANTS: tuple[str, ...] = get_args(VariantName)

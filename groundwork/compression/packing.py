@@ -138,7 +138,7 @@ def load_packed(path: Path | str) -> DigitNet:
         for entry in header["tensors"]:
             state[entry["name"]] = _restore(entry, body[offset:offset + entry["bytes"]])
             offset += entry["bytes"]
-        model = DigitNet(ModelParams.model_validate(header["arch"]), num_classes=header["num_classes"])
+        model = DigitNet(ModelParams.from_saved(header["arch"]), num_classes=header["num_classes"])
         apply_factorization(model, header["factorized"])
         model.load_state_dict(state)
     except (lzma.LZMAError, struct.error, ValueError, KeyError, RuntimeError) as exc:

@@ -12,8 +12,7 @@ import torch
 
 from groundwork.data.atomic import atomic_path
 from groundwork.errors import DataError
-
-IMAGE_SIDE = 28
+from groundwork.params import IMAGE_SIDE
 NUM_CLASSES = 10
 SPLITS = ("train", "val", "test")
 

@@ -55,7 +55,7 @@ def read_checkpoint(path: Path | str) -> dict[str, Any]:
 def load_model(path: Path | str) -> tuple[DigitNet, dict[str, Any]]:
     """Rebuild the model a checkpoint describes and load its weights; return it with the payload."""
     payload = read_checkpoint(path)
-    model = DigitNet(ModelParams.model_validate(payload["arch"]), num_classes=payload["num_classes"])
+    model = DigitNet(ModelParams.from_saved(payload["arch"]), num_classes=payload["num_classes"])
     apply_factorization(model, payload.get("factorized", {}))
     try:
         model.load_state_dict(payload["state_dict"])

@@ -15,12 +15,12 @@ PIXEL_MEAN = 0.1307
 PIXEL_STD = 0.3081
 
 
-def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
+def _conv_block(in_channels: int, inner_channels: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
-        nn.BatchNorm2d(out_channels),
+        nn.Conv2d(in_channels, inner_channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(inner_channels),
         nn.ReLU(inplace=True),
-        nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+        nn.Conv2d(inner_channels, out_channels, 3, padding=1, bias=False),
         nn.BatchNorm2d(out_channels),
         nn.ReLU(inplace=True),
         nn.MaxPool2d(2),
@@ -28,12 +28,15 @@ def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
 
 
 class Backbone(nn.Module):
-    """Conv blocks (two 3x3 convs with BatchNorm, then a 2x2 pool each) and a dense embedding layer."""
+    """Conv blocks (two 3x3 convs with BatchNorm, then a 2x2 pool each) and a dense embedding layer. A block's
+    first conv is as wide as the block unless the architecture says otherwise (a pruned model's may differ)."""
 
-    def __init__(self, channels: tuple[int, ...], embedding_dim: int) -> None:
+    def __init__(self, arch: ModelParams) -> None:
         super().__init__()
-        widths = (1, *channels)
-        self.features = nn.Sequential(*(_conv_block(a, b) for a, b in pairwise(widths)))
+        channels, embedding_dim = arch.channels, arch.embedding_dim
+        inner = arch.inner_channels or channels
+        self.features = nn.Sequential(*(_conv_block(a, mid, b)
+                                        for (a, b), mid in zip(pairwise((1, *channels)), inner, strict=True)))
         side = IMAGE_SIDE // 2 ** len(channels)
         self.embed = nn.Sequential(
             nn.Flatten(),
@@ -53,7 +56,7 @@ class DigitNet(nn.Module):
         super().__init__()
         self.arch = arch
         self.num_classes = num_classes
-        self.backbone = Backbone(tuple(arch.channels), arch.embedding_dim)
+        self.backbone = Backbone(arch)
         self.head = new_head(arch, num_classes)
         self.backbone_frozen = False
         # layers replaced by a low-rank pair (module name -> rank): part of the architecture, saved with it

@@ -6,8 +6,9 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,6 +36,7 @@ class Tracker(Protocol):
     """What a stage's run() may record; tests pass NullTracker, entry points an MLflow-backed one."""
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
+    def log_series(self, series: Mapping[str, Sequence[float]]) -> None: ...
     def log_artifact(self, path: Path | str, artifact_path: str | None = None) -> None: ...
     def log_torch_model(self, model: torch.nn.Module, name: str, example: np.ndarray,
                         registered_name: str | None = None) -> str | None: ...
@@ -51,6 +53,9 @@ class NullTracker:
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         """Ignore metrics."""
+
+    def log_series(self, series: Mapping[str, Sequence[float]]) -> None:
+        """Ignore metric series."""
 
     def log_artifact(self, path: Path | str, artifact_path: str | None = None) -> None:
         """Ignore an artifact."""
@@ -153,6 +158,15 @@ class MlflowTracker:
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         """Log numeric metrics, at an epoch `step` where there is one."""
         self._mlflow.log_metrics(dict(metrics), step=step)
+
+    def log_series(self, series: Mapping[str, Sequence[float]]) -> None:
+        """Log each metric's values at steps 0, 1, ... in batched requests (hundreds of steps, one call)."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(key, float(value), now, step) for key, values in series.items()
+                   for step, value in enumerate(values)]
+        self._mlflow.MlflowClient().log_batch(self._mlflow.active_run().info.run_id, metrics=metrics)
 
     def log_artifact(self, path: Path | str, artifact_path: str | None = None) -> None:
         """Copy a file into the run's artifacts."""

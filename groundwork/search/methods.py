@@ -1,0 +1,153 @@
+"""The ways a per-layer policy is found, each scored by the same environment (and so the same adaptive-BN
+accuracy): the learning agents, and the three baselines that usually beat them in the literature.
+
+  uniform         every layer keeps the same share, the largest that meets the budget (one candidate)
+  global_ranking  channels ranked across all layers by their BatchNorm scale |gamma| (Network Slimming's
+                  criterion, comparable across layers because BatchNorm normalises them), the weakest removed
+                  until the budget is met (one candidate)
+  random          per-layer shares drawn uniformly (each layer between its lowest share and 1), kept when the
+                  network lands in the top tenth of the budget (90-100% of the multiply-adds allowed: EagleEye's
+                  window, so no candidate wastes budget); as many candidates as the agent's episodes
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from groundwork.compression.structured import layers_with_norms, per_layer
+from groundwork.models.digitnet import DigitNet
+from groundwork.search.agents import Agent, Step
+from groundwork.search.env import PruningEnv
+
+OnEpisode = Callable[[int, float, Sequence[float]], None]  # (episode, reward, shares kept)
+WINDOW = 0.9  # random search keeps candidates using at least this share of the budget
+DRAWS_PER_CANDIDATE = 10000
+
+
+@dataclass
+class SearchResult:
+    """Every candidate a method scored, in order, and the best of them (the first, on ties)."""
+
+    method: str
+    rewards: list[float] = field(default_factory=list)
+    policies: list[list[float]] = field(default_factory=list)
+    widths: list[tuple[int, ...]] = field(default_factory=list)
+    macs_kept: list[float] = field(default_factory=list)
+
+    def add(self, env: PruningEnv, reward: float, keeps: Sequence[float]) -> None:
+        """Record a scored candidate with the layer widths its shares give and the budget those widths use."""
+        widths = per_layer(env.arch, keeps).layer_widths()
+        self.rewards.append(reward)
+        self.policies.append(list(keeps))
+        self.widths.append(widths)
+        self.macs_kept.append(env.arch.macs_kept([width / full for width, full in
+                                                  zip(widths, env.arch.layer_widths(), strict=True)]))
+
+    @property
+    def best(self) -> int:
+        """Index of the best-scoring candidate."""
+        return int(np.argmax(self.rewards))
+
+    @property
+    def best_reward(self) -> float:
+        return self.rewards[self.best]
+
+    @property
+    def best_policy(self) -> list[float]:
+        return self.policies[self.best]
+
+    def best_so_far(self) -> list[float]:
+        """The best reward after each candidate."""
+        return list(np.maximum.accumulate(self.rewards))
+
+
+def run_agent(env: PruningEnv, agent: Agent, method: str, *, episodes: int, warmup: int, seed: int,
+              on_episode: OnEpisode | None = None) -> SearchResult:
+    """Episodes of the agent in the environment: the first `warmup` play random search's candidates (every one
+    within the wall: it meets the budget with each later layer at or above its lowest share), the rest the
+    agent's; it learns from all of them."""
+    rng = np.random.default_rng(seed)
+    result = SearchResult(method)
+    for episode in tqdm(range(episodes), desc=f"search {method}", unit="episode", mininterval=2.0):
+        explored = episode < warmup
+        planned = random_candidate(env, rng) if explored else []
+        state, _ = env.reset(seed=seed + episode)
+        steps: list[Step] = []
+        done = False
+        while not done:
+            low, high = env.allowed()
+            proposed = planned[len(steps)] if explored else agent.act(state, low, high, episode)
+            next_state, reward, done, _, info = env.step(proposed)
+            steps.append(Step(state, proposed, info["keep"]))
+            state = next_state
+        agent.learn(steps, reward, episode, explored=explored)
+        result.add(env, reward, env.keeps)
+        if on_episode:
+            on_episode(episode, reward, env.keeps)
+    return result
+
+
+def random_candidate(env: PruningEnv, rng: np.random.Generator) -> list[float]:
+    """Shares drawn uniformly per layer until the network uses 90-100% of the budget; if that keeps failing (a
+    budget near the lowest shares), one walk through the environment's wall with uniform actions."""
+    lowest = np.asarray(env.lowest)
+    for _ in range(DRAWS_PER_CANDIDATE):
+        keeps = list(rng.uniform(lowest, 1.0))
+        if WINDOW * env.budget <= env.arch.macs_kept(keeps) <= env.budget:
+            return keeps
+    env.reset()
+    while len(env.keeps) < env.layers - 1:
+        env.step(float(rng.uniform(env.allowed()[0], 1.0)))
+    return [*env.keeps, float(rng.uniform(*env.allowed()))]
+
+
+def random_search(env: PruningEnv, *, candidates: int, seed: int,
+                  on_episode: OnEpisode | None = None) -> SearchResult:
+    """Score `candidates` random per-layer policies (see `random_candidate`)."""
+    rng = np.random.default_rng(seed)
+    result = SearchResult("random")
+    for candidate in tqdm(range(candidates), desc="search random", unit="candidate", mininterval=2.0):
+        keeps = random_candidate(env, rng)
+        result.add(env, env.score(keeps), keeps)
+        if on_episode:
+            on_episode(candidate, result.rewards[-1], keeps)
+    return result
+
+
+def uniform(env: PruningEnv) -> SearchResult:
+    """The largest single share (each layer at least at its lowest) that meets the budget, by bisection."""
+    low, high = 0.0, 1.0
+    for _ in range(60):
+        middle = (low + high) / 2
+        if env.arch.macs_kept([max(middle, floor) for floor in env.lowest]) <= env.budget:
+            low = middle
+        else:
+            high = middle
+    keeps = [max(low, floor) for floor in env.lowest]
+    result = SearchResult("uniform")
+    result.add(env, env.score(keeps), keeps)
+    return result
+
+
+def global_ranking(env: PruningEnv, model: DigitNet) -> SearchResult:
+    """Remove channels across all layers, weakest |gamma| first (no layer below its lowest share), until the
+    network meets the budget."""
+    widths = env.arch.layer_widths()
+    counts = list(widths)
+    floors = [math.ceil(width * low - 1e-9) for width, low in zip(widths, env.lowest, strict=True)]
+    scales = [norm.weight.detach().abs() for _, norm in layers_with_norms(model)]
+    order = sorted((float(scale), layer) for layer, values in enumerate(scales) for scale in values)
+    for _, layer in order:
+        if env.arch.macs_kept([count / width for count, width in zip(counts, widths, strict=True)]) <= env.budget:
+            break
+        if counts[layer] > floors[layer]:
+            counts[layer] -= 1
+    keeps = [count / width for count, width in zip(counts, widths, strict=True)]
+    result = SearchResult("global_ranking")
+    result.add(env, env.score(keeps), keeps)
+    return result

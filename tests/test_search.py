@@ -1,0 +1,210 @@
+"""search: the pruning environment and its action wall, the budget arithmetic against a counted network, adaptive
+BatchNorm scoring, the two agents (they learn, deterministically, and stop on a diverging critic), the baselines,
+and the stage's outputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from groundwork.compression.structured import per_layer, prune_channels
+from groundwork.data.datasets import load_dataset
+from groundwork.errors import DataError, TrainingDiverged
+from groundwork.models.checkpoint import load_model
+from groundwork.models.digitnet import DigitNet
+from groundwork.params import ModelParams, Params, ParamsError, parse_params
+from groundwork.project import tiny_params_dict
+from groundwork.search.agents import DDPG, Reinforce
+from groundwork.search.env import FEATURES, PruningEnv
+from groundwork.search.methods import global_ranking, random_search, run_agent, uniform
+from groundwork.search.policy import read_policy
+from groundwork.search.scoring import AdaptiveBNScorer, recalibrate_batchnorm
+
+CPU = torch.device("cpu")
+ARCH = ModelParams(channels=(32, 64), inner_channels=None, embedding_dim=128, dropout=0.0)
+
+
+def counted_macs(model: nn.Module) -> list[int]:
+    """Multiply-adds of every conv and linear layer for one 28x28 image, counted from the shapes a forward
+    pass produces (not from the formula under test)."""
+    counts: list[int] = []
+
+    def hook(module: nn.Module, inputs: tuple[torch.Tensor], output: torch.Tensor) -> None:
+        per_output = module.weight[0].numel()  # in_channels * kernel area (or in_features)
+        counts.append(per_output * output[0].numel())
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, 1, 28, 28))
+    for handle in handles:
+        handle.remove()
+    return counts[:-1]  # the head is not prunable
+
+
+def test_budget_arithmetic_matches_the_multiply_adds_of_the_pruned_network() -> None:
+    full = DigitNet(ARCH)
+    assert list(ARCH.layer_macs()) == counted_macs(full)
+    widths = (8, 24, 16, 40, 50)
+    narrow = ARCH.with_widths(widths)
+    assert narrow.layer_widths() == widths and narrow.inner_channels == (8, 16)
+    keeps = [w / f for w, f in zip(widths, ARCH.layer_widths(), strict=True)]
+    assert ARCH.macs_kept(keeps) == pytest.approx(sum(counted_macs(DigitNet(narrow))) / sum(counted_macs(full)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(actions=st.lists(st.floats(0.0, 1.0), min_size=5, max_size=5), budget=st.floats(0.08, 0.9))
+def test_the_action_wall_keeps_every_episode_within_budget(actions: list[float], budget: float) -> None:
+    env = PruningEnv(ARCH, lambda keeps: 0.0, budget=budget, min_keep=0.1)
+    observation, info = env.reset(seed=0)
+    assert info == {} and observation.shape == (len(FEATURES),) and observation.dtype == np.float32
+    for layer, action in enumerate(actions):
+        low, high = env.allowed()
+        observation, _, terminated, truncated, info = env.step(action)
+        assert low <= info["keep"] <= high and info["keep"] >= env.lowest[layer]
+        assert terminated == (layer == len(actions) - 1) and not truncated
+        if not terminated:
+            assert observation.min() >= 0.0 and observation.max() <= 1.0
+    assert info["macs_kept"] <= budget + 1e-9
+    widths = per_layer(ARCH, info["keeps"]).layer_widths()  # rounding down never spends more than the shares
+    assert ARCH.macs_kept([w / f for w, f in zip(widths, ARCH.layer_widths(), strict=True)]) <= budget + 1e-9
+
+
+def test_baselines_meet_the_budget_and_random_search_scores_its_candidates() -> None:
+    scored: list[list[float]] = []
+
+    def score(keeps: Any) -> float:
+        scored.append(list(keeps))
+        return float(keeps[0])
+
+    env = PruningEnv(ARCH, score, budget=0.3, min_keep=0.1)
+    one = uniform(env)
+    share = one.best_policy[0]
+    assert ARCH.macs_kept([share] * 5) <= 0.3 < ARCH.macs_kept([share + 0.01] * 5), "the largest single share"
+    ranked = global_ranking(env, DigitNet(ARCH))
+    assert ranked.macs_kept[0] <= 0.3
+    found = random_search(env, candidates=20, seed=3)
+    assert len(found.rewards) == 20 and all(0.27 <= ARCH.macs_kept(keeps) <= 0.3 for keeps in found.policies)
+    assert all(m <= 0.3 for m in found.macs_kept), "the widths (rounded down) spend no more than the shares"
+    assert found.best_reward == max(found.rewards) and len(scored) == 22
+    assert random_search(env, candidates=20, seed=3).policies == found.policies, "seeded"
+
+
+def first_layer_reward(keeps: Any) -> float:
+    """A known optimum: the budget spent on the first layer (the others at their lowest) scores best."""
+    return float(keeps[0])
+
+
+@pytest.mark.parametrize("agent_class", [DDPG, Reinforce])
+def test_agents_learn_where_the_reward_is_and_repeat_themselves(agent_class: type) -> None:
+    def search() -> list[float]:
+        env = PruningEnv(ARCH, first_layer_reward, budget=0.3, min_keep=0.1)
+        agent = agent_class(len(FEATURES), seed=5)
+        return run_agent(env, agent, "agent", episodes=80, warmup=15, seed=5).rewards
+
+    rewards = search()
+    assert search() == rewards, "seeded: the same episodes on the CPU"
+    random_part, learnt_tail = np.mean(rewards[:15]), np.mean(rewards[-15:])
+    assert learnt_tail > random_part + 0.15, (random_part, learnt_tail)
+
+
+def test_a_diverging_critic_stops_the_search_with_a_clear_error() -> None:
+    env = PruningEnv(ARCH, lambda keeps: float("nan"), budget=0.3, min_keep=0.1)
+    with pytest.raises(TrainingDiverged, match="critic's loss became nan"):
+        run_agent(env, DDPG(len(FEATURES), seed=0), "ddpg", episodes=4, warmup=2, seed=0)
+
+
+def test_recalibration_replaces_batchnorm_statistics_with_the_images_own(tiny_transferred: dict[str, Any],
+                                                                         tiny_data: dict[str, Path]) -> None:
+    model, _ = load_model(tiny_transferred["model"])
+    pruned = prune_channels(model, per_layer(model.arch, [0.5] * len(model.arch.layer_widths())))
+    images = load_dataset(tiny_data["target"], splits=("pool",))[0]["pool"].tensors()[0][:40]
+    recalibrate_batchnorm(pruned, images, device=CPU)
+    conv, norm = pruned.backbone.features[0][0], pruned.backbone.features[0][1]
+    with torch.no_grad():
+        from groundwork.training.loop import prepare_batch
+        activations = conv(prepare_batch(images, CPU))
+    torch.testing.assert_close(norm.running_mean, activations.mean(dim=(0, 2, 3)), atol=1e-4, rtol=1e-4)
+    assert not pruned.training
+
+
+def test_scorer_scores_a_candidate_once_and_full_width_keeps_the_accuracy(tiny_transferred: dict[str, Any],
+                                                                          tiny_data: dict[str, Path]) -> None:
+    data, _ = load_dataset(tiny_data["target"], splits=("val", "pool"))
+    model, _ = load_model(tiny_transferred["model"])
+    scorer = AdaptiveBNScorer(model, data["pool"].tensors()[0], data["val"].tensors(), device=CPU)
+    layers = len(model.arch.layer_widths())
+    half = scorer([0.5] * layers)
+    assert scorer([0.5 + 1e-4] * layers) == half and len(scorer._scores) == 1, "same widths, one scoring"
+    assert 0.0 <= half <= 1.0 and scorer([1.0] * layers) >= half - 0.05
+
+
+def test_the_stage_writes_the_agents_policy_within_budget(tiny_params: Params, tiny_searched: dict[str, Any]) -> None:
+    metrics, cfg = tiny_searched["metrics"], tiny_params.search
+    policy = json.loads(tiny_searched["policy"].read_text())
+    agent = metrics["methods"]["agent"]
+    assert policy["widths"] == agent["widths"] and policy["agent"] == cfg.agent
+    assert agent["macs_kept"] <= cfg.macs_kept + 1e-9 and agent["candidates"] == cfg.episodes
+    assert metrics["methods"]["random"]["candidates"] == cfg.episodes
+    assert set(metrics["methods"]) == {"agent", "uniform", "global_ranking", "random"}
+    table = pd.read_csv(tiny_searched["table"])
+    assert len(table) == cfg.episodes and table["agent_best"].is_monotonic_increasing
+    assert table["agent_best"].iloc[-1] == pytest.approx(agent["best_reward"])
+    assert metrics["agent_minus_uniform_points"] == pytest.approx(
+        (agent["best_reward"] - metrics["methods"]["uniform"]["best_reward"]) * 100, abs=0.01)
+    assert tiny_searched["plot"].stat().st_size > 10_000
+
+
+def test_a_rerun_gives_the_same_policy_and_an_interrupted_one_leaves_the_last(
+        tmp_path: Path, tiny_params: Params, tiny_data: dict[str, Path], tiny_transferred: dict[str, Any],
+        tiny_searched: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    from tasks import search
+
+    paths = {"policy_out": tmp_path / "policy.json", "table_out": tmp_path / "t.csv", "plot_out": tmp_path / "p.png"}
+    search.run(tiny_params, transferred=tiny_transferred["model"], target=tiny_data["target"], **paths)
+    assert paths["policy_out"].read_bytes() == tiny_searched["policy"].read_bytes()
+    before = {name: path.read_bytes() for name, path in paths.items()}
+    calls = {"n": 0}
+    score = AdaptiveBNScorer.__call__
+
+    def dies_mid_search(self: AdaptiveBNScorer, keeps: Any) -> float:
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt  # what a kill looks like from inside: the search never reaches its writes
+        return score(self, keeps)
+
+    monkeypatch.setattr(AdaptiveBNScorer, "__call__", dies_mid_search)
+    with pytest.raises(KeyboardInterrupt):
+        search.run(tiny_params.model_copy(update={"seed": 7}), transferred=tiny_transferred["model"],
+                   target=tiny_data["target"], **paths)
+    assert {name: path.read_bytes() for name, path in paths.items()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths.values()), "no temporaries"
+
+
+def test_an_unreachable_budget_is_a_params_error_naming_the_key() -> None:
+    with pytest.raises(ParamsError, match=r"search\.macs_kept=0\.01 is below"):
+        parse_params(tiny_params_dict(search={"macs_kept": 0.01}))
+    with pytest.raises(ParamsError, match=r"warmup_episodes \(6\) must be below episodes \(6\)"):
+        parse_params(tiny_params_dict(search={"warmup_episodes": 6}))
+
+
+def test_a_policy_for_another_architecture_is_refused_naming_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "policy.json"
+    path.write_text(json.dumps({"widths": [8, 8, 16, 16]}))
+    with pytest.raises(DataError, match=rf"{path}: widths \[8, 8, 16, 16\] do not fit"):
+        read_policy(path, ARCH)
+    path.write_text("{not json")
+    with pytest.raises(DataError, match=rf"{path}: not a search policy"):
+        read_policy(path, ARCH)
+    with pytest.raises(DataError, match="no search policy"):
+        read_policy(tmp_path / "missing.json", ARCH)
+    path.write_text(json.dumps({"widths": [8, 24, 16, 40, 50]}))
+    assert read_policy(path, ARCH).layer_widths() == (8, 24, 16, 40, 50)
