@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,53 +34,23 @@ from groundwork.compression.export import (
     size_report,
     state_dict_bytes,
 )
+from groundwork.compression.finetuning import FineTune, channel_pruned, fine_tuner, share
 from groundwork.compression.lowrank import factorize
 from groundwork.compression.packing import load_packed, pack, tie_to_codebooks, untie
 from groundwork.compression.pruning import make_permanent, prune_to, sparsity
-from groundwork.compression.structured import narrower, prune_channels, toward
+from groundwork.compression.structured import narrower
 from groundwork.data.atomic import write_json
 from groundwork.data.datasets import Dataset, Split, example_input, load_dataset, to_float
 from groundwork.entrypoint import stage_cli
 from groundwork.models.checkpoint import load_model, save_checkpoint
 from groundwork.models.digitnet import DigitNet
-from groundwork.params import ModelParams, Params
+from groundwork.params import Params
 from groundwork.search.policy import read_policy
 from groundwork.tracking.runs import NullTracker, Tracker
-from groundwork.training.distill import distillation, with_unlabelled
 from groundwork.training.distributed import resolve_device
-from groundwork.training.loop import derived_seed, fit, loss_and_accuracy, seed_everything, validation
-from groundwork.training.transforms import online_augmentation
+from groundwork.training.loop import loss_and_accuracy
 
 log = logging.getLogger(__name__)
-FineTune = Callable[[DigitNet, str, int], float]  # (model, variant, round) -> validation accuracy after fine-tuning
-
-
-def fine_tuner(params: Params, data: Dataset, teacher: DigitNet, device: torch.device,
-               tracker: Tracker) -> FineTune:
-    """Fine-tuning as params say: the shared loop on the target's labels (plus, with distillation, the fp32
-    teacher's outputs, also on the unlabelled pool), validated on the target's validation split."""
-    cfg = params.compress
-    train = with_unlabelled(data["train"], data["pool"]) if cfg.distillation.unlabelled else data["train"]
-    augment = online_augmentation(params.augment) if cfg.finetune.augmentation == "online" else None
-    objective = distillation(teacher.to(device, memory_format=torch.channels_last), augment=augment,
-                             weight=cfg.distillation.weight, temperature=cfg.distillation.temperature)
-    validate = validation(*data["val"].tensors(), device=device)
-
-    def tune(model: DigitNet, variant: str, round_: int) -> float:
-        # a seed of its own for every variant and round, global RNG (dropout) included: a variant's result does
-        # not depend on which other variants ran before it, nor on how many rounds they took
-        seed = derived_seed(params.seed, variant, round_)
-        seed_everything(seed)
-        history = fit(model, train.tensors(), cfg.finetune, device=device, seed=seed, objective=objective,
-                      validate=validate, desc=f"{variant} {round_}")
-        tracker.log_metrics({f"{variant}_val_accuracy": history[-1]["val_accuracy"]}, step=round_)
-        return history[-1]["val_accuracy"]
-    return tune
-
-
-def share(step: int, steps: int, target: float) -> float:
-    """The compression reached after `step` of `steps` equal rounds towards `target`."""
-    return target * step / steps
 
 
 def magnitude_pruned(model: DigitNet, params: Params, tune: FineTune) -> DigitNet:
@@ -90,16 +60,6 @@ def magnitude_pruned(model: DigitNet, params: Params, tune: FineTune) -> DigitNe
         prune_to(model, share(step, cfg.prune_iterations, cfg.sparsity))
         tune(model, "pruned", step)
     make_permanent(model)
-    return model
-
-
-def channel_pruned(model: DigitNet, target: ModelParams, params: Params, tune: FineTune, variant: str) -> DigitNet:
-    """Remove channels in equal rounds until every layer is as narrow as `target` says, fine-tuning after each
-    (`structured`: `channels_kept` of every layer; `searched`: the widths the search chose per layer)."""
-    rounds = params.compress.prune_iterations
-    for step in range(1, rounds + 1):
-        model = prune_channels(model, toward(params.model, target, share(step, rounds, 1.0)))
-        tune(model, variant, step)
     return model
 
 

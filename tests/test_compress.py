@@ -246,7 +246,8 @@ def test_a_variant_does_not_depend_on_the_variants_made_before_it(tiny_params: P
                                                                    tiny_transferred: dict[str, Any]) -> None:
     """Every fine-tune takes its seed from the seed, the variant and the round: the pruned model comes out the same
     whether or not the low-rank model was fine-tuned first with the same fine-tuner."""
-    from tasks.compress import fine_tuner, low_rank, magnitude_pruned
+    from groundwork.compression.finetuning import fine_tuner
+    from tasks.compress import low_rank, magnitude_pruned
 
     data, _ = load_dataset(tiny_data["target"], splits=("train", "val", "test", "pool"))
 

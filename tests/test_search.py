@@ -20,7 +20,7 @@ from groundwork.compression.structured import per_layer, prune_channels
 from groundwork.data.datasets import load_dataset
 from groundwork.errors import DataError, TrainingDiverged
 from groundwork.models.checkpoint import load_model
-from groundwork.models.digitnet import DigitNet
+from groundwork.models.digitnet import PIXEL_MEAN, PIXEL_STD, DigitNet
 from groundwork.params import ModelParams, Params, ParamsError, parse_params
 from groundwork.project import tiny_params_dict
 from groundwork.search.agents import DDPG, Reinforce
@@ -28,6 +28,7 @@ from groundwork.search.env import FEATURES, PruningEnv
 from groundwork.search.methods import global_ranking, random_search, run_agent, uniform
 from groundwork.search.policy import read_policy
 from groundwork.search.scoring import AdaptiveBNScorer, recalibrate_batchnorm
+from groundwork.training.loop import prepare_batch
 
 CPU = torch.device("cpu")
 ARCH = ModelParams(channels=(32, 64), inner_channels=None, embedding_dim=128, dropout=0.0)
@@ -129,9 +130,8 @@ def test_recalibration_replaces_batchnorm_statistics_with_the_images_own(tiny_tr
     images = load_dataset(tiny_data["target"], splits=("pool",))[0]["pool"].tensors()[0][:40]
     recalibrate_batchnorm(pruned, images, device=CPU)
     conv, norm = pruned.backbone.features[0][0], pruned.backbone.features[0][1]
-    with torch.no_grad():
-        from groundwork.training.loop import prepare_batch
-        activations = conv(prepare_batch(images, CPU))
+    with torch.no_grad():  # what the first conv sees: pixels normalised as the backbone does it
+        activations = conv((prepare_batch(images, CPU) - PIXEL_MEAN) / PIXEL_STD)
     torch.testing.assert_close(norm.running_mean, activations.mean(dim=(0, 2, 3)), atol=1e-4, rtol=1e-4)
     assert not pruned.training
 

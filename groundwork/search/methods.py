@@ -83,7 +83,7 @@ def run_agent(env: PruningEnv, agent: Agent, method: str, *, episodes: int, warm
             low, high = env.allowed()
             proposed = planned[len(steps)] if explored else agent.act(state, low, high, episode)
             next_state, reward, done, _, info = env.step(proposed)
-            steps.append(Step(state, proposed, info["keep"]))
+            steps.append(Step(state, proposed, info["keep"], low, high))
             state = next_state
         agent.learn(steps, reward, episode, explored=explored)
         result.add(env, reward, env.keeps)

@@ -1,0 +1,59 @@
+"""Fine-tuning a compressed model the way compress does it: the shared training loop on the target's labels (and,
+with distillation, on the fp32 teacher's outputs, also over the unlabelled pool), each variant and round with a
+seed of its own; and channel removal in equal rounds, fine-tuned after each. The compress stage and the policy
+search benchmark both fine-tune through here, so their figures come from one recipe."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from groundwork.compression.structured import prune_channels, toward
+from groundwork.data.datasets import Dataset
+from groundwork.models.digitnet import DigitNet
+from groundwork.params import ModelParams, Params
+from groundwork.tracking.runs import Tracker
+from groundwork.training.distill import distillation, with_unlabelled
+from groundwork.training.loop import derived_seed, fit, seed_everything, validation
+from groundwork.training.transforms import online_augmentation
+
+FineTune = Callable[[DigitNet, str, int], float]  # (model, variant, round) -> validation accuracy after fine-tuning
+
+
+def fine_tuner(params: Params, data: Dataset, teacher: DigitNet, device: torch.device,
+               tracker: Tracker) -> FineTune:
+    """Fine-tuning as params say: the shared loop on the target's labels (plus, with distillation, the fp32
+    teacher's outputs, also on the unlabelled pool), validated on the target's validation split."""
+    cfg = params.compress
+    train = with_unlabelled(data["train"], data["pool"]) if cfg.distillation.unlabelled else data["train"]
+    augment = online_augmentation(params.augment) if cfg.finetune.augmentation == "online" else None
+    objective = distillation(teacher.to(device, memory_format=torch.channels_last), augment=augment,
+                             weight=cfg.distillation.weight, temperature=cfg.distillation.temperature)
+    validate = validation(*data["val"].tensors(), device=device)
+
+    def tune(model: DigitNet, variant: str, round_: int) -> float:
+        # a seed of its own for every variant and round, global RNG (dropout) included: a variant's result does
+        # not depend on which other variants ran before it, nor on how many rounds they took
+        seed = derived_seed(params.seed, variant, round_)
+        seed_everything(seed)
+        history = fit(model, train.tensors(), cfg.finetune, device=device, seed=seed, objective=objective,
+                      validate=validate, desc=f"{variant} {round_}")
+        tracker.log_metrics({f"{variant}_val_accuracy": history[-1]["val_accuracy"]}, step=round_)
+        return history[-1]["val_accuracy"]
+    return tune
+
+
+def share(step: int, steps: int, target: float) -> float:
+    """The compression reached after `step` of `steps` equal rounds towards `target`."""
+    return target * step / steps
+
+
+def channel_pruned(model: DigitNet, target: ModelParams, params: Params, tune: FineTune, variant: str) -> DigitNet:
+    """Remove channels in equal rounds until every layer is as narrow as `target` says, fine-tuning after each
+    (`structured`: `channels_kept` of every layer; `searched`: the widths the search chose per layer)."""
+    rounds = params.compress.prune_iterations
+    for step in range(1, rounds + 1):
+        model = prune_channels(model, toward(params.model, target, share(step, rounds, 1.0)))
+        tune(model, variant, step)
+    return model
