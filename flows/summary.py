@@ -53,6 +53,13 @@ def summary_markdown(root: Path, results: list[StageResult], *, status: str, mlf
               f"from scratch {_percent(transfer.get('scratch_accuracy'))}, "
               f"source-only {_percent(transfer.get('source_only_accuracy'))} "
               f"(gain {transfer.get('gain_points', 'n/a')} points)"]
+    search = _report(root, "search")
+    if search:
+        best = {name: _percent(method.get("best_reward")) for name, method in search.get("methods", {}).items()}
+        lines.append(f"- policy search ({search.get('agent')}, {search.get('episodes')} episodes, "
+                     f"{_percent(search.get('budget_macs_kept'))} of the multiply-adds), validation accuracy before "
+                     f"fine-tuning: agent {best.get('agent')}, random search {best.get('random')}, uniform "
+                     f"{best.get('uniform')}, global ranking {best.get('global_ranking')}")
     for row in variant_rows(root):
         lines.append(f"- `{row['variant']}`: accuracy {_percent(row.get('accuracy'))}, "
                      f"{row.get('bytes', 0):,} bytes ({row.get('times_smaller_than_fp32_state_dict', 0):.1f}x smaller "

@@ -106,7 +106,8 @@ def _label_points(axis: plt.Axes, x: pd.Series, y: pd.Series) -> None:
 def pareto_plot(path: Path, table: pd.DataFrame, axes_spec: Sequence[tuple[str, str, bool]]) -> None:
     """Accuracy against each cost column of `table` (one panel per (column, label, log scale)); every variant
     labelled, the Pareto front joined by a line."""
-    figure, axes = plt.subplots(1, len(axes_spec), figsize=(6.2 * len(axes_spec), 4.4), squeeze=False)
+    figure, axes = plt.subplots(1, len(axes_spec), figsize=(6.2 * len(axes_spec), 4.4), squeeze=False,
+                                gridspec_kw={"wspace": 0.3})  # room for labels of points at a panel's right edge
     for axis, (column, label, log_scale) in zip(axes[0], axes_spec, strict=True):
         front = pareto_front(table[column], table["accuracy"])
         axis.plot(table.loc[front, column], table.loc[front, "accuracy"], color="tab:green", alpha=0.6,
@@ -138,7 +139,9 @@ def search_rewards(path: Path, table: pd.DataFrame, *, agent: str, budget: float
         axis.axhline(table[method].iloc[0], linestyle="--", color=colour, label=label)
     best = max(table["agent_best"].max(), table["random_best"].max(), table["uniform"].max(),
                table["global_ranking"].max())
-    axis.set_ylim(max(0.0, best - 0.3), min(1.0, best + 0.03))  # the contest is at the top: keep it readable
+    # the contest is at the top: keep it readable, with both baselines' lines in view
+    low = min(best - 0.3, table["uniform"].iloc[0], table["global_ranking"].iloc[0]) - 0.03
+    axis.set_ylim(max(0.0, low), min(1.0, best + 0.03))
     axis.set_xlabel("candidate (episode)")
     axis.set_ylabel("validation accuracy after BatchNorm recalibration")
     axis.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))

@@ -85,6 +85,7 @@ def test_first_run_executes_every_stage_and_records_them(first_run: FirstRun) ->
     summary = artifacts["pipeline-summary"]
     assert all(f"| {stage} | ran |" in summary for stage in STAGES)
     assert "promoted to `champion`" in summary and "/#/experiments/" in summary
+    assert "- policy search (ddpg, " in summary and "random search n/a" not in summary
     assert [row["variant"] for row in json.loads(artifacts["model-variants"])] == list(VARIANTS)
     declared = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
     for stage, spec in declared.items():
@@ -132,6 +133,7 @@ def test_first_run_executes_every_stage_and_records_them(first_run: FirstRun) ->
     episodes = tiny_params_dict()["search"]["episodes"]
     search_run = by_stage["search"].info.run_id
     assert [m.step for m in client.get_metric_history(search_run, "agent_best")] == list(range(episodes))
+    assert len(client.get_metric_history(search_run, "agent_best_width_layer4")) == episodes  # the embedding
     assert [a.path for a in client.list_artifacts(search_run, "plots")] == ["plots/search_rewards.png"]
     assert "search/search_policy.json" in [a.path for a in client.list_artifacts(search_run, "search")]
 

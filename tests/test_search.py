@@ -96,6 +96,8 @@ def test_baselines_meet_the_budget_and_random_search_scores_its_candidates() -> 
     assert len(found.rewards) == 20 and all(0.27 <= ARCH.macs_kept(keeps) <= 0.3 for keeps in found.policies)
     assert all(m <= 0.3 for m in found.macs_kept), "the widths (rounded down) spend no more than the shares"
     assert found.best_reward == max(found.rewards) and len(scored) == 22
+    assert found.best_widths_so_far()[-1] == found.widths[found.best]
+    assert found.best_widths_so_far()[0] == found.widths[0]
     assert random_search(env, candidates=20, seed=3).policies == found.policies, "seeded"
 
 

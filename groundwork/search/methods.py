@@ -65,6 +65,14 @@ class SearchResult:
         """The best reward after each candidate."""
         return list(np.maximum.accumulate(self.rewards))
 
+    def best_widths_so_far(self) -> list[tuple[int, ...]]:
+        """The widths of the best candidate after each candidate (the first of equals)."""
+        best, found = 0, []
+        for index, reward in enumerate(self.rewards):
+            best = index if reward > self.rewards[best] else best
+            found.append(self.widths[best])
+        return found
+
 
 def run_agent(env: PruningEnv, agent: Agent, method: str, *, episodes: int, warmup: int, seed: int,
               on_episode: OnEpisode | None = None) -> SearchResult:
