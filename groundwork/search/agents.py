@@ -47,11 +47,11 @@ class Step:
 class Agent(Protocol):
     """What the search loop asks of an agent."""
 
-    def act(self, state: np.ndarray, low: float, high: float, episode: int) -> float:
+    def act(self, state: np.ndarray, low: float, high: float) -> float:
         """The share to propose for the layer `state` describes, in [low, high]."""
         ...
 
-    def learn(self, steps: Sequence[Step], reward: float, episode: int, *, explored: bool) -> None:
+    def learn(self, steps: Sequence[Step], reward: float, *, explored: bool) -> None:
         """Take in one finished episode; `explored` marks a warm-up episode of random actions."""
         ...
 
@@ -93,8 +93,7 @@ class DDPG:
 
     def __init__(self, state_size: int, *, seed: int, hidden: int = 64, actor_lr: float = 1e-4,
                  critic_lr: float = 1e-3, batch_size: int = 64, noise: float = 0.5, noise_decay: float = 0.97,
-                 min_noise: float = 0.05, baseline_weight: float = 0.9,
-                 updates_per_episode: int | None = None) -> None:
+                 min_noise: float = 0.05, baseline_weight: float = 0.9) -> None:
         with torch.random.fork_rng():  # the networks' initial weights from this seed, the global RNG untouched
             torch.manual_seed(seed)
             self.actor = nn.Sequential(_mlp(state_size, hidden, 1), nn.Sigmoid())
@@ -104,7 +103,6 @@ class DDPG:
         self.rng = np.random.default_rng(seed)
         self.batch_size = batch_size
         self.noise, self.noise_decay, self.min_noise = noise, noise_decay, min_noise
-        self.updates_per_episode = updates_per_episode
         self.baseline = MovingAverage(baseline_weight)
         self.states: list[np.ndarray] = []
         self.actions: list[float] = []
@@ -112,7 +110,7 @@ class DDPG:
         self.targets: list[float] = []
         self.learnt_episodes = 0
 
-    def act(self, state: np.ndarray, low: float, high: float, episode: int) -> float:
+    def act(self, state: np.ndarray, low: float, high: float) -> float:
         # the actor proposes a point of the allowed range: the critic then judges only shares of the kind it has
         # seen taken, never a share beyond the wall that the environment would have clipped (left free, the actor
         # climbs the critic's extrapolation there and every layer ends up taking the whole wall)
@@ -121,7 +119,7 @@ class DDPG:
         sigma = max(self.min_noise, self.noise * self.noise_decay ** self.learnt_episodes)
         return truncated_normal(self.rng, mean, sigma, low, high)
 
-    def learn(self, steps: Sequence[Step], reward: float, episode: int, *, explored: bool) -> None:
+    def learn(self, steps: Sequence[Step], reward: float, *, explored: bool) -> None:
         advantage = self.baseline.advantage(reward)
         for step in steps:
             self.states.append(step.state)
@@ -130,7 +128,7 @@ class DDPG:
             self.targets.append(advantage)
         if explored:
             return
-        for _ in range(self.updates_per_episode or len(steps)):
+        for _ in range(len(steps)):  # one update per decision taken, as AMC
             self._update()
         self.learnt_episodes += 1
 
@@ -175,12 +173,12 @@ class Reinforce:
     def _means(self, states: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
         return low + (high - low) * self.mean(states)[:, 0]  # a point of the allowed range, as DDPG's actor
 
-    def act(self, state: np.ndarray, low: float, high: float, episode: int) -> float:
+    def act(self, state: np.ndarray, low: float, high: float) -> float:
         with torch.no_grad():
             mean = self._means(torch.from_numpy(state)[None], torch.tensor([low]), torch.tensor([high]))[0]
             return float(mean + self._sigma() * torch.randn((), generator=self.generator))
 
-    def learn(self, steps: Sequence[Step], reward: float, episode: int, *, explored: bool) -> None:
+    def learn(self, steps: Sequence[Step], reward: float, *, explored: bool) -> None:
         advantage = self.baseline.advantage(reward)
         self.spread.update(advantage**2)
         if explored or not advantage:

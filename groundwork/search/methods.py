@@ -89,11 +89,11 @@ def run_agent(env: PruningEnv, agent: Agent, method: str, *, episodes: int, warm
         done = False
         while not done:
             low, high = env.allowed()
-            proposed = planned[len(steps)] if explored else agent.act(state, low, high, episode)
+            proposed = planned[len(steps)] if explored else agent.act(state, low, high)
             next_state, reward, done, _, info = env.step(proposed)
             steps.append(Step(state, proposed, info["keep"], low, high))
             state = next_state
-        agent.learn(steps, reward, episode, explored=explored)
+        agent.learn(steps, reward, explored=explored)
         result.add(env, reward, env.keeps)
         if on_episode:
             on_episode(episode, reward, env.keeps)

@@ -44,10 +44,6 @@ class AdaptiveBNScorer:
         self.device = device
         self._scores: dict[tuple[int, ...], float] = {}
 
-    def widths(self, keeps: Sequence[float]) -> tuple[int, ...]:
-        """The layer widths the shares give."""
-        return per_layer(self.model.arch, keeps).layer_widths()
-
     def __call__(self, keeps: Sequence[float]) -> float:
         arch = per_layer(self.model.arch, keeps)
         key = arch.layer_widths()
