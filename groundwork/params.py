@@ -403,9 +403,10 @@ class Params(Section):
     def _structured_network_is_valid(self) -> Params:
         keep = self.compress.channels_kept
         narrowest = min(math.ceil(width * keep) for width in self.model.channels)
-        if narrowest < 4 or math.ceil(self.model.embedding_dim * keep) < 8:
+        if narrowest < MIN_WIDTH or math.ceil(self.model.embedding_dim * keep) < MIN_EMBEDDING:
             raise ValueError(f"compress.channels_kept={keep} leaves a layer of model.channels "
-                             f"{list(self.model.channels)} below 4 channels or model.embedding_dim below 8 units")
+                             f"{list(self.model.channels)} below {MIN_WIDTH} channels or model.embedding_dim below "
+                             f"{MIN_EMBEDDING} units")
         return self
 
     @model_validator(mode="after")

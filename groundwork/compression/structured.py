@@ -44,15 +44,11 @@ def toward(start: ModelParams, end: ModelParams, fraction: float) -> ModelParams
                               zip(start.layer_widths(), end.layer_widths(), strict=True)])
 
 
-def _strength(weight: torch.Tensor, norm: nn.BatchNorm1d | nn.BatchNorm2d) -> torch.Tensor:
-    """Each output unit's BatchNorm-folded weight norm."""
-    scale = norm.weight.detach().abs() / torch.sqrt(norm.running_var + norm.eps)
-    return weight.detach().flatten(1).norm(dim=1) * scale
-
-
 def _strongest(weight: torch.Tensor, norm: nn.BatchNorm1d | nn.BatchNorm2d, count: int) -> torch.Tensor:
     """Indices (ascending) of the `count` output units whose BatchNorm-folded weights have the largest norm."""
-    return _strength(weight, norm).topk(count).indices.sort().values
+    scale = norm.weight.detach().abs() / torch.sqrt(norm.running_var + norm.eps)
+    strength = weight.detach().flatten(1).norm(dim=1) * scale
+    return strength.topk(count).indices.sort().values
 
 
 def layers_with_norms(model: DigitNet) -> list[tuple[nn.Conv2d | nn.Linear, nn.Module]]:
