@@ -176,3 +176,24 @@ def test_a_rank_that_dies_fails_the_stage_and_closes_its_mlflow_run(tmp_path: Pa
     [run] = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert run.info.status == "FAILED", (tmp_path / "stderr.log").read_text()[-3000:]
     assert not (out / "pretrained.pt").exists() and not (out / "metrics.json").exists()
+
+
+def test_a_stop_request_while_a_run_closes_waits_until_it_is_closed() -> None:
+    """The second SIGTERM torchrun sends a failing rank must not cut end_run short (the run would stay RUNNING):
+    inside termination_deferred the signal is held, then delivered."""
+    from groundwork.tracking.runs import termination_deferred
+
+    def stop(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    finished = False
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            with termination_deferred():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)  # a handler that could run would have raised by now
+                finished = True
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert finished and stopped.value.code == 128 + signal.SIGTERM

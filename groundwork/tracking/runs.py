@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
+import threading
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -243,7 +245,32 @@ def stage_run(stage: str, params: Mapping[str, Any]) -> Iterator[MlflowTracker]:
     flow = flow_tags()
     name = f"{stage} · {flow['prefect_flow_run_name']}" if "prefect_flow_run_name" in flow else stage
     tags = {"stage": stage, "dvc_stage": stage, **git_tags(), **flow}
-    with mlflow.start_run(experiment_id=experiment_id, run_name=name, parent_run_id=parent, tags=tags) as run:
+    run = mlflow.start_run(experiment_id=experiment_id, run_name=name, parent_run_id=parent, tags=tags)
+    try:
         log.info("MLflow run %s (%s) in %s", run.info.run_id, name, tracking_uri())
         mlflow.log_params({k: str(v) for k, v in flatten(params).items()})
         yield MlflowTracker(mlflow)
+    except BaseException:
+        # A stage that fails is often stopped twice (torchrun sends SIGTERM to every rank once one dies): a
+        # signal raised inside end_run would leave the run RUNNING for good, so it waits until the run is closed.
+        with termination_deferred():
+            mlflow.end_run("FAILED")
+        raise
+    mlflow.end_run("FINISHED")
+
+
+@contextmanager
+def termination_deferred() -> Iterator[None]:
+    """Hold SIGTERM back for the duration (Python handlers live in the main thread only); one that arrived
+    meanwhile is raised again after, for whatever handler was there before."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    arrived: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, _frame: arrived.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if arrived:
+            signal.raise_signal(signal.SIGTERM)
