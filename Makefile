@@ -7,7 +7,7 @@ BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 UI_PORT ?= 5000
 
-.PHONY: help run test test-fast repro ui serve clean
+.PHONY: help run test test-fast repro ui serve clean stream loop annotate serve-loop
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
@@ -41,5 +41,17 @@ ui: $(VENV)/.installed  ## open the MLflow UI on the project's store, at http://
 serve: $(VENV)/.installed  ## serve the nightly deployment of prefect.yaml (schedule, one run at a time); Ctrl-C stops
 	$(BIN)/python -m flows.serve
 
+stream: $(VENV)/.installed  ## write the simulated stream of arriving batches into data/incoming (after `make run`)
+	$(BIN)/python -m groundwork.adaptive.simulate stream $(if $(UPTO),--upto $(UPTO))
+
+loop: $(VENV)/.installed  ## one iteration of the adaptive loop through its Prefect flow (monitor, ask, adapt)
+	$(BIN)/python -m flows.adaptive
+
+annotate: $(VENV)/.installed  ## answer the labelling queue with the simulated stream's true labels, into data/labels
+	$(BIN)/python -m groundwork.adaptive.simulate annotate
+
+serve-loop: $(VENV)/.installed  ## serve the hourly-adaptive deployment of prefect.yaml; Ctrl-C stops
+	$(BIN)/python -m flows.serve --deployment hourly-adaptive
+
 clean:  ## remove pipeline outputs and the tracking store (keeps the venv and DVC's cache)
-	rm -rf data models reports mlflow.db mlartifacts dvc.lock
+	rm -rf data models reports mlflow.db mlartifacts dvc.lock adaptive/dvc.lock

@@ -9,13 +9,15 @@ from pathlib import Path
 from groundwork.tracking.runs import ensure_experiment, git_tags, tracking_uri
 
 
-def start_parent_run(*, run_name: str, tags: Mapping[str, str], root: Path | None = None) -> str:
-    """Create the flow's MLflow run explicitly (no thread-local active run) and return its id."""
+def start_parent_run(*, run_name: str, tags: Mapping[str, str], root: Path | None = None,
+                     kind: str = "pipeline") -> str:
+    """Create the flow's MLflow run explicitly (no thread-local active run) and return its id; `kind` (pipeline,
+    adaptive) is its `stage` tag, as a stage's name is its run's."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri(root))
     run = client.create_run(ensure_experiment(client, root), run_name=run_name,
-                            tags={"stage": "pipeline", **git_tags(root), **tags})
+                            tags={"stage": kind, **git_tags(root), **tags})
     return run.info.run_id
 
 

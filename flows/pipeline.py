@@ -8,7 +8,7 @@ import argparse
 import shutil
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from flows.repro import (
     repro_stage,
     run_experiment,
     stage_environment,
+    stage_name,
     stage_order,
     up_to_date,
 )
@@ -40,6 +41,7 @@ from groundwork.params import read_raw_params, with_overrides
 from groundwork.tracking.runs import FLOW_RUN_ID_ENV, FLOW_RUN_NAME_ENV, PARENT_RUN_ENV, tracking_uri
 
 FLOW_NAME = "groundwork-pipeline"
+Publish = Callable[[list[StageResult], str, str], None]  # (results, status, MLflow parent run id)
 
 
 def may_pass(task: Any, task_run: Any, state: State) -> bool:
@@ -114,13 +116,25 @@ def pipeline(project_dir: str = ".", overrides: dict[str, Any] | None = None, pu
 
 
 def _run_stages(root: Path, overrides: dict[str, Any]) -> list[StageResult]:
-    """The stages, one task each (or one experiment), under one MLflow parent run closed FINISHED or FAILED."""
+    """The pipeline's stages (or one experiment of them), tracked, with the pipeline's summary artifacts."""
+    def publish(results: list[StageResult], status: str, parent: str) -> None:
+        publish_artifacts(root, results, status=status, parent_run_id=parent,
+                          experiment=str(flow_run.name) if overrides else None)
+
+    results = run_tracked_stages(root, stage_order(root), kind="pipeline", overrides=overrides, publish=publish)
+    get_run_logger().info("metrics: reports/*.json (`dvc metrics show`); models: models/; plots: `dvc plots show`; "
+                          "MLflow: `make ui` (store %s)", tracking_uri(root))
+    return results
+
+
+def run_tracked_stages(root: Path, stages: list[str], *, kind: str, publish: Publish,
+                       overrides: dict[str, Any] | None = None, dvc_file: str = "dvc.yaml") -> list[StageResult]:
+    """`stages` of `dvc_file`, one task each (or, with overrides, one experiment), under one MLflow parent run
+    named after `kind` and closed FINISHED or FAILED; `publish(results, status, parent run id)` ends it either way."""
     logger = get_run_logger()
-    stages = stage_order(root)
     logger.info("stages in DVC's order: %s", " -> ".join(stages))
-    run_name = f"pipeline · {flow_run.name}"
     flow_ids = {FLOW_RUN_ID_ENV: str(flow_run.id), FLOW_RUN_NAME_ENV: str(flow_run.name)}
-    parent = start_parent_run(run_name=run_name, root=root,
+    parent = start_parent_run(run_name=f"{kind} · {flow_run.name}", root=root, kind=kind,
                               tags={"prefect_flow_run_id": flow_ids[FLOW_RUN_ID_ENV],
                                     "prefect_flow_run_name": flow_ids[FLOW_RUN_NAME_ENV]})
     logger.info("MLflow parent run %s in %s", parent, tracking_uri(root))
@@ -133,7 +147,7 @@ def _run_stages(root: Path, overrides: dict[str, Any]) -> list[StageResult]:
     try:
         if overrides:
             results = run_dvc_experiment(str(flow_run.name), overrides, stages, str(root), env, outcomes)
-        elif up_to_date(root, env):
+        elif up_to_date(root, env, dvc_file):
             for stage in stages:
                 logger.info("stage '%s' skipped: `dvc status` finds every stage unchanged", stage)
             results = [StageResult(stage=stage, status=SKIPPED, seconds=0.0) for stage in stages]
@@ -142,20 +156,18 @@ def _run_stages(root: Path, overrides: dict[str, Any]) -> list[StageResult]:
                 results.append(run_stage(stage, str(root), env, outcomes))
                 if results[-1].status == RAN and (stage_hash := lock_hash(root, stage)) is not None:
                     # dvc.lock gets the stage's entry only after the stage succeeded: tag its run now
-                    tag_stage_run(parent, stage, {"dvc_lock_hash": stage_hash}, root=root)
+                    tag_stage_run(parent, stage_name(stage), {"dvc_lock_hash": stage_hash}, root=root)
         status = "FINISHED"
     finally:
         end_parent_run(parent, status=status, root=root,
-                       metrics={f"stage_seconds.{r.stage}": r.seconds for r in results if r.seconds is not None},
-                       tags={f"stage_status.{r.stage}": r.status for r in results})
-        publish_artifacts(root, results, status=status, parent_run_id=parent,
-                          experiment=str(flow_run.name) if overrides else None)
+                       metrics={f"stage_seconds.{stage_name(r.stage)}": r.seconds for r in results
+                                if r.seconds is not None},
+                       tags={f"stage_status.{stage_name(r.stage)}": r.status for r in results})
+        publish(results, status, parent)
         shutil.rmtree(outcomes, ignore_errors=True)
     ran = [r.stage for r in results if r.status == RAN]
     logger.info("done: %d stage(s) ran (%s), %d skipped", len(ran), ", ".join(ran) or "none",
                 len(results) - len(ran))
-    logger.info("metrics: reports/*.json (`dvc metrics show`); models: models/; plots: `dvc plots show`; "
-                "MLflow: `make ui` (store %s)", tracking_uri(root))
     return results
 
 

@@ -45,26 +45,34 @@ class StageResult:
     seconds: float | None  # None inside an experiment, where DVC runs the stages in one command
 
 
-def stage_order(root: Path) -> list[str]:
-    """The stages of root/dvc.yaml (by name) in an order that runs every stage after those it depends on."""
+def stage_order(root: Path, dvc_file: str = "dvc.yaml") -> list[str]:
+    """The stages of root/`dvc_file` in an order that runs every stage after those it depends on, as DVC
+    addresses them: by name in root/dvc.yaml, `<file>:<name>` in another (`adaptive/dvc.yaml:monitor`)."""
     import networkx as nx
     from dvc.repo import Repo
 
     with Repo(str(root)) as repo:
         stages = list(repo.index.stages)
-        position = {stage.name: index for index, stage in enumerate(stages)}
+        position = {stage.addressing: index for index, stage in enumerate(stages)}
         # DVC's edges point from a stage to the stages it depends on: reverse them for execution order.
         graph = repo.index.graph.reverse(copy=True)
-        ordered = nx.lexicographical_topological_sort(graph, key=lambda stage: position[stage.name])
-        return [stage.name for stage in ordered]
+        ordered = nx.lexicographical_topological_sort(graph, key=lambda stage: position[stage.addressing])
+        return [stage.addressing for stage in ordered if stage.dvcfile.relpath == dvc_file]
+
+
+def stage_name(address: str) -> str:
+    """A stage's own name (what its entry point records its outcome under) from DVC's address of it."""
+    return address.rpartition(":")[2]
 
 
 def lock_hash(root: Path, stage: str) -> str | None:
-    """SHA-256 of the stage's entry in dvc.lock (its command and the hashes of its deps, params and outs)."""
+    """SHA-256 of the stage's entry in its dvc.lock (its command and the hashes of its deps, params and outs)."""
     import yaml
 
+    graph, _, name = stage.rpartition(":")
+    lock = root / Path(graph or "dvc.yaml").with_name("dvc.lock")
     try:
-        entry = yaml.safe_load((root / "dvc.lock").read_text())["stages"][stage]
+        entry = yaml.safe_load(lock.read_text())["stages"][name]
     except (OSError, KeyError, TypeError):
         return None
     return hashlib.sha256(json.dumps(entry, sort_keys=True).encode()).hexdigest()
@@ -116,9 +124,10 @@ def _stream(command: list[str], *, root: Path, env: Mapping[str, str],
     return process.returncode, lines
 
 
-def up_to_date(root: Path, env: Mapping[str, str]) -> bool:
-    """Whether `dvc status` finds every stage unchanged: one DVC call instead of one `dvc repro` per stage."""
-    result = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=root, env=dict(env),
+def up_to_date(root: Path, env: Mapping[str, str], dvc_file: str = "dvc.yaml") -> bool:
+    """Whether `dvc status` finds every stage of `dvc_file` unchanged: one DVC call instead of one `dvc repro` per
+    stage."""
+    result = subprocess.run([sys.executable, "-m", "dvc", "status", "--json", dvc_file], cwd=root, env=dict(env),
                             capture_output=True, text=True)
     return result.returncode == 0 and json.loads(result.stdout or "{}") == {}
 
@@ -143,10 +152,10 @@ def repro_stage(stage: str, *, root: Path, env: Mapping[str, str], echo: Callabl
     changed (DVC checked out outputs of the same deps and params from its run cache); SKIPPED otherwise."""
     started = time.perf_counter()
     before = lock_hash(root, stage)
-    forget_outcome(outcomes, stage)
+    forget_outcome(outcomes, stage_name(stage))
     command = [sys.executable, "-m", "dvc", "repro", "--single-item", stage]
     code, lines = _stream(command, root=root, env={**env, OUTCOME_DIR_ENV: str(outcomes)}, echo=echo)
-    outcome = read_outcome(outcomes, stage)
+    outcome = read_outcome(outcomes, stage_name(stage))
     if code != 0:
         restore_outputs(stage, root=root, env=env, echo=echo)
         raise StageFailed(f"stage '{stage}' failed (dvc repro exited {code}):\n{_tail(lines)}",

@@ -1,4 +1,5 @@
-"""Serve the `nightly` deployment of prefect.yaml from this process, no work pool needed (`make serve`).
+"""Serve a deployment of prefect.yaml from this process, no work pool needed: `nightly` (the pipeline, `make
+serve`) or `hourly-adaptive` (the adaptive loop, `make serve-loop`).
 
 The schedule, concurrency limit and parameters are read from prefect.yaml, the one place they are declared.
 """
@@ -6,6 +7,7 @@ The schedule, concurrency limit and parameters are read from prefect.yaml, the o
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,8 +16,6 @@ from typing import Any
 import yaml
 from prefect.client.schemas.objects import ConcurrencyLimitConfig
 from prefect.schedules import Cron
-
-from flows.pipeline import pipeline
 
 
 def deployment_spec(root: Path, name: str) -> dict[str, Any]:
@@ -35,7 +35,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     spec = deployment_spec(args.project_dir, args.deployment)
     limit = spec.get("concurrency_limit")
-    pipeline.serve(
+    path, _, name = spec["entrypoint"].partition(":")  # flows/pipeline.py:pipeline
+    flow = getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), name)
+    flow.serve(
         name=spec["name"],
         description=spec.get("description"),
         schedules=[Cron(s["cron"], timezone=s.get("timezone", "UTC")) for s in spec.get("schedules", [])],

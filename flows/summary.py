@@ -71,3 +71,34 @@ def summary_markdown(root: Path, results: list[StageResult], *, status: str, mlf
                   f"`{registry['model']}` version {registry['version']} ({registry['variant']}): {verdict}. "
                   f"{registry['reason']}."]
     return "\n".join(lines) + "\n"
+
+
+def adaptive_markdown(root: Path, results: list[StageResult], *, status: str, mlflow_url: str) -> str:
+    """One loop iteration in a page: the stages, what the monitor found, what was asked, what the gate decided."""
+    lines = [f"# groundwork adaptive loop: {status.lower()}", "", f"MLflow run: [{mlflow_url}]({mlflow_url})", "",
+             "| stage | status | seconds |", "| --- | --- | --- |"]
+    lines += [f"| {r.stage.rpartition(':')[2]} | {r.status} | {'-' if r.seconds is None else f'{r.seconds:.1f}'} |"
+              for r in results]
+    monitor, ask, adapt = (_report(root, f"adaptive/{stage}") for stage in ("monitor", "ask", "adapt"))
+    lines += ["", "## Drift", "", f"- {monitor.get('batches', 0)} batch(es) of {monitor.get('images', 0)} images, "
+              f"{monitor.get('alarms', 0)} alarm(s); latest: {monitor.get('latest_reason', 'n/a')}"]
+    lines += [f"- set aside `{name}`: {reason}" for name, reason in monitor.get("set_aside", {}).items()]
+    lines += [f"- `{name}` repeats `{first}`: counted once" for name, first in monitor.get("duplicates", {}).items()]
+    lines += ["", "## Labelling queue", "",
+              f"- {ask.get('queued', 0)} image(s) queued ({ask.get('holdout_queued', 0)} holdout, the rest by "
+              f"{ask.get('strategy', 'n/a')}); {ask.get('labels_given', 0)} label(s) given so far; "
+              f"{ask.get('reason', 'n/a')}", "- fill in `label` in reports/adaptive/queue/queue.csv (images beside "
+              "it, all of them on sheet.png) and save it into data/labels/"]
+    lines += ["", "## Challenger", ""]
+    if adapt.get("adapted"):
+        challenger, incumbent = adapt["challenger"], adapt["incumbent"]
+        lines += [f"- trained on {adapt['train_labels']} new label(s) and {adapt['replayed']} replayed image(s)",
+                  f"- holdout ({adapt['holdout_labels']} images of the new distribution): challenger "
+                  f"{_percent(challenger['holdout_accuracy'])}, {adapt['incumbent_model']} "
+                  f"{_percent(incumbent['holdout_accuracy'])}",
+                  f"- original target test split: challenger {_percent(challenger['original_accuracy'])}, "
+                  f"incumbent {_percent(incumbent['original_accuracy'])}",
+                  f"- decision: {adapt['reason']}"]
+    else:
+        lines.append(f"- not adapted: {adapt.get('reason', 'the stage did not run')}")
+    return "\n".join(lines) + "\n"

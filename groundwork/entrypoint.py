@@ -15,7 +15,7 @@ from mlflow.exceptions import MlflowException
 
 from groundwork.data.atomic import write_json
 from groundwork.errors import CheckpointError, DataError, TrainingDiverged
-from groundwork.params import DEFAULT_PARAMS_PATH, Params, ParamsError, declared_params, load_params
+from groundwork.params import DEFAULT_PARAMS_PATH, Params, ParamsError, declared_params, graph_file, load_params
 from groundwork.tracking.outcome import Kind, Outcome, record_outcome
 from groundwork.tracking.runs import NullTracker, Tracker, numeric, stage_run, tracking_uri
 from groundwork.training.distributed import is_main_process, process_group, relaunch, resolve_device, under_torchrun
@@ -127,7 +127,7 @@ def _ended(stage: str, kind: Kind, exit_code: int, message: str = "") -> int:
 
 
 def _record(stage: str, params: Params, args: argparse.Namespace, work: StageWork) -> None:
-    dvc_file = Path(args.params).parent / "dvc.yaml"  # the graph beside the params file declares what it reads
+    dvc_file = graph_file(stage, Path(args.params).parent)  # the graph beside the params file declares what it reads
     with stage_run(stage, declared_params(stage, params, dvc_file)) as tracker:
         metrics = work(params, args, tracker)
         write_json(args.metrics, metrics)

@@ -149,3 +149,45 @@ def search_rewards(path: Path, table: pd.DataFrame, *, agent: str, budget: float
     axis.grid(alpha=0.3)
     axis.legend(loc="lower right", fontsize=8)
     _save(figure, path)
+
+
+def drift_timeline(path: Path, table: pd.DataFrame, *, alpha: float) -> None:
+    """Per arrived batch: both tests' p-values (log scale, the alpha line, alarms in red) above the model's mean
+    confidence, which often falls with the accuracy nobody can see yet."""
+    figure, (tests, confidence) = plt.subplots(2, 1, figsize=(7.2, 5.2), sharex=True,
+                                               gridspec_kw={"height_ratios": [3, 2]})
+    x = np.arange(len(table))
+    floor = 1e-4  # a permutation p-value of 0 and KS's tiny ones drawn at the bottom edge
+    for column, label, marker in (("ks_p", "KS on softmax (Bonferroni)", "o"), ("mmd_p", "MMD on embeddings", "s")):
+        tests.plot(x, table[column].clip(lower=floor), marker=marker, label=label)
+    tests.axhline(alpha, color="tab:red", linestyle="--", label=f"alpha {alpha}")
+    for position in x[table["alarm"].to_numpy(bool)]:
+        tests.axvspan(position - 0.4, position + 0.4, color="tab:red", alpha=0.12)
+    tests.set_yscale("log")
+    tests.set_ylim(floor / 2, 1.5)
+    tests.set_ylabel("p-value")
+    tests.set_title("Drift of each arrived batch against the reference (shaded: alarm)")
+    tests.legend(fontsize=8, loc="lower left")
+    tests.grid(alpha=0.3)
+    confidence.plot(x, table["mean_confidence"], marker="o", color="tab:green")
+    confidence.set_ylabel("mean confidence")
+    confidence.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+    confidence.set_xticks(x, table["batch"], rotation=30, ha="right", fontsize=7)
+    confidence.grid(alpha=0.3)
+    _save(figure, path)
+
+
+def contact_sheet(path: Path, images: np.ndarray, captions: Sequence[str], title: str, columns: int = 10) -> None:
+    """Images (uint8 (N, 28, 28)) in a grid, each with its caption (its id and the model's guess) beneath."""
+    rows = max(1, -(-len(images) // columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(columns * 1.1, rows * 1.35), squeeze=False)
+    for index, axis in enumerate(axes.flat):
+        axis.set_xticks([])
+        axis.set_yticks([])
+        if index < len(images):
+            axis.imshow(images[index], cmap="gray", vmin=0, vmax=255)
+            axis.set_xlabel(captions[index], fontsize=6)
+        else:
+            axis.axis("off")
+    figure.suptitle(title)
+    _save(figure, path)

@@ -189,11 +189,10 @@ def test_a_stop_request_while_a_run_closes_waits_until_it_is_closed() -> None:
     previous = signal.signal(signal.SIGTERM, stop)
     finished = False
     try:
-        with pytest.raises(SystemExit) as stopped:
-            with termination_deferred():
-                os.kill(os.getpid(), signal.SIGTERM)
-                time.sleep(0.05)  # a handler that could run would have raised by now
-                finished = True
+        with pytest.raises(SystemExit) as stopped, termination_deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)  # a handler that could run would have raised by now
+            finished = True
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert finished and stopped.value.code == 128 + signal.SIGTERM

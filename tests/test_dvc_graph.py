@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from groundwork.params import declared_keys, select
+from groundwork.params import GRAPH_FILES, declared_keys, select
 from groundwork.project import ROOT, project_params_dict
 
 PACKAGES = ("groundwork", "tasks", "flows")  # the project's importable code; bench/ and tests/ are not imported
@@ -107,8 +107,9 @@ def dependency_gaps(root: Path, dvc_file: str = "dvc.yaml") -> list[str]:
     return gaps
 
 
-def test_every_stage_declares_exactly_the_code_it_imports() -> None:
-    assert dependency_gaps(ROOT) == []
+@pytest.mark.parametrize("dvc_file", GRAPH_FILES)
+def test_every_stage_declares_exactly_the_code_it_imports(dvc_file: str) -> None:
+    assert dependency_gaps(ROOT, dvc_file) == []
 
 
 def test_a_dep_missing_from_dvc_yaml_is_named(tmp_path: Path) -> None:
@@ -129,9 +130,10 @@ def test_a_dep_missing_from_dvc_yaml_is_named(tmp_path: Path) -> None:
     assert dependency_gaps(tmp_path) == ["stage 'make' lists unused.py, which it does not import"]
 
 
-@pytest.mark.parametrize("stage", sorted(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]))
-def test_declared_params_keys_exist(stage: str) -> None:
-    keys = declared_keys(stage, ROOT / "dvc.yaml")
+@pytest.mark.parametrize(("dvc_file", "stage"), [(f, stage) for f in GRAPH_FILES
+                                                 for stage in sorted(yaml.safe_load((ROOT / f).read_text())["stages"])])
+def test_declared_params_keys_exist(dvc_file: str, stage: str) -> None:
+    keys = declared_keys(stage, ROOT / dvc_file)
     assert keys, f"stage '{stage}' declares no params"
     select(project_params_dict(), keys)  # KeyError names a key params.yaml lacks
 

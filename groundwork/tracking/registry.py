@@ -65,3 +65,40 @@ def gate(client: Any, name: str, version: str, scores: Mapping[str, float], *, m
     log.info("gate for %s version %s: %s (%s)", name, version,
              "promoted to champion" if decision.promote else "champion kept", decision.reason)
     return decision
+
+
+CHALLENGER = "challenger"
+
+
+def decide_challenger(challenger: Mapping[str, float | None], incumbent: Mapping[str, float | None], *,
+                      min_gain: float, max_forgetting: float, champion_version: str | None) -> GateDecision:
+    """Promote a challenger only if it beats the incumbent on the new distribution's holdout by at least
+    `min_gain` and loses at most `max_forgetting` accuracy on the original test split against it. Both maps hold
+    `holdout_accuracy` (None: no holdout labels yet) and `original_accuracy`."""
+    holdout, original = challenger["holdout_accuracy"], challenger["original_accuracy"]
+    incumbent_holdout, incumbent_original = incumbent["holdout_accuracy"], incumbent["original_accuracy"]
+    assert original is not None and incumbent_original is not None  # the original test split is always there
+    forgetting = incumbent_original - original
+    if holdout is None or incumbent_holdout is None:
+        return GateDecision(False, "no labelled holdout images from the new distribution yet: nothing to judge the "
+                            "challenger on", "holdout_accuracy", float("nan"), None, champion_version)
+    gain = holdout - incumbent_holdout
+    holdout_text = f"holdout accuracy {holdout:.4f} against {incumbent_holdout:.4f} ({gain:+.4f}, needs {min_gain:+})"
+    forgetting_text = (f"original test accuracy {original:.4f} against {incumbent_original:.4f} (forgetting "
+                       f"{forgetting:+.4f}, at most {max_forgetting})")
+    promote = gain >= min_gain and forgetting <= max_forgetting
+    verdict = ("promoted: " if promote else
+               "kept champion: " + ("forgets too much; " if forgetting > max_forgetting else "no better; "))
+    return GateDecision(promote, verdict + holdout_text + "; " + forgetting_text, "holdout_accuracy", holdout,
+                        incumbent_holdout, champion_version)
+
+
+def challenge(client: Any, name: str, version: str, scores: Mapping[str, float], decision: GateDecision) -> None:
+    """Tag the challenger version with its scores and the decision, give it the `challenger` alias, and move
+    `champion` to it when the decision says so."""
+    for key, value in {**scores, **decision.as_tags()}.items():
+        client.set_model_version_tag(name, version, key, str(value))
+    client.set_registered_model_alias(name, CHALLENGER, version)
+    if decision.promote:
+        client.set_registered_model_alias(name, CHAMPION, version)
+    log.info("challenger %s version %s: %s", name, version, decision.reason)

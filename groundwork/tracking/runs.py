@@ -10,7 +10,7 @@ import subprocess
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,9 +18,11 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from groundwork.tracking.registry import GateDecision, gate
+from groundwork.data.datasets import to_float
+from groundwork.tracking.registry import CHAMPION, GateDecision, challenge, gate
 
 log = logging.getLogger(__name__)
+Predict = Callable[[torch.Tensor], torch.Tensor]  # uint8 images (N, 28, 28) -> logits (N, classes)
 
 # The flow hands its MLflow run to stage processes through variables of our own: MLFLOW_RUN_ID would make
 # each stage resume (and overwrite) the parent run instead of nesting under it.
@@ -48,6 +50,9 @@ class Tracker(Protocol):
     def log_dataset(self, name: str, path: Path | str, digest: str, context: str) -> None: ...
     def gate(self, registered_name: str, version: str, scores: Mapping[str, float], *, metric: str,
              min_gain: float) -> GateDecision | None: ...
+    def champion_predictor(self, registered_name: str) -> Predict | None: ...
+    def challenge(self, registered_name: str, version: str, scores: Mapping[str, float],
+                  decision: GateDecision) -> None: ...
 
 
 class NullTracker:
@@ -82,6 +87,14 @@ class NullTracker:
              min_gain: float) -> GateDecision | None:
         """No registry, no gate."""
         return None
+
+    def champion_predictor(self, registered_name: str) -> Predict | None:
+        """No registry, no champion."""
+        return None
+
+    def challenge(self, registered_name: str, version: str, scores: Mapping[str, float],
+                  decision: GateDecision) -> None:
+        """No registry: nothing to move."""
 
 
 def tracking_uri(root: Path | None = None) -> str:
@@ -227,6 +240,28 @@ class MlflowTracker:
                         min_gain=min_gain)
         self.set_tags({**decision.as_tags(), "gate.version": version})
         return decision
+
+    def champion_predictor(self, registered_name: str) -> Predict | None:
+        """The registered champion as a function of uint8 images (N, 28, 28) -> logits, loaded through MLflow's
+        pyfunc flavour (an ONNX or a PyTorch model alike); None when the model has no champion yet."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self._mlflow.MlflowClient().get_model_version_by_alias(registered_name, CHAMPION)
+        except MlflowException:
+            return None
+        model = self._mlflow.pyfunc.load_model(f"models:/{registered_name}@{CHAMPION}")
+
+        def predict(images: torch.Tensor) -> torch.Tensor:
+            output = model.predict(to_float(images).numpy())
+            return torch.as_tensor(np.asarray(output["logits"] if isinstance(output, dict) else output))
+        return predict
+
+    def challenge(self, registered_name: str, version: str, scores: Mapping[str, float],
+                  decision: GateDecision) -> None:
+        """Alias a registered version `challenger` and promote it if the decision says so; tag this run too."""
+        challenge(self._mlflow.MlflowClient(), registered_name, version, scores, decision)
+        self.set_tags({**decision.as_tags(), "gate.version": version})
 
 
 def _version(info: Any) -> str | None:

@@ -1,0 +1,43 @@
+"""Learning the new distribution without forgetting the old: the champion's fp32 model fine-tuned, through the
+shared training loop, on the new labels mixed with a replay buffer of earlier labelled images (target and source),
+the standard cheap remedy for catastrophic forgetting."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+
+from groundwork.data.datasets import Split
+from groundwork.models.digitnet import DigitNet
+from groundwork.params import AdaptParams, AugmentParams
+from groundwork.training.loop import derived_seed, fit, supervised
+from groundwork.training.transforms import online_augmentation
+
+
+def replay_buffer(target_train: Split, source_train: Split, cfg: AdaptParams, *, seed: int) -> Split:
+    """Up to `replay_target` labelled target images and `replay_source` source images, drawn with a seed."""
+    rng = np.random.default_rng(derived_seed(seed, "replay"))
+    parts = [split for split, count in ((target_train, cfg.replay_target), (source_train, cfg.replay_source))
+             for split in [_draw(split, count, rng)] if len(split)]
+    if not parts:
+        return Split(np.zeros((0, *target_train.images.shape[1:]), np.uint8), np.zeros(0, np.int64))
+    return Split(np.concatenate([p.images for p in parts]), np.concatenate([p.labels for p in parts]))
+
+
+def _draw(split: Split, count: int, rng: np.random.Generator) -> Split:
+    chosen = np.sort(rng.choice(len(split), size=min(count, len(split)), replace=False))
+    return Split(split.images[chosen], split.labels[chosen])
+
+
+def adapted(model: DigitNet, new: Split, replay: Split, cfg: AdaptParams, augment: AugmentParams, *,
+            device: torch.device, seed: int) -> tuple[DigitNet, list[dict[str, float]]]:
+    """A copy of `model` fine-tuned on the new labels plus the replay buffer; the original is left untouched."""
+    challenger = copy.deepcopy(model)
+    images = torch.from_numpy(np.concatenate([new.images, replay.images]))
+    labels = torch.from_numpy(np.concatenate([new.labels, replay.labels]))
+    objective = supervised(online_augmentation(augment) if cfg.finetune.augmentation == "online" else None)
+    history = fit(challenger, (images, labels), cfg.finetune, device=device, seed=derived_seed(seed, "adapt"),
+                  objective=objective, desc="adapt")
+    return challenger.eval(), history

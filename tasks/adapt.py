@@ -1,0 +1,126 @@
+"""adapt: once enough labels came back (adaptive.adapt.min_labels), the champion's fp32 model fine-tuned on them
+plus a replay buffer of earlier target and source images, taken through the pipeline's own ONNX export and
+int8 quantization, registered as the `challenger`, and promoted to `champion` only if it beats the champion on
+the new distribution's labelled holdout and forgets no more than allowed on the original target test split. The
+fine-tune starts from the pipeline's fp32 model every time and learns from every label given so far, so the
+same labels give the same challenger (`dvc repro` replays it). Nothing reaches the registry before every file
+is written."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from groundwork.adaptive.continual import adapted, replay_buffer
+from groundwork.adaptive.incoming import images_by_id, read_arrivals
+from groundwork.adaptive.labels import Label, read_labels
+from groundwork.compression.export import export_onnx, onnx_logits, onnx_session, quantize_int8
+from groundwork.data.atomic import write_json
+from groundwork.data.datasets import Split, load_dataset, to_float
+from groundwork.entrypoint import stage_cli
+from groundwork.models.checkpoint import load_model, save_checkpoint
+from groundwork.params import Params
+from groundwork.tracking.registry import decide_challenger
+from groundwork.tracking.runs import NullTracker, Predict, Tracker
+from groundwork.training.distributed import resolve_device
+from groundwork.training.loop import logits_of
+
+log = logging.getLogger(__name__)
+MANIFEST = "challenger.json"
+
+
+def labelled(given: dict[str, Label], images: dict[str, np.ndarray], purpose: str) -> Split:
+    """The labelled images given for `purpose` (train or holdout), in image-id order."""
+    ids = sorted(i for i, label in given.items() if label.purpose == purpose)
+    if not ids:
+        return Split(np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.int64))
+    return Split(np.stack([images[i] for i in ids]), np.array([given[i].label for i in ids], np.int64))
+
+
+def accuracy(predict: Predict, split: Split) -> float | None:
+    """Accuracy of `predict` on a labelled split; None when it is empty."""
+    if not len(split):
+        return None
+    return float((predict(torch.from_numpy(split.images)).argmax(1).numpy() == split.labels).mean())
+
+
+def run(params: Params, *, model: Path, target: Path, source: Path, incoming: Path, labels: Path, out_dir: Path,
+        tracker: Tracker | None = None) -> dict[str, Any]:
+    """Adapt when the labels allow, write the challenger and its manifest, gate it; return scores and decision."""
+    tracker = tracker or NullTracker()
+    cfg = params.adaptive.adapt
+    arrivals = read_arrivals(incoming, params.ingest.target, min_batch=params.adaptive.monitor.min_batch)
+    images = images_by_id(arrivals.batches)
+    given = read_labels(labels, set(images))
+    new, holdout = labelled(given, images, "train"), labelled(given, images, "holdout")
+    counts = {"train_labels": len(new), "holdout_labels": len(holdout)}
+    if len(new) < cfg.min_labels:
+        reason = f"{len(new)} training label(s): the adapt path waits for adaptive.adapt.min_labels={cfg.min_labels}"
+        log.info("not adapting: %s", reason)
+        write_json(out_dir / MANIFEST, {"adapted": False, "reason": reason, **counts})
+        return {"adapted": False, "reason": reason, **counts}
+
+    base, _ = load_model(model)
+    target_data, target_digest = load_dataset(target, splits=("train", "val", "test"))
+    source_data, source_digest = load_dataset(source, splits=("train",))
+    tracker.log_dataset("target", target, target_digest, context="replay")
+    tracker.log_dataset("source", source, source_digest, context="replay")
+    replay = replay_buffer(target_data["train"], source_data["train"], cfg, seed=params.seed)
+    log.info("adapting on %d new label(s) and %d replayed image(s)", len(new), len(replay))
+    challenger, history = adapted(base, new, replay, cfg, params.augment, device=resolve_device(params.device),
+                                  seed=params.seed)
+    fp32_path, int8_path = out_dir / "challenger.onnx", out_dir / "challenger_int8.onnx"
+    export_onnx(challenger, fp32_path)
+    calibration = to_float(torch.from_numpy(np.concatenate([new.images, target_data["val"].images]))).numpy()
+    quantize_int8(fp32_path, int8_path, calibration[:params.compress.calibration_images])
+    session = onnx_session(int8_path)
+    challenger_scores = {"holdout_accuracy": accuracy(lambda x: onnx_logits(session, x), holdout),
+                         "original_accuracy": accuracy(lambda x: onnx_logits(session, x), target_data["test"])}
+    cpu = torch.device("cpu")
+    champion = tracker.champion_predictor(params.evaluate.registered_model)
+    incumbent_name = "registered champion" if champion is not None else f"{model} (no registered champion)"
+    incumbent = champion or (lambda x: logits_of(base, x, device=cpu))
+    incumbent_scores = {"holdout_accuracy": accuracy(incumbent, holdout),
+                        "original_accuracy": accuracy(incumbent, target_data["test"])}
+    decision = decide_challenger(challenger_scores, incumbent_scores, min_gain=cfg.min_gain,
+                                 max_forgetting=cfg.max_forgetting, champion_version=None)
+    scores = {"challenger": challenger_scores, "incumbent": incumbent_scores, "incumbent_model": incumbent_name}
+    save_checkpoint(out_dir / "challenger.pt", challenger, stage="adapt",
+                    params=params.model_dump(mode="json"), metrics={k: v for k, v in challenger_scores.items()
+                                                                    if v is not None})
+    write_json(out_dir / MANIFEST, {"adapted": True, **counts, "replayed": len(replay), **scores,
+                                    "promote": decision.promote, "reason": decision.reason})
+    log.info("challenger: %s", decision.reason)
+    registry: dict[str, Any] = {"registered": False}
+    example = to_float(torch.from_numpy(new.images[:1])).numpy()
+    version = tracker.log_onnx_model(int8_path, "challenger", example, registered_name=params.evaluate.registered_model)
+    if version is not None:
+        flat = {f"{side}.{key}": value for side in ("challenger", "incumbent")
+                for key, value in scores[side].items() if value is not None}
+        tracker.challenge(params.evaluate.registered_model, version, flat, decision)
+        registry = {"registered": True, "model": params.evaluate.registered_model, "version": int(version)}
+    return {"adapted": True, **counts, "replayed": len(replay), "epochs": len(history), **scores,
+            "forgetting": incumbent_scores["original_accuracy"] - challenger_scores["original_accuracy"],
+            "promoted": decision.promote, "reason": decision.reason, "registry": registry}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point (the DVC stage's cmd)."""
+    return stage_cli("adapt", __doc__, run, argv, paths={
+        "model": "the champion's fp32 model (.pt) the challenger is fine-tuned from",
+        "target": "target dataset (.npz) from ingest: replay, calibration and the original test split",
+        "source": "source dataset (.npz) from ingest: replay",
+        "incoming": "folder of arrived batches",
+        "labels": "folder of labels given back (.csv)",
+        "out_dir": "folder for the challenger (checkpoint, ONNX fp32 and int8, manifest) to write",
+    })
+
+
+if __name__ == "__main__":
+    sys.exit(main())
