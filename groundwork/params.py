@@ -399,7 +399,8 @@ class MonitorParams(Section):
 
     alpha: Fraction = Field(description="significance of each test (KS: over all classes, Bonferroni-corrected)")
     permutations: int = Field(ge=20, le=100000, description="MMD permutation test: shuffles of the pooled sample")
-    alarm_on: Literal["ks", "mmd", "either", "both"] = Field(description="which test's rejection raises the alarm")
+    alarm_on: Literal["ks", "mmd", "either", "both"] = Field(
+        description="which test's rejection raises the alarm; with either, each test is held to alpha / 2")
     min_batch: int = Field(ge=2, le=100000, description="smaller batches are set aside: too few images to test")
 
 

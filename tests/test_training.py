@@ -144,6 +144,22 @@ def test_divergence_stops_with_a_clear_error() -> None:
             device=torch.device("cpu"), seed=0)
 
 
+def test_a_fine_tune_that_starts_near_zero_loss_is_not_taken_for_a_blow_up() -> None:
+    """A trained model's first batch may cost 0.01 and a hard batch 2.3 (200 times more): that is learning, not
+    divergence; only a loss far above an untrained model's stops the run."""
+    params = Params.model_validate(tiny_params_dict())
+    scales = itertools.chain([0.005], itertools.repeat(1.0))
+
+    def objective(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+                  generator: torch.Generator) -> tuple[torch.Tensor, int]:
+        outputs = model(inputs)
+        return torch.nn.functional.cross_entropy(outputs, targets) * next(scales), 0
+
+    history = fit(DigitNet(params.model), toy_data(), train_params(epochs=1, batch_size=16), device=torch.device("cpu"),
+                  seed=0, objective=objective)
+    assert len(history) == 1
+
+
 def test_device_resolution() -> None:
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")

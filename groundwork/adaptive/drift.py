@@ -70,15 +70,17 @@ def check_batch(reference: tuple[np.ndarray, np.ndarray], batch: tuple[np.ndarra
     ks_p, ks_class = ks_softmax(reference[0], batch[0])
     mmd, mmd_p = mmd_permutation(reference[1], batch[1], permutations=cfg.permutations, seed=seed)
     ks_drift, mmd_drift = ks_p < cfg.alpha, mmd_p < cfg.alpha
-    alarm = {"ks": ks_drift, "mmd": mmd_drift, "either": ks_drift or mmd_drift,
+    # "either" may reject through two tests, so each is held to alpha / 2 (Bonferroni): false alarms stay <= alpha
+    alarm = {"ks": ks_drift, "mmd": mmd_drift, "either": ks_p < cfg.alpha / 2 or mmd_p < cfg.alpha / 2,
              "both": ks_drift and mmd_drift}[cfg.alarm_on]
     found = [f"KS on class {ks_class}'s softmax output p={ks_p:.2g}" if ks_drift else "",
              f"MMD on embeddings p={mmd_p:.2g}" if mmd_drift else ""]
     reason = " and ".join(part for part in found if part) or "no test rejected"
+    level = cfg.alpha / 2 if cfg.alarm_on == "either" else cfg.alpha
     if found and not alarm:
-        reason += f" (alarm_on={cfg.alarm_on}: no alarm)"
+        reason += f" at alpha={cfg.alpha}, not enough for an alarm (alarm_on={cfg.alarm_on}, each test at {level:g})"
     return DriftResult(ks_p, ks_class, mmd, mmd_p, ks_drift, mmd_drift, alarm,
-                       reason + f" at alpha={cfg.alpha}" if alarm else reason)
+                       reason + f" (alarm_on={cfg.alarm_on}, each test at {level:g})" if alarm else reason)
 
 
 @torch.no_grad()

@@ -38,8 +38,11 @@ Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Generator], t
 Validate = Callable[[nn.Module], dict[str, float]]
 EVAL_BATCH = 512
 # A batch loss this many times the first batch's loss means the run has blown up even if still finite
-# (an untrained 10-class model starts near ln 10 = 2.3; a healthy run only goes down from there).
+# (an untrained 10-class model starts near ln 10 = 2.3; a healthy run only goes down from there). A fine-tune of
+# a trained model may start far lower (0.01 on images it knows) and meet a hard batch at 1.5: the first loss is
+# counted as at least an untrained model's, so only a real blow-up stops the run.
 DIVERGENCE_FACTOR = 100.0
+UNTRAINED_LOSS = math.log(10)
 
 
 
@@ -256,7 +259,7 @@ def _train_epoch(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], cfg
                                                             device)
         value = step_loss / step_seen
         first = progress.first_loss = value if progress.first_loss is None else progress.first_loss
-        if not math.isfinite(value) or value > DIVERGENCE_FACTOR * first:
+        if not math.isfinite(value) or value > DIVERGENCE_FACTOR * max(first, UNTRAINED_LOSS):
             raise TrainingDiverged(
                 f"{desc}: loss became {value:.4g} in epoch {progress.epoch + 1} (first batch: {first:.4g}); "
                 f"lower the learning rate (lr={cfg.lr}) or enable grad_clip"

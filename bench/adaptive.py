@@ -1,0 +1,204 @@
+"""The adaptive loop's parts against their yardsticks, offline, with the true labels as a simulated annotator.
+
+1. Drift: windows of the stream drawn from target images the champion never trained or tested on, unshifted
+   (false alarms) and under each named shift at its default strength (detections); KS on softmax outputs
+   (Bonferroni over the classes), MMD on embeddings, and the loop's alarm (either test, each at alpha / 2).
+   The champion's accuracy on each shift's windows is printed beside it: a shift worth detecting costs accuracy.
+2. Labels: the shifted images split in two (a pool to label, an evaluation set); rounds of labelling, each
+   followed by adapt's own fine-tune (from the fp32 model, new labels plus replay); uncertainty sampling against
+   random picks, several seeds. Printed: accuracy per label count, and how many labels each strategy needs to
+   reach random sampling's accuracy at the largest count.
+3. Forgetting: at the largest count, accuracy on the shifted evaluation set and on the original target test
+   split, with and without the replay buffer, and the share of the lost accuracy recovered.
+
+Needs the data and models of a pipeline run (`make run`). Every figure is measured in this run, side by side.
+
+Usage: PYTHONPATH=. .venv/bin/python bench/adaptive.py [--window 250] [--trials 200] [--seeds 3] [--shift rotation]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from groundwork.adaptive.continual import adapted, replay_buffer
+from groundwork.adaptive.drift import check_batch, model_outputs
+from groundwork.adaptive.selection import informativeness, pick
+from groundwork.adaptive.shifts import apply_shift, class_prior_weights
+from groundwork.adaptive.simulate import unseen_images
+from groundwork.data.datasets import Split, load_dataset
+from groundwork.models.checkpoint import load_model
+from groundwork.params import AdaptParams, Params, load_params
+from groundwork.training.loop import derived_seed, logits_of
+
+CPU = torch.device("cpu")
+DEFAULT_STRENGTHS = {"rotation": 30.0, "thickness": 1.0, "noise": 0.1, "contrast": 0.7, "class_prior": 0.9}
+LABEL_COUNTS = (10, 20, 30, 50, 70, 100)
+
+
+def accuracy(model: torch.nn.Module, split: Split) -> float:
+    predicted = logits_of(model, torch.from_numpy(split.images), device=CPU).argmax(1).numpy()
+    return float((predicted == split.labels).mean())
+
+
+def shifted_window(unseen: Split, shift: str, size: int, rng: np.random.Generator) -> Split:
+    weights = class_prior_weights(unseen.labels, DEFAULT_STRENGTHS[shift]) if shift == "class_prior" else None
+    chosen = rng.choice(len(unseen), size=size, replace=False, p=weights)
+    images = torch.from_numpy(unseen.images[chosen])
+    if shift != "none":
+        images = apply_shift(shift, DEFAULT_STRENGTHS.get(shift, 0.0), images,
+                             torch.Generator().manual_seed(int(rng.integers(2**31))))
+    return Split(images.numpy(), unseen.labels[chosen])
+
+
+def drift_rates(params: Params, model: torch.nn.Module, reference: Split, unseen: Split, *, window: int,
+                trials: int) -> None:
+    cfg = params.adaptive.monitor
+    outputs = model_outputs(model, reference.images)
+    print(f"\n## Drift at a window of {window} images (reference: {len(reference)} target test images; "
+          f"alpha {cfg.alpha}, {cfg.permutations} permutations)\n")
+    print("| shift (strength) | windows | KS rejects | MMD rejects | alarm (either, alpha/2 each) "
+          "| champion accuracy |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for shift in ("none", *DEFAULT_STRENGTHS):
+        rng = np.random.default_rng(derived_seed(params.seed, "bench-drift", shift))
+        count = trials if shift == "none" else max(20, trials // 4)  # false alarms need the most windows
+        ks = mmd = alarms = 0
+        accuracies = []
+        for trial in range(count):
+            batch = shifted_window(unseen, shift, window, rng)
+            result = check_batch(outputs, model_outputs(model, batch.images), cfg, seed=trial)
+            ks, mmd, alarms = ks + result.ks_drift, mmd + result.mmd_drift, alarms + result.alarm
+            accuracies.append(accuracy(model, batch))
+        strength = "" if shift == "none" else f" ({DEFAULT_STRENGTHS[shift]:g})"
+        print(f"| {shift}{strength} | {count} | {ks / count:.1%} | {mmd / count:.1%} | {alarms / count:.1%} | "
+              f"{statistics.mean(accuracies):.1%} |")
+
+
+def labels_needed(curve: dict[int, float], goal: float) -> float | None:
+    """The label count at which a mean accuracy curve first reaches `goal`, linearly interpolated."""
+    counts = sorted(curve)
+    previous = (0, None)
+    for count in counts:
+        if curve[count] >= goal:
+            if previous[1] is None or previous[1] >= goal:
+                return float(count)
+            low, accuracy_low = previous
+            return low + (goal - accuracy_low) / (curve[count] - accuracy_low) * (count - low)
+        previous = (count, curve[count])
+    return None
+
+
+def active_learning(params: Params, model: torch.nn.Module, data: dict[str, Split], source: Split, unseen: Split,
+                    *, shift: str, seeds: int, strategies: list[str]) -> None:
+    cfg = params.adaptive.adapt
+    rng = np.random.default_rng(7)
+    order = rng.permutation(len(unseen))
+    half = len(unseen) * 5 // 8
+    clean_eval = Split(unseen.images[order[half:]], unseen.labels[order[half:]])
+    generator = torch.Generator().manual_seed(11)
+    shifted = apply_shift(shift, DEFAULT_STRENGTHS[shift], torch.from_numpy(unseen.images[order]), generator).numpy()
+    pool = Split(shifted[:half], unseen.labels[order[:half]])
+    evaluation = Split(shifted[half:], unseen.labels[order[half:]])
+    before, clean = accuracy(model, evaluation), accuracy(model, clean_eval)
+    original_before = accuracy(model, data["test"])
+    print(f"\n## Labels on the {shift} ({DEFAULT_STRENGTHS[shift]:g}) stream: {len(pool)} images to label, "
+          f"{len(evaluation)} to evaluate\n")
+    print(f"champion before adapting: {before:.1%} on the shifted evaluation set ({clean:.1%} on the same images "
+          f"unshifted: {100 * (clean - before):.1f} points lost); {original_before:.1%} on the original test split")
+    replay = replay_buffer(data["train"], source, cfg, seed=params.seed)
+    curves: dict[str, list[dict[int, float]]] = {s: [] for s in strategies}
+    finals: dict[str, list[tuple[float, float]]] = {s: [] for s in strategies}
+    started = time.perf_counter()
+    for strategy in strategies:
+        for seed in range(seeds):
+            chosen: list[int] = []
+            current = model
+            curve = {}
+            picker = torch.Generator().manual_seed(100 + seed)
+            for count in LABEL_COUNTS:
+                remaining = np.setdiff1d(np.arange(len(pool)), chosen)
+                scores = informativeness(strategy, current, torch.from_numpy(pool.images[remaining]),
+                                         mc_samples=params.adaptive.ask.mc_samples, generator=picker)
+                chosen += remaining[pick(scores, count - len(chosen))].tolist()
+                new = Split(pool.images[chosen], pool.labels[chosen])
+                current, _ = adapted(model, new, replay, cfg, params.augment, device=CPU, seed=params.seed + seed)
+                curve[count] = accuracy(current, evaluation)
+            curves[strategy].append(curve)
+            finals[strategy].append((curve[LABEL_COUNTS[-1]], accuracy(current, data["test"])))
+    print(f"({len(strategies) * seeds * len(LABEL_COUNTS)} fine-tunes in {time.perf_counter() - started:.0f} s)\n")
+    print("| labels | " + " | ".join(strategies) + " |")
+    print("| --- | " + " | ".join("---" for _ in strategies) + " |")
+    means = {s: {c: statistics.mean(curve[c] for curve in curves[s]) for c in LABEL_COUNTS} for s in strategies}
+    for count in LABEL_COUNTS:
+        cells = [f"{means[s][count]:.1%} ± {statistics.pstdev(c[count] for c in curves[s]):.1%}" for s in strategies]
+        print(f"| {count} | " + " | ".join(cells) + " |")
+    goal = means["random"][LABEL_COUNTS[-1]]
+    print(f"\nlabels needed to reach random sampling's {goal:.1%} at {LABEL_COUNTS[-1]} labels (mean curves):")
+    for strategy in strategies:
+        needed = labels_needed(means[strategy], goal)
+        saving = "" if needed is None else f", {1 - needed / LABEL_COUNTS[-1]:.0%} fewer than random"
+        print(f"  {strategy}: {'not reached' if needed is None else f'{needed:.0f}'}{saving}")
+    best = max(strategies, key=lambda s: means[s][LABEL_COUNTS[-1]])
+    forgetting(params, model, cfg, data, source, pool, evaluation, chosen_by=best, before=before, clean=clean,
+               original_before=original_before, finals=finals[best])
+
+
+def forgetting(params: Params, model: torch.nn.Module, cfg: AdaptParams, data: dict[str, Split], source: Split,
+               pool: Split, evaluation: Split, *, chosen_by: str, before: float, clean: float, original_before: float,
+               finals: list[tuple[float, float]]) -> None:
+    """Replay against none, on the labels `chosen_by` picked (first seed's picks, recomputed in one shot)."""
+    scores = informativeness(chosen_by, model, torch.from_numpy(pool.images), mc_samples=params.adaptive.ask.mc_samples,
+                             generator=torch.Generator().manual_seed(100))
+    chosen = pick(scores, LABEL_COUNTS[-1])
+    new = Split(pool.images[chosen], pool.labels[chosen])
+    no_replay_cfg = cfg.model_copy(update={"replay_target": 0, "replay_source": 0})
+    print(f"\n## Forgetting after adapting on {LABEL_COUNTS[-1]} labels ({chosen_by})\n")
+    print("| replay | shifted evaluation | recovered of the lost accuracy | original test | change (points) |")
+    print("| --- | --- | --- | --- | --- |")
+    shifted_acc, original = (statistics.mean(f[0] for f in finals), statistics.mean(f[1] for f in finals))
+    rows = [(f"{cfg.replay_target} target + {cfg.replay_source} source (rounds above, mean over seeds)", shifted_acc,
+             original)]
+    for label, settings in (("none (the new labels alone, one shot)", no_replay_cfg),
+                            (f"{cfg.replay_target} target + {cfg.replay_source} source (one shot)", cfg)):
+        replay = replay_buffer(data["train"], source, settings, seed=params.seed)
+        challenger, _ = adapted(model, new, replay, settings, params.augment, device=CPU, seed=params.seed)
+        rows.append((label, accuracy(challenger, evaluation), accuracy(challenger, data["test"])))
+    for label, shifted_acc, original in rows:
+        recovered = (shifted_acc - before) / (clean - before) if clean > before else float("nan")
+        print(f"| {label} | {shifted_acc:.1%} | {recovered:.0%} | {original:.1%} | "
+              f"{100 * (original - original_before):+.1f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--window", type=int, default=250, help="images per window for the drift tests")
+    parser.add_argument("--trials", type=int, default=200, help="unshifted windows (each shift gets a quarter)")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds of each labelling strategy")
+    parser.add_argument("--shift", default="rotation", choices=[s for s in DEFAULT_STRENGTHS if s != "class_prior"],
+                        help="the shift the labelling rounds adapt to")
+    parser.add_argument("--strategies", nargs="+", default=["random", "entropy", "margin", "bald"])
+    parser.add_argument("--skip-drift", action="store_true", help="only the labelling rounds")
+    args = parser.parse_args()
+    if "random" not in args.strategies:
+        parser.error("--strategies must include random, the baseline")
+    params = load_params()
+    data, _ = load_dataset(Path("data/processed/target.npz"), splits=("train", "test"))
+    source, _ = load_dataset(Path("data/processed/source.npz"), splits=("train",))
+    model, _ = load_model(Path("models/transfer.pt"))
+    torch.set_num_threads(2)
+    unseen = unseen_images(Path("data/processed/target.npz"))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {len(unseen)} unseen target images")
+    if not args.skip_drift:
+        drift_rates(params, model, data["test"], unseen, window=args.window, trials=args.trials)
+    active_learning(params, model, data, source["train"], unseen, shift=args.shift, seeds=args.seeds,
+                    strategies=args.strategies)
+
+
+if __name__ == "__main__":
+    main()
