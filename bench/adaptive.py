@@ -13,7 +13,8 @@
 
 Needs the data and models of a pipeline run (`make run`). Every figure is measured in this run, side by side.
 
-Usage: PYTHONPATH=. .venv/bin/python bench/adaptive.py [--window 250] [--trials 200] [--seeds 3] [--shift rotation]
+Usage: PYTHONPATH=. .venv/bin/python bench/adaptive.py [--parts drift labels] [--window 250] [--trials 200]
+       [--seeds 3] [--shift rotation]
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from groundwork.params import AdaptParams, Params, load_params
 from groundwork.training.loop import derived_seed, logits_of
 
 CPU = torch.device("cpu")
-DEFAULT_STRENGTHS = {"rotation": 30.0, "thickness": 1.0, "noise": 0.1, "contrast": 0.7, "class_prior": 0.9}
+DEFAULT_STRENGTHS = {"rotation": 30.0, "thickness": 2.0, "noise": 0.1, "contrast": 0.7, "class_prior": 0.9}
 LABEL_COUNTS = (10, 20, 30, 50, 70, 100)
 
 
@@ -183,7 +184,8 @@ def main() -> None:
     parser.add_argument("--shift", default="rotation", choices=[s for s in DEFAULT_STRENGTHS if s != "class_prior"],
                         help="the shift the labelling rounds adapt to")
     parser.add_argument("--strategies", nargs="+", default=["random", "entropy", "margin", "bald"])
-    parser.add_argument("--skip-drift", action="store_true", help="only the labelling rounds")
+    parser.add_argument("--parts", nargs="+", default=["drift", "labels"], choices=["drift", "labels"],
+                        help="drift: detection and false alarms; labels: labelling rounds and forgetting")
     args = parser.parse_args()
     if "random" not in args.strategies:
         parser.error("--strategies must include random, the baseline")
@@ -194,10 +196,11 @@ def main() -> None:
     torch.set_num_threads(2)
     unseen = unseen_images(Path("data/processed/target.npz"))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {len(unseen)} unseen target images")
-    if not args.skip_drift:
+    if "drift" in args.parts:
         drift_rates(params, model, data["test"], unseen, window=args.window, trials=args.trials)
-    active_learning(params, model, data, source["train"], unseen, shift=args.shift, seeds=args.seeds,
-                    strategies=args.strategies)
+    if "labels" in args.parts:
+        active_learning(params, model, data, source["train"], unseen, shift=args.shift, seeds=args.seeds,
+                        strategies=args.strategies)
 
 
 if __name__ == "__main__":

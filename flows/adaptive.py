@@ -31,6 +31,7 @@ from groundwork.tracking.runs import tracking_uri
 
 FLOW_NAME = "groundwork-adaptive"
 GRAPH = "adaptive/dvc.yaml"
+BASE_MODEL = "models/transfer.pt"  # the pipeline's fp32 model: what the loop watches and fine-tunes
 DATA = ("data/incoming", "data/labels")  # what arrives from outside: recorded with `dvc add`, never a stage output
 
 
@@ -55,6 +56,8 @@ def adaptive_loop(project_dir: str = ".") -> list[StageResult]:
     """One iteration of the adaptive loop on the project: record arrivals, monitor, ask, adapt (see the module)."""
     root = Path(project_dir).resolve()
     load_params(root / "params.yaml")  # bad params stop the flow here, before anything is recorded or run
+    if not (root / BASE_MODEL).exists():
+        raise FileNotFoundError(f"{root / BASE_MODEL}: no model to watch yet; run the pipeline first (`make run`)")
     with pipeline_lock(root):
         record_arrivals(str(root))
 

@@ -47,17 +47,23 @@ class StageResult:
 
 def stage_order(root: Path, dvc_file: str = "dvc.yaml") -> list[str]:
     """The stages of root/`dvc_file` in an order that runs every stage after those it depends on, as DVC
-    addresses them: by name in root/dvc.yaml, `<file>:<name>` in another (`adaptive/dvc.yaml:monitor`)."""
+    addresses them from `root`: by name in root/dvc.yaml, `<file>:<name>` in another (`adaptive/dvc.yaml:monitor`)."""
     import networkx as nx
     from dvc.repo import Repo
 
+    def graph_of(stage: Any) -> str:
+        return Path(stage.dvcfile.path).resolve().relative_to(root.resolve()).as_posix()
+
+    def address(stage: Any) -> str:
+        return stage.name if graph_of(stage) == "dvc.yaml" else f"{graph_of(stage)}:{stage.name}"
+
     with Repo(str(root)) as repo:
         stages = list(repo.index.stages)
-        position = {stage.addressing: index for index, stage in enumerate(stages)}
+        position = {address(stage): index for index, stage in enumerate(stages)}
         # DVC's edges point from a stage to the stages it depends on: reverse them for execution order.
         graph = repo.index.graph.reverse(copy=True)
-        ordered = nx.lexicographical_topological_sort(graph, key=lambda stage: position[stage.addressing])
-        return [stage.addressing for stage in ordered if stage.dvcfile.relpath == dvc_file]
+        ordered = nx.lexicographical_topological_sort(graph, key=lambda stage: position[address(stage)])
+        return [address(stage) for stage in ordered if graph_of(stage) == Path(dvc_file).as_posix()]
 
 
 def stage_name(address: str) -> str:

@@ -38,7 +38,8 @@ def deployments(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path
             client.create_work_pool(WorkPoolCreate(name=pool, type=kind, base_job_template=template))
         env = {**os.environ, **DEPLOY_ENV, "PREFECT_API_URL": PREFECT_API_URL.value(),
                "GROUNDWORK_PROJECT_DIR": str(project), "PYTHONPATH": str(project)}
-        names = [arg for name in ("nightly", "nightly-docker", "nightly-kubernetes") for arg in ("--name", name)]
+        names = [arg for name in ("nightly", "nightly-docker", "nightly-kubernetes", "hourly-adaptive")
+                 for arg in ("--name", name)]
         deploy = subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", "deploy", *names], cwd=project,
                                 env=env, capture_output=True, text=True)
         assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
@@ -59,6 +60,17 @@ def test_nightly_deployment_for_the_process_pool(deployments: tuple[Path, dict[s
     assert {"overrides", "push"} <= set(nightly.parameter_openapi_schema["properties"])
     # the worker runs the flow in the project folder given when deploying
     assert nightly.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(project)}}]
+
+
+def test_hourly_deployment_of_the_adaptive_loop(deployments: tuple[Path, dict[str, Any]]) -> None:
+    project, found = deployments
+    loop = found["hourly-adaptive"]
+    assert (loop.entrypoint, loop.work_pool_name) == ("flows/adaptive.py:adaptive_loop", "groundwork-process")
+    [schedule] = loop.schedules
+    assert (schedule.schedule.cron, schedule.schedule.timezone) == ("15 * * * *", "UTC")
+    assert loop.concurrency_options.collision_strategy == "CANCEL_NEW" and loop.global_concurrency_limit.limit == 1
+    assert loop.parameters == {"project_dir": "."}
+    assert loop.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(project)}}]
 
 
 @pytest.mark.parametrize("name", ["nightly-docker", "nightly-kubernetes"])

@@ -3,24 +3,29 @@ of the project with tiny params."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 from mlflow import MlflowClient
 from prefect.testing.utilities import prefect_test_harness
 
+from flows.adaptive import adaptive_loop
 from flows.lock import PipelineBusy
 from flows.pipeline import pipeline
-from flows.repro import RAN, SKIPPED, StageFailed, StageResult, repro_stage, stage_order
+from flows.repro import RAN, SKIPPED, StageFailed, StageResult, repro_stage, stage_environment, stage_order
 from groundwork.compression.names import VARIANTS
 from groundwork.params import ParamsError
 from groundwork.project import ROOT, copy_project, tiny_params_dict
@@ -144,7 +149,7 @@ def test_second_run_executes_nothing(project: Path) -> None:
     client = MlflowClient(tracking_uri(project))
     second = parent_runs(client)[-1]
     assert child_runs(client, second.info.run_id) == []
-    assert "up to date" in dvc(project, "status")
+    assert "up to date" in dvc(project, "status", "dvc.yaml")
 
 
 def test_overrides_run_as_a_dvc_experiment(project: Path) -> None:
@@ -209,10 +214,10 @@ def test_a_key_a_stage_does_not_read_never_reruns_it(project: Path) -> None:
     """Params are declared key by key where a stage reads part of a section: the preview size is the augment
     stage's alone, and the number of processes is transfer's, not the budget sweep's."""
     change_params(project, "transfer", nproc=2)
-    assert set(json.loads(dvc(project, "status", "--json"))) == {"transfer"}
+    assert set(json.loads(dvc(project, "status", "--json", "dvc.yaml"))) == {"transfer"}
     change_params(project, "transfer", nproc=1)
     change_params(project, "augment", preview_images=tiny_params_dict()["augment"]["preview_images"] + 1)
-    assert set(json.loads(dvc(project, "status", "--json"))) == {"augment"}
+    assert set(json.loads(dvc(project, "status", "--json", "dvc.yaml"))) == {"augment"}
     results = pipeline(project_dir=str(project))
     assert [stage for stage, status in statuses(results).items() if status == RAN] == ["augment"]
 
@@ -231,26 +236,33 @@ def test_transient_failure_is_retried_by_prefect(project: Path, monkeypatch: pyt
     results = pipeline(project_dir=str(project))
     assert attempts.count("evaluate") == 2
     assert statuses(results)["evaluate"] == RAN
-    assert "up to date" in dvc(project, "status")
+    assert "up to date" in dvc(project, "status", "dvc.yaml")
 
 
-def test_second_flow_is_refused_while_one_runs(project: Path) -> None:
-    before = output_digests(project)
+@contextmanager
+def lock_held_elsewhere(project: Path) -> Iterator[int]:
+    """The project's lock held by another process for the duration, as a flow run in progress holds it; its pid."""
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from pathlib import Path; from flows.lock import pipeline_lock\n"
          "with pipeline_lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(120)", str(project)],
         cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        state = pipeline(project_dir=str(project), return_state=True)
-        assert state.is_failed()
-        with pytest.raises(PipelineBusy, match=rf"another pipeline run is in progress .*\(pid {holder.pid}\)"):
-            state.result()
+        yield holder.pid
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_second_flow_is_refused_while_one_runs(project: Path) -> None:
+    before = output_digests(project)
+    with lock_held_elsewhere(project) as holder:
+        state = pipeline(project_dir=str(project), return_state=True)
+        assert state.is_failed()
+        with pytest.raises(PipelineBusy, match=rf"another pipeline run is in progress .*\(pid {holder}\)"):
+            state.result()
     assert output_digests(project) == before
-    assert "up to date" in dvc(project, "status")
+    assert "up to date" in dvc(project, "status", "dvc.yaml")
     assert statuses(pipeline(project_dir=str(project))) == dict.fromkeys(STAGES, SKIPPED)  # the lock is free
 
 
@@ -271,7 +283,7 @@ def test_failing_stage_fails_the_flow_and_keeps_the_last_good_outputs(project: P
     assert client.get_registered_model(name).aliases["champion"] == champion
     after = output_digests(project)
     assert after == before, "the outputs of the last good run are back in place"
-    status = dvc(project, "status", "--json")
+    status = dvc(project, "status", "--json", "dvc.yaml")
     assert "ingest" in status and "deleted" not in status, "only the params changed; no output is missing"
 
 
@@ -284,3 +296,101 @@ def test_bad_params_stop_the_flow_before_any_stage(project: Path) -> None:
     with pytest.raises(Exception, match=r"pretrain\.optimizer: Input should be 'sgd'"):
         state.result()
     assert len(parent_runs(client)) == runs_before, "no MLflow run is opened for a flow that cannot start"
+
+
+ADAPTIVE = ["adaptive/dvc.yaml:monitor", "adaptive/dvc.yaml:ask", "adaptive/dvc.yaml:adapt"]
+
+
+def simulate(project: Path, *args: str) -> str:
+    """The offline stand-ins (stream writer, annotator) run as a user runs them, in the project."""
+    result = subprocess.run([sys.executable, "-m", "groundwork.adaptive.simulate", *args], cwd=project,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_the_adaptive_loop_notices_drift_asks_for_labels_and_gates_a_challenger(project: Path) -> None:
+    """Two iterations of the loop's flow on the pipeline's champion: the first sees the shifted batches and asks;
+    labels come back; the second adapts, registers a challenger and gates it against forgetting."""
+    simulate(project, "stream")
+    first = adaptive_loop(project_dir=str(project), return_state=True)
+    assert first.is_completed(), first
+    assert statuses(first.result()) == dict.fromkeys(ADAPTIVE, RAN)
+    assert (project / "data" / "incoming.dvc").exists() and (project / "data" / "labels.dvc").exists()
+    watched = json.loads((project / "reports/adaptive/monitor.json").read_text())
+    assert (watched["batches"], watched["alarms"], watched["latest_alarm"]) == (3, 2, True)
+    asked = json.loads((project / "reports/adaptive/ask.json").read_text())
+    assert asked["queued"] == 22 and asked["alarmed_batches"] == 2
+    assert not json.loads((project / "reports/adaptive/adapt.json").read_text())["adapted"]
+    summary = flow_artifacts(first.state_details.flow_run_id)["adaptive-summary"]
+    assert "| monitor | ran |" in summary and "22 image(s) queued (10 holdout" in summary
+    assert "not adapted: 0 training label(s)" in summary
+
+    assert "labelled the queue" in simulate(project, "annotate")
+    second = adaptive_loop(project_dir=str(project), return_state=True)
+    assert second.is_completed(), second
+    assert statuses(second.result()) == {ADAPTIVE[0]: SKIPPED, ADAPTIVE[1]: RAN, ADAPTIVE[2]: RAN}
+    adapted = json.loads((project / "reports/adaptive/adapt.json").read_text())
+    assert adapted["adapted"] and adapted["train_labels"] == 12 and adapted["holdout_labels"] == 10
+    assert adapted["incumbent_model"] == "registered champion"
+    client = MlflowClient(tracking_uri(project))
+    name = tiny_params_dict()["evaluate"]["registered_model"]
+    aliases = client.get_registered_model(name).aliases
+    version = str(adapted["registry"]["version"])
+    assert str(aliases["challenger"]) == version
+    assert (str(aliases["champion"]) == version) is adapted["promoted"]
+    tags = client.get_model_version(name, version).tags
+    assert tags["gate.decision"] == ("promoted" if adapted["promoted"] else "kept champion")
+    assert float(tags["challenger.original_accuracy"]) == pytest.approx(adapted["challenger"]["original_accuracy"])
+    experiment = client.get_experiment_by_name(DEFAULT_EXPERIMENT)
+    loops = client.search_runs([experiment.experiment_id], "tags.stage = 'adaptive'", order_by=["start_time ASC"])
+    assert [run.info.status for run in loops] == ["FINISHED", "FINISHED"]
+    assert sorted(run.data.tags["stage"] for run in child_runs(client, loops[-1].info.run_id)) == ["adapt", "ask"]
+    assert "decision: " in flow_artifacts(second.state_details.flow_run_id)["adaptive-summary"]
+    assert "up to date" in dvc(project, "status", "adaptive/dvc.yaml")
+
+
+def test_a_loop_killed_mid_adapt_leaves_the_champion_and_no_challenger(project: Path) -> None:
+    simulate(project, "stream")
+    truth = {path.stem: np.load(path) for path in (project / "data" / "stream_truth").glob("*.npy")}
+    rows = [["image_id", "label", "purpose"]] + [[f"{prefix}-{index:05d}", str(label), "train"]
+                                                 for prefix, labels in truth.items()
+                                                 for index, label in enumerate(labels[:10])]
+    (project / "data" / "labels").mkdir(parents=True)
+    with (project / "data" / "labels" / "given.csv").open("w", newline="") as handle:
+        csv.writer(handle).writerows(rows)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["adaptive"]["adapt"]["finetune"]["epochs"] = 500  # long enough to be killed inside
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    client = MlflowClient(tracking_uri(project))
+    name = tiny_params_dict()["evaluate"]["registered_model"]
+    champion = client.get_registered_model(name).aliases["champion"]
+    env = stage_environment({"MLFLOW_TRACKING_URI": tracking_uri(project)})  # the venv's python for dvc's command
+    victim = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "--single-item", "adaptive/dvc.yaml:adapt"],
+                              cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True, env=env)
+    lines = []
+    try:
+        assert victim.stdout is not None
+        for line in victim.stdout:
+            lines.append(line)
+            if "adapt epoch 2/500" in line:
+                os.killpg(victim.pid, signal.SIGKILL)  # dvc and the stage with it, as an OOM kill or a lost node
+                break
+    finally:
+        victim.wait(timeout=60)
+    assert victim.returncode == -signal.SIGKILL, "".join(lines[-30:])
+    assert not (project / "models" / "challenger").exists() or not any((project / "models" / "challenger").iterdir())
+    aliases = client.get_registered_model(name).aliases
+    assert aliases["champion"] == champion and "challenger" not in aliases
+    assert not (project / "adaptive" / "dvc.lock").exists(), "DVC recorded nothing of the killed stage"
+
+
+def test_a_loop_run_is_refused_while_another_run_holds_the_project(project: Path) -> None:
+    simulate(project, "stream")
+    with lock_held_elsewhere(project) as holder:
+        state = adaptive_loop(project_dir=str(project), return_state=True)
+        assert state.is_failed()
+        with pytest.raises(PipelineBusy, match=rf"\(pid {holder}\)"):
+            state.result()
+    assert not (project / "data" / "incoming.dvc").exists() and not (project / "reports" / "adaptive").exists()

@@ -26,6 +26,7 @@ from groundwork.adaptive.incoming import ID_DIGITS, batch_digest
 from groundwork.adaptive.shifts import apply_shift, class_prior_weights
 from groundwork.data.atomic import atomic_path
 from groundwork.data.datasets import Split, load_dataset
+from groundwork.errors import DataError
 from groundwork.params import DEFAULT_PARAMS_PATH, Params, ParamsError, StreamParams, load_params
 from groundwork.training.loop import derived_seed
 
@@ -122,6 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "annotate":
+        if not args.queue.exists():
+            print(f"{args.queue}: no labelling queue yet (`make loop` writes one on a drift alarm)", file=sys.stderr)
+            return 1
         written = answer_queue(args.queue, args.truth, args.labels)
         print(f"labelled the queue into {written}" if written else f"{args.queue}: the queue is empty")
         return 0
@@ -130,7 +134,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ParamsError as exc:
         print(exc, file=sys.stderr)
         return 2
-    written = write_stream(params, target=args.target, incoming=args.incoming, truth=args.truth, upto=args.upto)
+    try:
+        written = write_stream(params, target=args.target, incoming=args.incoming, truth=args.truth, upto=args.upto)
+    except DataError as exc:
+        print(f"{exc}; the stream is drawn from ingest's target data: run the pipeline first (`make run`)",
+              file=sys.stderr)
+        return 1
     print(f"{len(written)} new batch(es) in {args.incoming}")
     return 0
 
