@@ -180,7 +180,8 @@ def drift_timeline(path: Path, table: pd.DataFrame, *, alpha: float) -> None:
 def contact_sheet(path: Path, images: np.ndarray, captions: Sequence[str], title: str, columns: int = 10) -> None:
     """Images (uint8 (N, 28, 28)) in a grid, each with its caption (its id and the model's guess) beneath."""
     rows = max(1, -(-len(images) // columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(columns * 1.1, rows * 1.35), squeeze=False)
+    figure, axes = plt.subplots(rows, columns, figsize=(columns * 1.25, rows * 1.55), squeeze=False,
+                                layout="constrained")
     for index, axis in enumerate(axes.flat):
         axis.set_xticks([])
         axis.set_yticks([])

@@ -48,7 +48,7 @@ def write_queue(queue_dir: Path, rows: list[dict[str, Any]], images: dict[str, n
     shown = rows[:SHEET_LIMIT]
     contact_sheet(queue_dir / "sheet.png", np.stack([images[r["image_id"]] for r in shown])
                   if shown else np.zeros((0, 28, 28), np.uint8),
-                  [f"{r['image_id']}\n{r['purpose']}: {r['predicted']}?" for r in shown],
+                  [r["image_id"].replace("-", "\n-", 1) + f"  {r['purpose']}: {r['predicted']}?" for r in shown],
                   f"To label: {len(rows)} image(s) (id, purpose: the model's guess)")
 
 
