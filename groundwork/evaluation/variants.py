@@ -4,7 +4,6 @@ stage listed in its manifest, each with its deployable file and its parameter co
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,9 +13,8 @@ from groundwork.compression.export import MANIFEST, onnx_logits, onnx_session, p
 from groundwork.compression.names import REFERENCE
 from groundwork.compression.packing import load_packed
 from groundwork.models.checkpoint import load_model
+from groundwork.tracking.runs import Predict
 from groundwork.training.loop import logits_of
-
-Predict = Callable[[torch.Tensor], torch.Tensor]  # uint8 images (N, 28, 28) -> logits (N, classes)
 
 
 @dataclass(frozen=True)
