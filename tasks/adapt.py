@@ -18,8 +18,7 @@ import numpy as np
 import torch
 
 from groundwork.adaptive.continual import adapted, replay_buffer
-from groundwork.adaptive.incoming import images_by_id, read_arrivals
-from groundwork.adaptive.labels import Label, read_labels
+from groundwork.adaptive.labels import Label, arrivals_and_labels
 from groundwork.compression.export import export_onnx, onnx_logits, onnx_session, quantize_int8
 from groundwork.data.atomic import write_json
 from groundwork.data.datasets import Split, load_dataset, to_float
@@ -55,9 +54,7 @@ def run(params: Params, *, model: Path, target: Path, source: Path, incoming: Pa
     """Adapt when the labels allow, write the challenger and its manifest, gate it; return scores and decision."""
     tracker = tracker or NullTracker()
     cfg = params.adaptive.adapt
-    arrivals = read_arrivals(incoming, params.ingest.target, min_batch=params.adaptive.monitor.min_batch)
-    images = images_by_id(arrivals.batches)
-    given = read_labels(labels, set(images))
+    _, images, given = arrivals_and_labels(params, incoming, labels)
     new, holdout = labelled(given, images, "train"), labelled(given, images, "holdout")
     counts = {"train_labels": len(new), "holdout_labels": len(holdout)}
     if len(new) < cfg.min_labels:

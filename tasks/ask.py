@@ -17,8 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from groundwork.adaptive.incoming import images_by_id, read_arrivals
-from groundwork.adaptive.labels import read_labels
+from groundwork.adaptive.labels import arrivals_and_labels
 from groundwork.adaptive.selection import informativeness, pick
 from groundwork.data.atomic import atomic_path
 from groundwork.entrypoint import stage_cli
@@ -79,9 +78,7 @@ def run(params: Params, *, model: Path, incoming: Path, labels: Path, drift: Pat
     """Choose the images to label from the alarmed batches and write the queue; return what was asked and why."""
     tracker = tracker or NullTracker()
     cfg = params.adaptive.ask
-    arrivals = read_arrivals(incoming, params.ingest.target, min_batch=params.adaptive.monitor.min_batch)
-    known = images_by_id(arrivals.batches)
-    given = read_labels(labels, set(known))
+    arrivals, known, given = arrivals_and_labels(params, incoming, labels)
     table = pd.read_csv(drift, dtype={"batch": str})
     alarmed = set(table.loc[table["alarm"].astype(bool), "batch"])
     candidates = [image_id for batch in arrivals.batches if batch.digest[:12] in alarmed

@@ -13,8 +13,12 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from groundwork.adaptive.incoming import Arrivals, images_by_id, read_arrivals
 from groundwork.data.datasets import NUM_CLASSES
 from groundwork.errors import DataError
+from groundwork.params import Params
 
 PURPOSES = ("train", "holdout")
 REQUIRED = ("image_id", "label")
@@ -77,3 +81,11 @@ def read_labels(folder: Path, known: set[str]) -> dict[str, Label]:
         except (UnicodeDecodeError, csv.Error) as exc:
             raise DataError(f"{path}: not a readable CSV file ({exc})") from None
     return labels
+
+
+def arrivals_and_labels(params: Params, incoming: Path,
+                        labels: Path) -> tuple[Arrivals, dict[str, np.ndarray], dict[str, Label]]:
+    """What ask and adapt both start from: the arrived batches, their images by id, and the labels given for them."""
+    arrivals = read_arrivals(incoming, params.ingest.target, min_batch=params.adaptive.monitor.min_batch)
+    images = images_by_id(arrivals.batches)
+    return arrivals, images, read_labels(labels, set(images))
