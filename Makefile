@@ -22,15 +22,18 @@ $(VENV)/.installed: pyproject.toml
 run: $(VENV)/.installed  ## run the whole pipeline through the Prefect flow
 	$(BIN)/python -m flows.pipeline
 
+# Two workers (pytest-xdist, one module at a time each, so a module's shared fixtures are built once): a serial run
+# keeps one of two cores idle for much of the time, waiting on stage processes, servers, DVC and SQLite.
+TEST_WORKERS ?= 2
 test: $(VENV)/.installed  ## lint, then run the whole test suite (what CI runs)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope
 
 # The markers are declared in pyproject.toml; each marked test also runs alone: pytest tests/x.py::test_y
 FAST_TESTS := not (e2e or server or browser or torchrun or subprocess)
 test-fast: $(VENV)/.installed  ## lint, then the unit tests alone (no pipeline runs, servers, browser, torchrun, stage processes)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -m "$(FAST_TESTS)"
+	$(BIN)/python -m pytest -m "$(FAST_TESTS)" -n $(TEST_WORKERS) --dist loadscope
 
 repro: $(VENV)/.installed  ## run the pipeline with plain `dvc repro` (same stages, cache and dvc.lock)
 	$(BIN)/dvc repro

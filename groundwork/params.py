@@ -457,6 +457,9 @@ class Params(Section):
 
     seed: int = Field(ge=0, le=2**31 - 1)
     device: Literal["auto", "cpu", "cuda"]
+    precision: Literal["fp32", "auto", "bf16"] = Field(
+        description="training steps' arithmetic: fp32, auto (bf16 mixed precision where the device runs bf16 "
+                    "natively, else fp32), or bf16 (mixed precision even where emulated)")
     model: ModelParams
     ingest: IngestParams
     augment: AugmentParams

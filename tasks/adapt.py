@@ -29,6 +29,7 @@ from groundwork.tracking.registry import decide_challenger
 from groundwork.tracking.runs import NullTracker, Predict, Tracker
 from groundwork.training.distributed import resolve_device
 from groundwork.training.loop import logits_of
+from groundwork.training.precision import autocast_dtype
 
 log = logging.getLogger(__name__)
 MANIFEST = "challenger.json"
@@ -70,8 +71,9 @@ def run(params: Params, *, model: Path, target: Path, source: Path, incoming: Pa
     tracker.log_dataset("source", source, source_digest, context="replay")
     replay = replay_buffer(target_data["train"], source_data["train"], cfg, seed=params.seed)
     log.info("adapting on %d new label(s) and %d replayed image(s)", len(new), len(replay))
-    challenger, history = adapted(base, new, replay, cfg, params.augment, device=resolve_device(params.device),
-                                  seed=params.seed)
+    device = resolve_device(params.device)
+    challenger, history = adapted(base, new, replay, cfg, params.augment, device=device, seed=params.seed,
+                                  precision=autocast_dtype(params.precision, device))
     fp32_path, int8_path = out_dir / "challenger.onnx", out_dir / "challenger_int8.onnx"
     export_onnx(challenger, fp32_path)
     calibration = to_float(torch.from_numpy(np.concatenate([new.images, target_data["val"].images]))).numpy()

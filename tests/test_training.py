@@ -21,7 +21,8 @@ from groundwork.training.loop import (
     supervised,
     validation,
 )
-from groundwork.training.transforms import online_augmentation
+from groundwork.training.precision import autocast, autocast_dtype, bf16_native
+from groundwork.training.transforms import augment_batch, online_augmentation
 
 
 def train_params(**changes: object) -> TrainParams:
@@ -166,6 +167,47 @@ def test_device_resolution() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="no CUDA device"):
             resolve_device("cuda")
+
+
+def test_precision_auto_takes_bf16_only_where_it_is_native() -> None:
+    cpu = torch.device("cpu")
+    assert autocast_dtype("fp32", cpu) is None
+    assert autocast_dtype("bf16", cpu) == torch.bfloat16
+    assert autocast_dtype("auto", cpu) == (torch.bfloat16 if bf16_native(cpu) else None)
+
+
+def test_bf16_training_steps_autocast_the_model_and_learn_as_fp32_does() -> None:
+    """Under precision bf16 the model's forward pass runs in bf16 and its weights stay fp32; it learns the toy
+    digits as the fp32 run does, and validation is computed in fp32 either way."""
+    params = Params.model_validate(tiny_params_dict())
+    data, cpu = toy_data(), torch.device("cpu")
+    accuracy, output_dtypes = {}, set()
+    for dtype in (None, torch.bfloat16):
+        seed_everything(0)
+        model = DigitNet(params.model)
+
+        def objective(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+                      generator: torch.Generator) -> tuple[torch.Tensor, int]:
+            outputs = model(inputs)
+            output_dtypes.add(outputs.dtype)
+            return torch.nn.functional.cross_entropy(outputs, targets), int((outputs.argmax(1) == targets).sum())
+
+        history = fit(model, data, train_params(epochs=3, batch_size=16, lr=3e-3), device=cpu, seed=0,
+                      objective=objective, validate=validation(*data, device=cpu), precision=dtype)
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+        accuracy[dtype] = history[-1]["val_accuracy"]
+    assert output_dtypes == {torch.float32, torch.bfloat16}
+    assert accuracy[None] > 0.5 and accuracy[torch.bfloat16] > 0.5
+
+
+def test_augmentation_is_fp32_and_identical_inside_a_bf16_step() -> None:
+    augment = AugmentParams.model_validate(tiny_params_dict()["augment"])
+    images = torch.rand(16, 1, 28, 28)
+    plain = augment_batch(images, augment, torch.Generator().manual_seed(3))
+    with autocast(torch.device("cpu"), torch.bfloat16):
+        inside = augment_batch(images, augment, torch.Generator().manual_seed(3))
+    assert inside.dtype == torch.float32
+    torch.testing.assert_close(inside, plain, rtol=0, atol=0)
 
 
 def test_fixmatch_teaches_confident_pseudo_labels_to_strong_views() -> None:

@@ -32,12 +32,14 @@ def _draw(split: Split, count: int, rng: np.random.Generator) -> Split:
 
 
 def adapted(model: DigitNet, new: Split, replay: Split, cfg: AdaptParams, augment: AugmentParams, *,
-            device: torch.device, seed: int) -> tuple[DigitNet, list[dict[str, float]]]:
-    """A copy of `model` fine-tuned on the new labels plus the replay buffer; the original is left untouched."""
+            device: torch.device, seed: int, precision: torch.dtype | None = None
+            ) -> tuple[DigitNet, list[dict[str, float]]]:
+    """A copy of `model` fine-tuned on the new labels plus the replay buffer (training steps autocast to
+    `precision`, see groundwork.training.precision); the original is left untouched."""
     challenger = copy.deepcopy(model)
     images = torch.from_numpy(np.concatenate([new.images, replay.images]))
     labels = torch.from_numpy(np.concatenate([new.labels, replay.labels]))
     objective = supervised(online_augmentation(augment) if cfg.finetune.augmentation == "online" else None)
     history = fit(challenger, (images, labels), cfg.finetune, device=device, seed=derived_seed(seed, "adapt"),
-                  objective=objective, desc="adapt")
+                  objective=objective, desc="adapt", precision=precision)
     return challenger.eval(), history

@@ -16,6 +16,7 @@ from groundwork.params import ModelParams, Params
 from groundwork.tracking.runs import Tracker
 from groundwork.training.distill import distillation, with_unlabelled
 from groundwork.training.loop import derived_seed, fit, seed_everything, validation
+from groundwork.training.precision import autocast_dtype
 from groundwork.training.transforms import online_augmentation
 
 FineTune = Callable[[DigitNet, str, int], float]  # (model, variant, round) -> validation accuracy after fine-tuning
@@ -31,6 +32,7 @@ def fine_tuner(params: Params, data: Dataset, teacher: DigitNet, device: torch.d
     objective = distillation(teacher.to(device, memory_format=torch.channels_last), augment=augment,
                              weight=cfg.distillation.weight, temperature=cfg.distillation.temperature)
     validate = validation(*data["val"].tensors(), device=device)
+    precision = autocast_dtype(params.precision, device)
 
     def tune(model: DigitNet, variant: str, round_: int) -> float:
         # a seed of its own for every variant and round, global RNG (dropout) included: a variant's result does
@@ -38,7 +40,7 @@ def fine_tuner(params: Params, data: Dataset, teacher: DigitNet, device: torch.d
         seed = derived_seed(params.seed, variant, round_)
         seed_everything(seed)
         history = fit(model, train.tensors(), cfg.finetune, device=device, seed=seed, objective=objective,
-                      validate=validate, desc=f"{variant} {round_}")
+                      validate=validate, desc=f"{variant} {round_}", precision=precision)
         tracker.log_metrics({f"{variant}_val_accuracy": history[-1]["val_accuracy"]}, step=round_)
         return history[-1]["val_accuracy"]
     return tune

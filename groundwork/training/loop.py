@@ -27,6 +27,7 @@ from groundwork.training.distributed import (
     sum_over_ranks,
     world_size,
 )
+from groundwork.training.precision import autocast
 from groundwork.training.resume import load_resume, save_resume
 
 log = logging.getLogger(__name__)
@@ -232,9 +233,9 @@ class _Progress:
 
 
 def _fingerprint(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], cfg: TrainParams, seed: int,
-                 desc: str) -> str:
-    """What a resume file must match: the run's params, seed, data and starting weights."""
-    sha = hashlib.sha256(f"{desc}|{seed}|{cfg.model_dump_json()}".encode())
+                 desc: str, precision: torch.dtype | None) -> str:
+    """What a resume file must match: the run's params, precision, seed, data and starting weights."""
+    sha = hashlib.sha256(f"{desc}|{seed}|{precision}|{cfg.model_dump_json()}".encode())
     for tensor in (*train, *model.state_dict().values()):
         sha.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return sha.hexdigest()
@@ -242,8 +243,8 @@ def _fingerprint(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], cfg
 
 def _train_epoch(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], cfg: TrainParams, *,
                  objective: Objective, optimizer: torch.optim.Optimizer, policy: LRPolicy,
-                 generator: torch.Generator, device: torch.device, progress: _Progress, bar: tqdm,
-                 desc: str) -> dict[str, float]:
+                 generator: torch.Generator, device: torch.device, precision: torch.dtype | None,
+                 progress: _Progress, bar: tqdm, desc: str) -> dict[str, float]:
     images, labels = train
     trainable = [p for p in model.parameters() if p.requires_grad]
     model.train()
@@ -253,7 +254,8 @@ def _train_epoch(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], cfg
     draws = _rank_generator(generator)
     for batch in batches:
         inputs, targets = prepare_batch(images[batch], device), labels[batch].to(device)
-        loss, batch_correct = objective(model, inputs, targets, draws)
+        with autocast(device, precision):  # the backward pass runs outside, as autocast asks
+            loss, batch_correct = objective(model, inputs, targets, draws)
         # the step's figures over all ranks: every rank sees the same loss and stops on the same step
         step_loss, step_correct, step_seen = sum_over_ranks([loss.item() * len(batch), batch_correct, len(batch)],
                                                             device)
@@ -291,7 +293,8 @@ def _track_best(model: nn.Module, metrics: dict[str, float], cfg: TrainParams, p
 def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], cfg: TrainParams, *, device: torch.device,
         seed: int, validate: Validate | None = None, objective: Objective | None = None,
         groups: list[dict[str, Any]] | None = None, on_epoch: EpochCallback | None = None,
-        resume: Path | None = None, desc: str = "train") -> list[dict[str, float]]:
+        resume: Path | None = None, desc: str = "train", precision: torch.dtype | None = None
+        ) -> list[dict[str, float]]:
     """Train `model` in place on uint8 images; return one metrics dict per epoch.
 
     `objective` computes a batch's loss (default: supervised cross-entropy); `validate(model)` scores each
@@ -300,7 +303,8 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], cfg: TrainPa
     after every epoch. With `resume`, the full training state is saved there after every epoch, a matching
     state found there at the start is continued from, and the file is removed when training ends: a killed
     run, started again, ends exactly as an uninterrupted one. Raises TrainingDiverged as soon as the loss
-    blows up or stops being finite.
+    blows up or stops being finite. `precision` (see groundwork.training.precision.autocast_dtype) runs the
+    training steps' forward passes under autocast to that dtype; validation stays fp32.
 
     Under torchrun (a process group is up) every rank calls fit alike: the training steps run through
     DistributedDataParallel on each rank's share of the epoch, `cfg.batch_size` being the global batch split
@@ -311,7 +315,7 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], cfg: TrainPa
     generator = torch.Generator().manual_seed(seed)
     per_rank_batch(cfg.batch_size, desc)  # fail before any work when the ranks cannot share the batch
     batches_per_epoch = steps_per_epoch(len(train[1]), cfg.batch_size, world_size())
-    fingerprint = _fingerprint(model, train, cfg, seed, desc) if resume is not None else ""
+    fingerprint = _fingerprint(model, train, cfg, seed, desc, precision) if resume is not None else ""
     model.to(device, memory_format=torch.channels_last)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(groups if groups is not None else [{"params": trainable}], cfg)
@@ -331,7 +335,8 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], cfg: TrainPa
     try:
         while progress.epoch < cfg.epochs and not (cfg.early_stopping and progress.stale >= cfg.early_stopping):
             metrics = _train_epoch(trainer, train, cfg, objective=objective, optimizer=optimizer, policy=policy,
-                                   generator=generator, device=device, progress=progress, bar=bar, desc=desc)
+                                   generator=generator, device=device, precision=precision, progress=progress,
+                                   bar=bar, desc=desc)
             if validate is not None:
                 metrics |= broadcast_from_main(validate(model) if is_main_process() else None)
             policy.after_epoch(metrics.get("val_loss"))

@@ -24,6 +24,7 @@ from groundwork.training.loop import (
     supervised,
     validation,
 )
+from groundwork.training.precision import autocast_dtype
 from groundwork.training.semi_supervised import fixmatch
 from groundwork.training.transforms import online_augmentation, strong_augmentation
 
@@ -65,7 +66,7 @@ def _train(model: DigitNet, data: Dataset, params: Params, *, epochs: int, seed:
     validate = validation(*data["val"].tensors(), device=device) if validated or needs_validation(run) else None
     return fit(model, data["train"].tensors(), run, device=device, seed=seed,
                objective=_objective(data, params, semi_supervised=semi_supervised), validate=validate, groups=groups,
-               on_epoch=on_epoch, desc=desc)
+               on_epoch=on_epoch, desc=desc, precision=autocast_dtype(params.precision, device))
 
 
 def fine_tune(model: DigitNet, data: Dataset, params: Params, *, seed: int, on_epoch: EpochCallback | None = None,
