@@ -3,9 +3,9 @@ with bf16 autocast (`precision: bf16`; `auto` picks it where the CPU has bf16 na
 per-sample style (a DataLoader over PIL images with torchvision transforms, NCHW, fp32).
 
 Same model, same source images, same augmentation families and magnitudes, same batch size and optimizer. Each
-timed epoch trains a fresh model on the first `--images` digits; its accuracy on the next 1,000 (never trained on)
-is reported beside its speed, so a faster loop that learns less shows. Prints images/second, the ratio to the
-naive loop and the held-out accuracy, medians over `--repeats` interleaved epochs.
+timed epoch trains a fresh model on `--images` digits drawn with the seed; its accuracy on 1,000 others (never
+trained on) is reported beside its speed, so a faster loop that learns less shows. Prints images/second, the ratio
+to the naive loop and the held-out accuracy, medians over `--repeats` interleaved epochs.
 Usage: python bench/train_throughput.py [--images N] [--repeats R]
 """
 
@@ -107,8 +107,12 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params()
     all_images, all_labels = load_source_raw()
-    images, labels = all_images[:args.images], all_labels[:args.images]
-    held_out = all_images[args.images:args.images + 1000], all_labels[args.images:args.images + 1000]
+    order = np.random.default_rng(params.seed).permutation(len(all_labels))  # the file is sorted by class
+    train, test = order[:args.images], order[-1000:]
+    if args.images > len(order) - 1000:
+        parser.error(f"--images: at most {len(order) - 1000} (1,000 digits are held out)")
+    images, labels = all_images[train], all_labels[train]
+    held_out = all_images[test], all_labels[test]
     cpu = torch.device("cpu")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {len(labels)} images/epoch, "
           f"batch {params.pretrain.batch_size}, model channels {list(params.model.channels)}, "

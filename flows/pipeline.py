@@ -34,7 +34,7 @@ from flows.repro import (
     stage_environment,
     stage_name,
     stage_order,
-    up_to_date,
+    stages_to_run,
 )
 from flows.summary import mlflow_address, summary_markdown, variant_rows
 from groundwork.params import read_raw_params, with_overrides
@@ -147,12 +147,14 @@ def run_tracked_stages(root: Path, stages: list[str], *, kind: str, publish: Pub
     try:
         if overrides:
             results = run_dvc_experiment(str(flow_run.name), overrides, stages, str(root), env, outcomes)
-        elif up_to_date(root, env, dvc_file):
-            for stage in stages:
-                logger.info("stage '%s' skipped: `dvc status` finds every stage unchanged", stage)
-            results = [StageResult(stage=stage, status=SKIPPED, seconds=0.0) for stage in stages]
         else:
+            pending = stages_to_run(root, env, dvc_file)
             for stage in stages:
+                if stage not in pending:  # `dvc repro` would skip it: no DVC process started to find that out
+                    logger.info("stage '%s' skipped: `dvc status` finds it and every stage it depends on unchanged",
+                                stage)
+                    results.append(StageResult(stage=stage, status=SKIPPED, seconds=0.0))
+                    continue
                 results.append(run_stage(stage, str(root), env, outcomes))
                 if results[-1].status == RAN and (stage_hash := lock_hash(root, stage)) is not None:
                     # dvc.lock gets the stage's entry only after the stage succeeded: tag its run now

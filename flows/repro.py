@@ -45,25 +45,56 @@ class StageResult:
     seconds: float | None  # None inside an experiment, where DVC runs the stages in one command
 
 
-def stage_order(root: Path, dvc_file: str = "dvc.yaml") -> list[str]:
-    """The stages of root/`dvc_file` in an order that runs every stage after those it depends on, as DVC
-    addresses them from `root`: by name in root/dvc.yaml, `<file>:<name>` in another (`adaptive/dvc.yaml:monitor`)."""
+def _stage_graph(root: Path) -> tuple[list[str], Any]:
+    """Every stage of the project as DVC addresses it from `root` (by name in root/dvc.yaml, `<file>:<name>` in
+    another: `adaptive/dvc.yaml:monitor`), in the dvc files' order, and DVC's graph over those addresses, whose edges
+    point from a stage to the stages it depends on."""
     import networkx as nx
     from dvc.repo import Repo
 
-    def graph_of(stage: Any) -> str:
-        return Path(stage.dvcfile.path).resolve().relative_to(root.resolve()).as_posix()
-
     def address(stage: Any) -> str:
-        return stage.name if graph_of(stage) == "dvc.yaml" else f"{graph_of(stage)}:{stage.name}"
+        graph = Path(stage.dvcfile.path).resolve().relative_to(root.resolve()).as_posix()
+        return stage.name if graph == "dvc.yaml" else f"{graph}:{stage.name}"
 
     with Repo(str(root)) as repo:
-        stages = list(repo.index.stages)
-        position = {address(stage): index for index, stage in enumerate(stages)}
-        # DVC's edges point from a stage to the stages it depends on: reverse them for execution order.
-        graph = repo.index.graph.reverse(copy=True)
-        ordered = nx.lexicographical_topological_sort(graph, key=lambda stage: position[address(stage)])
-        return [address(stage) for stage in ordered if graph_of(stage) == Path(dvc_file).as_posix()]
+        return [address(stage) for stage in repo.index.stages], nx.relabel_nodes(repo.index.graph, address)
+
+
+def _in_file(address: str, dvc_file: str) -> bool:
+    graph, _, _ = address.rpartition(":")
+    return (graph or "dvc.yaml") == Path(dvc_file).as_posix()
+
+
+def stage_order(root: Path, dvc_file: str = "dvc.yaml") -> list[str]:
+    """The stages of root/`dvc_file` in an order that runs every stage after those it depends on, as DVC
+    addresses them from `root`: by name in root/dvc.yaml, `<file>:<name>` in another (`adaptive/dvc.yaml:monitor`)."""
+    return _ordered(*_stage_graph(root), dvc_file)
+
+
+def _ordered(stages: list[str], graph: Any, dvc_file: str) -> list[str]:
+    import networkx as nx
+
+    position = {stage: index for index, stage in enumerate(stages)}
+    # DVC's edges point from a stage to the stages it depends on: reversed, they give the execution order
+    ordered = nx.lexicographical_topological_sort(graph.reverse(copy=True), key=position.__getitem__)
+    return [stage for stage in ordered if _in_file(stage, dvc_file)]
+
+
+def stages_to_run(root: Path, env: Mapping[str, str], dvc_file: str = "dvc.yaml") -> list[str]:
+    """The stages of `dvc_file`, in DVC's order, that `dvc repro` may run: those `dvc status` finds changed (deps,
+    params or outputs) and every stage downstream of one. The others have unchanged inputs all the way up, so
+    `dvc repro` would skip them: one DVC call tells, instead of one `dvc repro` per stage. When `dvc status` itself
+    fails, every stage (each `dvc repro` then decides, and reports what went wrong)."""
+    import networkx as nx
+
+    result = subprocess.run([sys.executable, "-m", "dvc", "status", "--json", dvc_file], cwd=root, env=dict(env),
+                            capture_output=True, text=True)
+    stages, graph = _stage_graph(root)
+    order = _ordered(stages, graph, dvc_file)
+    if result.returncode != 0:
+        return order
+    changed = set(json.loads(result.stdout or "{}"))
+    return [stage for stage in order if stage in changed or changed & nx.descendants(graph, stage)]
 
 
 def stage_name(address: str) -> str:
@@ -128,14 +159,6 @@ def _stream(command: list[str], *, root: Path, env: Mapping[str, str],
             lines.append(line.rstrip())
             echo(line.rstrip())
     return process.returncode, lines
-
-
-def up_to_date(root: Path, env: Mapping[str, str], dvc_file: str = "dvc.yaml") -> bool:
-    """Whether `dvc status` finds every stage of `dvc_file` unchanged: one DVC call instead of one `dvc repro` per
-    stage."""
-    result = subprocess.run([sys.executable, "-m", "dvc", "status", "--json", dvc_file], cwd=root, env=dict(env),
-                            capture_output=True, text=True)
-    return result.returncode == 0 and json.loads(result.stdout or "{}") == {}
 
 
 def restore_outputs(stage: str, *, root: Path, env: Mapping[str, str], echo: Callable[[str], None]) -> None:

@@ -25,7 +25,16 @@ from prefect.testing.utilities import prefect_test_harness
 from flows.adaptive import adaptive_loop
 from flows.lock import PipelineBusy
 from flows.pipeline import pipeline, run_stage
-from flows.repro import RAN, SKIPPED, StageFailed, StageResult, repro_stage, stage_environment, stage_order
+from flows.repro import (
+    RAN,
+    SKIPPED,
+    StageFailed,
+    StageResult,
+    repro_stage,
+    stage_environment,
+    stage_order,
+    stages_to_run,
+)
 from groundwork.compression.names import VARIANTS
 from groundwork.params import ParamsError
 from groundwork.project import ROOT, copy_project, tiny_params_dict
@@ -208,6 +217,8 @@ def test_served_deployment_runs_on_its_schedule_and_on_demand(project: Path) -> 
 
 def test_transfer_param_change_reruns_exactly_the_stages_that_read_it(project: Path) -> None:
     change_params(project, "transfer", epochs=tiny_params_dict()["transfer"]["epochs"] + 1)
+    # what the flow hands to `dvc repro`: the changed stage and those downstream of it, not budget (a sibling)
+    assert stages_to_run(project, stage_environment({})) == ["transfer", "search", "compress", "evaluate"]
     results = pipeline(project_dir=str(project))
     ran = [stage for stage, status in statuses(results).items() if status == RAN]
     assert ran == ["transfer", "search", "compress", "evaluate"]  # budget sets its own epochs from budget.steps
