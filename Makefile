@@ -7,7 +7,7 @@ BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 UI_PORT ?= 5000
 
-.PHONY: help run test test-fast repro ui serve clean stream loop annotate serve-loop
+.PHONY: help run test test-fast fuzz repro ui serve clean stream loop annotate serve-loop
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
@@ -34,6 +34,12 @@ FAST_TESTS := not (e2e or server or browser or torchrun or subprocess)
 test-fast: $(VENV)/.installed  ## lint, then the unit tests alone (no pipeline runs, servers, browser, torchrun, stage processes)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -m "$(FAST_TESTS)" -n $(TEST_WORKERS) --dist loadscope
+
+# The suite fuzzes every reader of outside files with 1,000 cases each and a fixed seed; this runs many more, each
+# time with a new seed, and prints how many cases of each family every reader got.
+FUZZ_CASES ?= 20000
+fuzz: $(VENV)/.installed  ## fuzz every reader of outside files with FUZZ_CASES cases each (random seed)
+	GROUNDWORK_FUZZ_CASES=$(FUZZ_CASES) $(BIN)/python -m pytest tests/test_fuzz.py -s
 
 repro: $(VENV)/.installed  ## run the pipeline with plain `dvc repro` (same stages, cache and dvc.lock)
 	$(BIN)/dvc repro

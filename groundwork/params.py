@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from groundwork.compression.names import VariantName
+from groundwork.data.untrusted import MAX_PARAMS_BYTES, MAX_YAML_VALUES, check_file_size
 
 DEFAULT_PARAMS_PATH = Path("params.yaml")
 IMAGE_SIDE = 28  # every image, source or target, is brought to 28x28 gray by ingest
@@ -528,13 +529,37 @@ def with_overrides(raw: dict[str, Any], overrides: dict[str, Any], *, source: st
 def read_raw_params(path: Path = DEFAULT_PARAMS_PATH) -> Any:
     """The params file parsed as YAML, not yet validated; errors name the file."""
     try:
-        text = Path(path).read_text()
+        check_file_size(Path(path), MAX_PARAMS_BYTES)
+        text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ParamsError(f"{path}: params file not found") from None
+    except ValueError as exc:  # too large, or not UTF-8 text (UnicodeDecodeError)
+        raise ParamsError(f"{path}: not a params file ({exc})") from None
     try:
-        return yaml.safe_load(text)
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    except RecursionError:
+        raise ParamsError(f"{path}: not a params file (nested too deeply)") from None
+    if expanded_size(raw, MAX_YAML_VALUES) > MAX_YAML_VALUES:
+        raise ParamsError(f"{path}: not a params file (its YAML aliases expand it to more than "
+                          f"{MAX_YAML_VALUES:,} values)")
+    return raw
+
+
+def expanded_size(value: Any, limit: int) -> int:
+    """How many values `value` holds, counting a value shared through YAML aliases at each place it is used, as
+    validation would visit it; counting stops past `limit`, so an exponential "billion laughs" costs no more."""
+    count, pending = 0, [value]
+    while pending and count <= limit:
+        item = pending.pop()
+        count += 1
+        if isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return count
 
 
 def load_params(path: Path = DEFAULT_PARAMS_PATH) -> Params:

@@ -40,7 +40,7 @@ def write_queue(queue_dir: Path, rows: list[dict[str, Any]], images: dict[str, n
     for row in rows:
         with atomic_path(queue_dir / row["file"]) as tmp:
             Image.fromarray(images[row["image_id"]]).save(tmp, format="PNG")
-    with atomic_path(queue_dir / "queue.csv") as tmp, tmp.open("w", newline="") as handle:
+    with atomic_path(queue_dir / "queue.csv") as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(QUEUE_COLUMNS))
         writer.writeheader()
         writer.writerows(rows)

@@ -11,7 +11,6 @@ proceed.
 from __future__ import annotations
 
 import hashlib
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,9 +18,11 @@ import numpy as np
 
 from groundwork.data.datasets import IMAGE_SIDE
 from groundwork.data.formatting import format_images
+from groundwork.data.untrusted import read_images, read_npz
 from groundwork.params import DataSource
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IMAGE_FORMATS = ("PNG", "JPEG")  # decoded by these PIL plugins only, whatever a file's name claims
 ID_DIGITS = 12  # characters of the batch digest in an image id: unique enough for any stream, short to type
 
 
@@ -71,28 +72,19 @@ def in_model_format(images: np.ndarray, cfg: DataSource) -> np.ndarray:
 
 def _read_npz(path: Path) -> np.ndarray:
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            if "images" not in archive.files:
-                raise ValueError(f"no 'images' array (found {sorted(archive.files)})")
-            return archive["images"]
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        arrays = read_npz(path)
+    except (FileNotFoundError, ValueError) as exc:
         raise ValueError(f"not a readable .npz file ({exc})") from None
+    if "images" not in arrays:
+        raise ValueError(f"no 'images' array (found {sorted(arrays)})")
+    return arrays["images"]
 
 
 def _read_folder(path: Path) -> list[np.ndarray]:
-    from PIL import Image, UnidentifiedImageError
-
     files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise ValueError(f"no {'/'.join(IMAGE_SUFFIXES)} files")
-    images = []
-    for file in files:
-        try:
-            with Image.open(file) as image:
-                images.append(np.asarray(image.convert("RGB")))
-        except (UnidentifiedImageError, OSError) as exc:
-            raise ValueError(f"{file.name}: not a readable image ({exc})") from None
-    return images
+    return read_images(files, formats=IMAGE_FORMATS)
 
 
 def read_batch(path: Path, cfg: DataSource) -> Batch:

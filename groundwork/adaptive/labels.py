@@ -17,6 +17,7 @@ import numpy as np
 
 from groundwork.adaptive.incoming import Arrivals, images_by_id, read_arrivals
 from groundwork.data.datasets import NUM_CLASSES
+from groundwork.data.untrusted import MAX_LABELS_BYTES, check_file_size
 from groundwork.errors import DataError
 from groundwork.params import Params
 
@@ -61,7 +62,11 @@ def read_labels(folder: Path, known: set[str]) -> dict[str, Label]:
     files = sorted(folder.glob("*.csv")) if folder.is_dir() else []
     for path in files:
         try:
-            with path.open(newline="") as handle:
+            check_file_size(path, MAX_LABELS_BYTES)
+        except ValueError as exc:
+            raise DataError(f"{path}: not a labels file ({exc})") from None
+        try:
+            with path.open(newline="", encoding="utf-8") as handle:
                 reader = csv.DictReader(handle)
                 missing = [name for name in REQUIRED if name not in (reader.fieldnames or [])]
                 if missing:

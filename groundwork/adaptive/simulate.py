@@ -98,7 +98,7 @@ def answer_queue(queue: Path, truth: Path, labels: Path) -> Path | None:
             answers[prefix] = np.load(truth / f"{prefix}.npy")
         row["label"] = str(int(answers[prefix][int(index)]))
     out = labels / f"answers-{batch_digest(np.array([r['image_id'] for r in rows]))[:ID_DIGITS]}.csv"
-    with atomic_path(out) as tmp, tmp.open("w", newline="") as handle:
+    with atomic_path(out) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=["image_id", "label", "purpose"], extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)

@@ -7,20 +7,22 @@ from __future__ import annotations
 
 import json
 import lzma
+import math
 import struct
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
 from torch import nn
 from torch.nn.utils import parametrize
 
 from groundwork.data.atomic import atomic_path
+from groundwork.data.untrusted import MAX_PACKED_BYTES, decompress_lzma
 from groundwork.errors import CheckpointError
+from groundwork.models.checkpoint import MAX_CLASSES, build_model
 from groundwork.models.digitnet import DigitNet, prunable_layers
-from groundwork.models.factorized import apply_factorization
-from groundwork.params import ModelParams
 
 MAGIC = b"GWPACK01"
 KMEANS_ITERATIONS = 30
@@ -111,19 +113,66 @@ def pack(model: DigitNet, path: Path, *, bits: int) -> None:
         tmp.write_bytes(MAGIC + lzma.compress(body, preset=9 | lzma.PRESET_EXTREME))
 
 
-def _restore(entry: dict[str, Any], chunk: bytes) -> torch.Tensor:
-    shape = entry["shape"]
-    if entry["kind"] == "int":
-        return torch.tensor(entry["values"], dtype=torch.int64).reshape(shape)
-    if entry["kind"] == "float16":
-        return torch.from_numpy(np.frombuffer(chunk, dtype=np.float16).astype(np.float32)).reshape(shape)
-    values = torch.cat([torch.zeros(1), torch.tensor(entry["codebook"], dtype=torch.float32)])
-    symbols = torch.from_numpy(np.frombuffer(chunk, dtype=np.uint8).astype(np.int64))
-    return values[symbols].reshape(shape)
+class _Tensor(BaseModel):
+    """One tensor of a packed file's header, as `pack` writes it."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    shape: list[NonNegativeInt] = Field(max_length=8)
+    bytes: NonNegativeInt
+    kind: Literal["shared", "float16", "int"]
+    codebook: list[float] = Field(default=[], max_length=255)  # shared: symbol s > 0 is codebook[s - 1]
+    values: list[int] = []  # int: the tensor's values
+
+    def payload_bytes(self) -> int:
+        """The bytes of body this tensor must have, from its shape and kind."""
+        return math.prod(self.shape) * {"shared": 1, "float16": 2, "int": 0}[self.kind]
+
+
+class _Header(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    arch: dict[str, Any]
+    num_classes: int = Field(ge=1, le=MAX_CLASSES)
+    factorized: dict[str, PositiveInt]
+    tensors: list[_Tensor] = Field(max_length=1000)
+
+
+def _restore(entry: _Tensor, chunk: bytes) -> torch.Tensor:
+    if entry.kind == "int":
+        if len(entry.values) != math.prod(entry.shape):
+            raise ValueError(f"tensor {entry.name}: {len(entry.values)} values for shape {entry.shape}")
+        return torch.tensor(entry.values, dtype=torch.int64).reshape(entry.shape)
+    if entry.kind == "float16":
+        return torch.from_numpy(np.frombuffer(chunk, dtype=np.float16).astype(np.float32)).reshape(entry.shape)
+    values = np.array([0.0, *entry.codebook], dtype=np.float32)
+    symbols = np.frombuffer(chunk, dtype=np.uint8)
+    if symbols.size and symbols.max() >= len(values):
+        raise ValueError(f"tensor {entry.name}: symbol {symbols.max()} beyond its {len(entry.codebook)}-value codebook")
+    return torch.from_numpy(values[symbols]).reshape(entry.shape)  # uint8 indices: no int64 copy of the symbols
+
+
+def _decoded(raw: bytes) -> tuple[_Header, bytes]:
+    """The header and tensor bytes of a packed file's content, every declared size checked against the body."""
+    body = decompress_lzma(raw[len(MAGIC):], limit=MAX_PACKED_BYTES)
+    if len(body) < 4:
+        raise ValueError("no header")
+    (length,) = struct.unpack_from("<I", body)
+    if 4 + length > len(body):
+        raise ValueError(f"header of {length:,} bytes in a body of {len(body):,}")
+    header = _Header.model_validate_json(body[4:4 + length])
+    tensors = body[4 + length:]
+    for entry in header.tensors:
+        if entry.bytes != entry.payload_bytes():
+            raise ValueError(f"tensor {entry.name}: {entry.bytes:,} bytes for shape {entry.shape} ({entry.kind})")
+    declared = sum(entry.bytes for entry in header.tensors)
+    if declared != len(tensors):
+        raise ValueError(f"the header declares {declared:,} bytes of tensors, the body holds {len(tensors):,}")
+    return header, tensors
 
 
 def load_packed(path: Path | str) -> DigitNet:
-    """Decode a packed file into a runnable DigitNet (eval mode); errors name the file."""
+    """Decode a packed file into a runnable DigitNet (eval mode); errors name the file. Sizes are checked before
+    they are allocated: the decoded body at most MAX_PACKED_BYTES, every tensor exactly the bytes its shape needs."""
     try:
         raw = Path(path).read_bytes()
     except FileNotFoundError:
@@ -131,16 +180,13 @@ def load_packed(path: Path | str) -> DigitNet:
     if not raw.startswith(MAGIC):
         raise CheckpointError(f"{path}: not a packed model (expected the {MAGIC.decode()} header)")
     try:
-        body = lzma.decompress(raw[len(MAGIC):])
-        (length,) = struct.unpack_from("<I", body)
-        header = json.loads(body[4:4 + length])
-        offset, state = 4 + length, {}
-        for entry in header["tensors"]:
-            state[entry["name"]] = _restore(entry, body[offset:offset + entry["bytes"]])
-            offset += entry["bytes"]
-        model = DigitNet(ModelParams.from_saved(header["arch"]), num_classes=header["num_classes"])
-        apply_factorization(model, header["factorized"])
+        header, tensors = _decoded(raw)
+        offset, state = 0, {}
+        for entry in header.tensors:
+            state[entry.name] = _restore(entry, tensors[offset:offset + entry.bytes])
+            offset += entry.bytes
+        model = build_model(header.arch, header.num_classes, header.factorized)
         model.load_state_dict(state)
-    except (lzma.LZMAError, struct.error, ValueError, KeyError, RuntimeError) as exc:
+    except (struct.error, ValueError, RuntimeError) as exc:  # pydantic's ValidationError is a ValueError
         raise CheckpointError(f"{path}: corrupt or truncated packed model ({exc})") from None
     return model.eval()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import numpy as np
 import torch
 
 from groundwork.data.atomic import atomic_path
+from groundwork.data.untrusted import read_npz
 from groundwork.errors import DataError
 from groundwork.params import IMAGE_SIDE
 NUM_CLASSES = 10
@@ -90,13 +90,12 @@ def load_dataset(path: Path | str, splits: tuple[str, ...] = SPLITS) -> tuple[Da
     """Read, validate and digest-check the named splits of a dataset file; return it with its digest."""
     source = str(path)
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            stored = {key: archive[key] for key in archive.files}
+        stored = read_npz(Path(path))
     except FileNotFoundError:
         raise DataError(f"{source}: file not found (run the stage that writes it, e.g. `dvc repro`)") from None
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+    except ValueError as exc:
         raise DataError(f"{source}: corrupt or truncated data file ({exc})") from None
-    if "digest" not in stored:
+    if "digest" not in stored or stored["digest"].dtype.kind != "U":
         raise DataError(f"{source}: no content digest stored; not a groundwork dataset")
     dataset: Dataset = {}
     for name in stored:

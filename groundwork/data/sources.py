@@ -6,12 +6,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from groundwork.data.datasets import NUM_CLASSES
+from groundwork.data.untrusted import read_images
 from groundwork.errors import DataError
 from groundwork.params import DataSource
 
@@ -111,8 +113,12 @@ def load_image_folder(cfg: DataSource, *, key: str) -> tuple[list[np.ndarray], n
                         f"sub-folder of images per class)") from exc
     labels = np.asarray(dataset.targets, dtype=np.int64)
     check_classes(len(dataset.classes), labels, key=key, cfg=cfg)
-    # torchvision's loader opens each file as RGB; gray files come back with three equal channels
-    images = [np.asarray(dataset.loader(path)) for path, _ in dataset.samples]
+    # each file opened as RGB, as torchvision's loader does (gray files come back with three equal channels), with
+    # its declared size checked before it is decoded
+    try:
+        images = read_images([Path(path) for path, _ in dataset.samples])
+    except ValueError as exc:
+        raise DataError(f"{key}.dataset=image_folder: {exc}") from None
     log.info("%s: %d images in %d class folders %s", cfg.folder, len(images), len(dataset.classes), dataset.classes)
     return images, labels
 

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from groundwork.data.atomic import atomic_path
+from groundwork.data.untrusted import MAX_CHECKPOINT_BYTES, zip_members
 from groundwork.errors import CheckpointError
 from groundwork.models.factorized import apply_factorization
 from groundwork.models.digitnet import DigitNet
 from groundwork.params import ModelParams
 
 FORMAT = "groundwork-checkpoint/1"
-
+MAX_CLASSES = 1000  # a bound for files from elsewhere; the heads trained here have 10 outputs
 
 
 def save_checkpoint(path: Path | str, model: DigitNet, *, stage: str, params: dict[str, Any],
@@ -36,29 +38,59 @@ def save_checkpoint(path: Path | str, model: DigitNet, *, stage: str, params: di
 
 
 def read_checkpoint(path: Path | str) -> dict[str, Any]:
-    """Load a checkpoint's payload with weights_only=True, refusing anything that needs unpickling code."""
+    """Load a checkpoint's payload with weights_only=True, refusing anything that needs unpickling code. The file
+    must be the zip archive torch.save writes, its members' declared sizes under MAX_CHECKPOINT_BYTES: torch's
+    reader allocates each member's declared size before reading it, and its legacy format each storage's."""
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with zipfile.ZipFile(path) as archive:
+            zip_members(archive, limit=MAX_CHECKPOINT_BYTES)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: checkpoint not found (run the stage that writes it)") from None
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint, not torch.save's zip format ({exc})") from None
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: refused: {exc}") from None
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"{path}: refused: the file carries pickled objects beyond weights and plain data ({exc})"
         ) from None
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({exc})") from None
+    # what torch's reader and its restricted unpickler raise on damaged bytes (found by tests/test_fuzz.py): a bad
+    # record, a storage that does not fit its tensor (RuntimeError), a stack that runs out (IndexError), a memo
+    # entry that is not there (KeyError)
+    except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({type(exc).__name__}: {exc})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a {FORMAT} file")
     return payload
 
 
+def build_model(arch: Any, num_classes: Any, factorized: Any) -> DigitNet:
+    """The untrained model a saved file describes, each part checked before anything is built (a file from
+    elsewhere could declare layers of billions of weights); ValueError with the reason."""
+    if not isinstance(arch, dict):
+        raise ValueError("no architecture stored")
+    arch_params = ModelParams.from_saved(arch)  # the params' own bounds on every width
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not 1 <= num_classes <= MAX_CLASSES:
+        raise ValueError(f"num_classes {num_classes!r} outside 1..{MAX_CLASSES}")
+    if not isinstance(factorized, dict):
+        raise ValueError(f"factorized must map layer names to ranks, got {type(factorized).__name__}")
+    return apply_factorization(DigitNet(arch_params, num_classes=num_classes), factorized)
+
+
 def load_model(path: Path | str) -> tuple[DigitNet, dict[str, Any]]:
     """Rebuild the model a checkpoint describes and load its weights; return it with the payload."""
     payload = read_checkpoint(path)
-    model = DigitNet(ModelParams.from_saved(payload["arch"]), num_classes=payload["num_classes"])
-    apply_factorization(model, payload.get("factorized", {}))
     try:
-        model.load_state_dict(payload["state_dict"])
-    except RuntimeError as exc:
+        model = build_model(payload.get("arch"), payload.get("num_classes"), payload.get("factorized", {}))
+    except ValueError as exc:  # pydantic's ValidationError is one
+        raise CheckpointError(f"{path}: not a model this code can build ({exc})") from None
+    state = payload.get("state_dict")
+    if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
+        raise CheckpointError(f"{path}: no state_dict of tensors")
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError) as exc:
         raise CheckpointError(f"{path}: weights do not fit the stored architecture ({exc})") from None
     return model.eval(), payload

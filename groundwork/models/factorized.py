@@ -31,8 +31,25 @@ def replace_module(model: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def apply_factorization(model: DigitNet, ranks: dict[str, int]) -> DigitNet:
-    """Give `model` the factorised structure `ranks` describes (weights to be loaded afterwards)."""
+    """Give `model` the factorised structure `ranks` describes (weights to be loaded afterwards); ValueError for a
+    name that is not a conv or linear layer of the model, or a rank outside 1..the layer's smaller side (ranks
+    come from saved files, which may come from elsewhere)."""
     for name, rank in ranks.items():
-        replace_module(model, name, thin_pair(model.get_submodule(name), rank))
+        layer = model.get_submodule(name) if name and _has_submodule(model, name) else None
+        if not isinstance(layer, nn.Conv2d | nn.Linear):
+            raise ValueError(f"factorised layer {name!r} is not a conv or linear layer of the model")
+        full = (min(layer.in_features, layer.out_features) if isinstance(layer, nn.Linear)
+                else min(layer.in_channels * layer.kernel_size[0] * layer.kernel_size[1], layer.out_channels))
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= full:
+            raise ValueError(f"factorised layer {name!r}: rank {rank!r} outside 1..{full}")
+        replace_module(model, name, thin_pair(layer, rank))
     model.factorized = dict(ranks)
     return model
+
+
+def _has_submodule(model: nn.Module, name: str) -> bool:
+    try:
+        model.get_submodule(name)
+    except AttributeError:
+        return False
+    return True

@@ -1,0 +1,172 @@
+"""Readers for files that may come from elsewhere (a DVC remote, another machine, a user): every size a file
+declares about itself is checked against a limit before anything of that size is allocated, so a small hostile
+file (a decompression bomb, a header claiming a huge shape, an image declaring billions of pixels) is refused
+with its reason instead of exhausting memory.
+
+The helpers raise ValueError with the reason alone; each caller names the file in its own error type.
+"""
+
+from __future__ import annotations
+
+import io
+import lzma
+import math
+import tokenize
+import zipfile
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+MiB = 1 << 20
+GiB = 1 << 30
+# One .npz (a dataset or an incoming batch), decompressed: 2.7 million 28x28 images with their labels.
+MAX_ARCHIVE_BYTES = 2 * GiB
+# One checkpoint's members: the widest DigitNet the params allow is about 30 MB of float32 weights.
+MAX_CHECKPOINT_BYTES = 1 * GiB
+# A packed model's decoded body (one byte a weight): the widest DigitNet the params allow needs about 7 MiB.
+MAX_PACKED_BYTES = 16 * MiB
+# The LZMA decoder's own memory, mostly the dictionary a stream declares: pack's preset 9 needs 65 MiB, and a
+# crafted stream may declare up to 4 GiB.
+MAX_LZMA_MEMORY = 80 * MiB
+# One image file, from its header before decoding: an 8192 x 8192 photo. PIL's own check is 89M / 179M pixels.
+MAX_IMAGE_PIXELS = 1 << 26
+MAX_IMAGE_FILE_BYTES = 256 * MiB
+# All images of one folder read together (kept decoded, RGB, until formatted): 4 GiB of pixels.
+MAX_FOLDER_PIXELS = (4 * GiB) // 3
+# Hand-written text files: params.yaml and labels CSVs.
+MAX_PARAMS_BYTES = 1 * MiB
+MAX_LABELS_BYTES = 64 * MiB
+# Values a params file may expand to, counting each use of a YAML alias (a "billion laughs" file is small).
+MAX_YAML_VALUES = 100_000
+
+ARRAY_KINDS = "biufcUS"  # numbers, booleans and strings: nothing that needs unpickling or has no size
+
+
+def check_file_size(path: Path, limit: int) -> None:
+    """ValueError when `path` is larger than `limit` bytes (FileNotFoundError when it is missing)."""
+    size = path.stat().st_size
+    if size > limit:
+        raise ValueError(f"{size:,} bytes, over the limit of {limit:,} for this kind of file")
+
+
+def zip_members(archive: zipfile.ZipFile, *, limit: int) -> list[zipfile.ZipInfo]:
+    """The members of an open zip archive, refused when their declared sizes add up to more than `limit`.
+    Python's zipfile never inflates a member past its declared size, so this bounds what reading them makes."""
+    members = archive.infolist()
+    declared = sum(member.file_size for member in members)
+    if declared > limit:
+        raise ValueError(f"its members declare {declared:,} bytes, over the limit of {limit:,}")
+    return members
+
+
+def read_npz(path: Path, *, limit: int = MAX_ARCHIVE_BYTES) -> dict[str, np.ndarray]:
+    """Every array of an .npz file (as np.savez writes it) by name, plain data only (no pickles), each array's
+    declared shape checked against the bytes its member holds before the array is allocated.
+    FileNotFoundError when the file is missing; ValueError with the reason for anything else."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            arrays = {}
+            for member in zip_members(archive, limit=limit):
+                if not member.filename.endswith(".npy"):
+                    raise ValueError(f"member {member.filename!r} is not a .npy array")
+                with archive.open(member) as stream:
+                    arrays[member.filename.removesuffix(".npy")] = _read_npy(stream, member)
+            return arrays
+    except FileNotFoundError:
+        raise
+    # what a damaged archive raises: a bad header or CRC, a broken deflate stream, an unknown compression method,
+    # an encrypted member (RuntimeError), a member shorter than its header says
+    except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, OSError, NotImplementedError,
+            RuntimeError) as exc:
+        raise ValueError(f"corrupt or truncated ({exc})") from None
+
+
+def _read_npy(stream: zipfile.ZipExtFile, member: zipfile.ZipInfo) -> np.ndarray:
+    name = member.filename
+    version = np.lib.format.read_magic(stream)  # ValueError for anything but the .npy magic
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    if version not in readers:
+        raise ValueError(f"{name}: .npy format version {version} is not supported")
+    try:
+        shape, fortran_order, dtype = readers[version](stream)
+    # numpy parses the header (a Python literal) with ast and, for old files, tokenize: a damaged one raises either
+    except (SyntaxError, tokenize.TokenError) as exc:
+        raise ValueError(f"{name}: unreadable array header ({exc})") from None
+    if dtype.kind not in ARRAY_KINDS or dtype.itemsize == 0 or dtype.fields is not None:
+        raise ValueError(f"{name}: arrays of {dtype} are refused (numbers and strings only, no pickled objects)")
+    if any(side < 0 for side in shape):
+        raise ValueError(f"{name}: negative shape {shape}")
+    count = math.prod(shape)
+    size = count * dtype.itemsize
+    if size > member.file_size:
+        raise ValueError(f"{name}: its header declares {shape} of {dtype} ({size:,} bytes) but the member holds "
+                         f"{member.file_size:,} bytes")
+    buffer = bytearray(size)
+    if stream.readinto(buffer) != size:
+        raise ValueError(f"{name}: truncated array data")
+    array = np.frombuffer(buffer, dtype=dtype, count=count)
+    return array.reshape(shape, order="F" if fortran_order else "C")
+
+
+def decompress_lzma(data: bytes, *, limit: int) -> bytes:
+    """One LZMA/XZ stream decoded, refused as soon as its output passes `limit` bytes (a decompression bomb:
+    10 KB decode to 64 MiB) or its decoder needs more than MAX_LZMA_MEMORY, or when anything follows it."""
+    decoder = lzma.LZMADecompressor(memlimit=MAX_LZMA_MEMORY)
+    try:
+        output = decoder.decompress(data, max_length=limit + 1)
+    except lzma.LZMAError as exc:
+        raise ValueError(f"corrupt compressed data ({exc})") from None
+    if len(output) > limit:
+        raise ValueError(f"decompresses to more than the limit of {limit:,} bytes")
+    if not decoder.eof:
+        raise ValueError("truncated compressed data")
+    if decoder.unused_data:
+        raise ValueError(f"{len(decoder.unused_data):,} bytes follow the compressed data")
+    return output
+
+
+def read_image(path: Path, *, max_pixels: int = MAX_IMAGE_PIXELS, formats: Sequence[str] | None = None) -> np.ndarray:
+    """An image file as RGB uint8 (H, W, 3), its size read from the header and checked against `max_pixels`
+    before it is decoded; ValueError with the reason when it is not a readable image of `formats` (PIL's
+    names, e.g. PNG, JPEG; None: any PIL reads)."""
+    from PIL import Image
+
+    check_file_size(path, MAX_IMAGE_FILE_BYTES)
+    # decoded from memory: PIL reads a chunk's declared length in one call, and a file's read() allocates that
+    # much before it finds the file shorter (tests/test_fuzz.py found a PNG claiming a 1.5 GB chunk)
+    content = io.BytesIO(path.read_bytes())
+    try:
+        with Image.open(content, formats=list(formats) if formats else None) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ValueError(f"{width} x {height} pixels, over the limit of {max_pixels:,}")
+            return np.asarray(image.convert("RGB"))
+    except MemoryError:
+        raise  # the limits above should make this impossible: never report it as a bad file
+    except ValueError:
+        raise
+    # PIL's decoders fail on damaged files with many types (UnidentifiedImageError, OSError, SyntaxError,
+    # struct.error, zlib.error, EOFError, IndexError, DecompressionBombError, ...): to a reader of untrusted files
+    # each means the same, a file that is not a readable image
+    except Exception as exc:
+        raise ValueError(f"not a readable image ({type(exc).__name__}: {exc})") from None
+
+
+def read_images(paths: Sequence[Path], *, formats: Sequence[str] | None = None,
+                max_total_pixels: int = MAX_FOLDER_PIXELS) -> list[np.ndarray]:
+    """Image files read one by one (see read_image), refused once their pixels together pass
+    `max_total_pixels`; ValueError naming the file that could not be used."""
+    images, total = [], 0
+    for path in paths:
+        try:
+            image = read_image(path, formats=formats)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+        total += image.shape[0] * image.shape[1]
+        if total > max_total_pixels:
+            raise ValueError(f"{path}: the images up to this one hold {total:,} pixels, over the limit of "
+                             f"{max_total_pixels:,} for one folder")
+        images.append(image)
+    return images
