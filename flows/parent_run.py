@@ -1,12 +1,20 @@
 """The flow side of MLflow: the flow run's parent run, opened and closed explicitly by id (MLflow's active run is
-thread-local and Prefect runs tasks in threads), and tags added to a stage's run once the flow knows more."""
+thread-local and Prefect runs tasks in threads), earlier flows' parent runs left RUNNING closed as FAILED, and tags
+added to a stage's run once the flow knows more."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
 
-from groundwork.tracking.runs import ensure_experiment, git_tags, tracking_uri
+from groundwork.tracking.runs import (
+    PROJECT_TAG,
+    close_stale_runs,
+    ensure_experiment,
+    git_tags,
+    project_key,
+    tracking_uri,
+)
 
 
 def start_parent_run(*, run_name: str, tags: Mapping[str, str], root: Path | None = None,
@@ -17,8 +25,21 @@ def start_parent_run(*, run_name: str, tags: Mapping[str, str], root: Path | Non
 
     client = MlflowClient(tracking_uri(root))
     run = client.create_run(ensure_experiment(client, root), run_name=run_name,
-                            tags={"stage": kind, **git_tags(root), **tags})
+                            tags={"stage": kind, PROJECT_TAG: project_key(root), **git_tags(root), **tags})
     return run.info.run_id
+
+
+def close_stale_parent_runs(*, kind: str, root: Path | None = None) -> list[str]:
+    """Close as FAILED the parent runs of `kind` of this project still RUNNING, and return their ids. Call it
+    holding the project's flow lock (flows/lock.py), before start_parent_run: a flow holds the lock for its whole
+    run, so these are earlier flows' runs, left RUNNING when the tracking server was down as the flow ended (or
+    the flow was killed)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri(root))
+    return close_stale_runs(client, ensure_experiment(client, root), stage=kind, root=root, reason=(
+        f"still RUNNING when the next {kind} flow run started on this project, holding its lock: the flow that "
+        "started it ended without closing it (the tracking server was unreachable then, or the flow was killed)"))
 
 
 def experiment_of(run_id: str, *, root: Path | None = None) -> str:

@@ -19,7 +19,13 @@ from prefect.runtime import flow_run
 from prefect.states import State
 
 from flows.lock import pipeline_lock
-from flows.parent_run import end_parent_run, experiment_of, start_parent_run, tag_stage_run
+from flows.parent_run import (
+    close_stale_parent_runs,
+    end_parent_run,
+    experiment_of,
+    start_parent_run,
+    tag_stage_run,
+)
 from flows.repro import (
     RAN,
     RESTORED,
@@ -38,7 +44,13 @@ from flows.repro import (
 )
 from flows.summary import mlflow_address, summary_markdown, variant_rows
 from groundwork.params import read_raw_params, with_overrides
-from groundwork.tracking.runs import FLOW_RUN_ID_ENV, FLOW_RUN_NAME_ENV, PARENT_RUN_ENV, tracking_uri
+from groundwork.tracking.runs import (
+    CLOSED_LATE_TAG,
+    FLOW_RUN_ID_ENV,
+    FLOW_RUN_NAME_ENV,
+    PARENT_RUN_ENV,
+    tracking_uri,
+)
 
 FLOW_NAME = "groundwork-pipeline"
 Publish = Callable[[list[StageResult], str, str], None]  # (results, status, MLflow parent run id)
@@ -134,6 +146,9 @@ def run_tracked_stages(root: Path, stages: list[str], *, kind: str, publish: Pub
     logger = get_run_logger()
     logger.info("stages in DVC's order: %s", " -> ".join(stages))
     flow_ids = {FLOW_RUN_ID_ENV: str(flow_run.id), FLOW_RUN_NAME_ENV: str(flow_run.name)}
+    for stale in close_stale_parent_runs(kind=kind, root=root):  # the caller holds the project lock
+        logger.warning("MLflow parent run %s of an earlier flow run was still RUNNING: closed as FAILED (tag %s)",
+                       stale, CLOSED_LATE_TAG)
     parent = start_parent_run(run_name=f"{kind} · {flow_run.name}", root=root, kind=kind,
                               tags={"prefect_flow_run_id": flow_ids[FLOW_RUN_ID_ENV],
                                     "prefect_flow_run_name": flow_ids[FLOW_RUN_NAME_ENV]})
@@ -161,12 +176,20 @@ def run_tracked_stages(root: Path, stages: list[str], *, kind: str, publish: Pub
                     tag_stage_run(parent, stage_name(stage), {"dvc_lock_hash": stage_hash}, root=root)
         status = "FINISHED"
     finally:
-        end_parent_run(parent, status=status, root=root,
-                       metrics={f"stage_seconds.{stage_name(r.stage)}": r.seconds for r in results
-                                if r.seconds is not None},
-                       tags={f"stage_status.{stage_name(r.stage)}": r.status for r in results})
-        publish(results, status, parent)
-        shutil.rmtree(outcomes, ignore_errors=True)
+        try:
+            end_parent_run(parent, status=status, root=root,
+                           metrics={f"stage_seconds.{stage_name(r.stage)}": r.seconds for r in results
+                                    if r.seconds is not None},
+                           tags={f"stage_status.{stage_name(r.stage)}": r.status for r in results})
+            publish(results, status, parent)
+        except Exception as exc:
+            if status == "FINISHED":
+                raise
+            # the stage's failure stays the flow's: a tracking server down now must not replace it (the parent
+            # run left RUNNING is closed as FAILED when the next flow run starts)
+            logger.error("closing MLflow parent run %s or publishing the summary failed too: %s", parent, exc)
+        finally:
+            shutil.rmtree(outcomes, ignore_errors=True)
     ran = [r.stage for r in results if r.status == RAN]
     logger.info("done: %d stage(s) ran (%s), %d skipped", len(ran), ", ".join(ran) or "none",
                 len(results) - len(ran))

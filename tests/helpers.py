@@ -1,13 +1,19 @@
-"""Helpers the test modules share: free ports, DVC commands on a project copy, what a flow run left behind in
-MLflow and Prefect, and copies of a project that has already run (so a test that changes it stands alone)."""
+"""Helpers the test modules share: free ports, a real `mlflow server`, DVC commands on a project copy, what a flow
+run left behind in MLflow and Prefect, and copies of a project that has already run (so a test that changes it
+stands alone)."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +28,50 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class TrackingServer:
+    url: str
+    artifacts: Path  # the server's --artifacts-destination: where artifacts land, whoever logs them
+
+
+def start_tracking_server(folder: Path, port: int | None = None) -> tuple[subprocess.Popen[bytes], TrackingServer]:
+    """`mlflow server` as a team would run it, with local stand-ins for the database and the bucket, in `folder`.
+    Started again with the same folder and port, it is the same server after a restart (same store, same URL)."""
+    server = TrackingServer(url=f"http://127.0.0.1:{port or free_port()}", artifacts=folder / "artifacts")
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+               "--artifacts-destination", str(server.artifacts), "--serve-artifacts",
+               "--host", "127.0.0.1", "--port", server.url.rsplit(":", 1)[1], "--workers", "1"]
+    # appended to: a restarted server's log follows the first one's
+    with (folder / "server.log").open("ab") as log:  # its own process group: stopped with its workers
+        process = subprocess.Popen(command, cwd=folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return process, server
+
+
+def wait_until_healthy(process: subprocess.Popen[bytes], server: TrackingServer, log: Path) -> None:
+    """Return once the server answers /health; fail with its log when it exits or takes over 120 s."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"mlflow server exited {process.returncode}:\n{log.read_text()[-3000:]}"
+        try:
+            with urllib.request.urlopen(f"{server.url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"mlflow server not healthy after 120 s:\n{log.read_text()[-3000:]}")
+
+
+def stop_server(process: subprocess.Popen[bytes]) -> None:
+    """Stop a server started in its own process group, workers and all."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
 
 def dvc(project: Path, *args: str) -> str:

@@ -4,12 +4,8 @@ with `dvc pull`. One flow run of the first stages, with tiny params, serves ever
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +20,18 @@ from flows.pipeline import pipeline
 from flows.repro import RAN, PushFailed
 from groundwork.project import ROOT, copy_project, tiny_params_dict
 from groundwork.tracking.registry import CHAMPION
-from tests.helpers import child_runs, dvc, flow_artifacts, free_port, output_digests, parent_runs, statuses
+from tests.helpers import (
+    TrackingServer,
+    child_runs,
+    dvc,
+    flow_artifacts,
+    output_digests,
+    parent_runs,
+    start_tracking_server,
+    statuses,
+    stop_server,
+    wait_until_healthy,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.server]
 
@@ -32,47 +39,6 @@ GIT = ["git", "-c", "user.name=groundwork", "-c", "user.email=groundwork@localho
 # The flow runs whatever graph dvc.yaml holds; the first three stages write data and a model, which is all these
 # tests need, in a fraction of the whole pipeline's time.
 STAGES = ["ingest", "augment", "pretrain"]
-
-
-@dataclass(frozen=True)
-class TrackingServer:
-    url: str
-    artifacts: Path  # the server's --artifacts-destination: where artifacts land, whoever logs them
-
-
-
-def start_tracking_server(folder: Path) -> tuple[subprocess.Popen[bytes], TrackingServer]:
-    """`mlflow server` as a team would run it, with local stand-ins for the database and the bucket."""
-    server = TrackingServer(url=f"http://127.0.0.1:{free_port()}", artifacts=folder / "artifacts")
-    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
-               "--artifacts-destination", str(server.artifacts), "--serve-artifacts",
-               "--host", "127.0.0.1", "--port", server.url.rsplit(":", 1)[1], "--workers", "1"]
-    with (folder / "server.log").open("wb") as log:  # its own process group: stopped with its workers
-        process = subprocess.Popen(command, cwd=folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    return process, server
-
-
-def wait_until_healthy(process: subprocess.Popen[bytes], server: TrackingServer, log: Path) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"mlflow server exited {process.returncode}:\n{log.read_text()[-3000:]}"
-        try:
-            with urllib.request.urlopen(f"{server.url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise AssertionError(f"mlflow server not healthy after 120 s:\n{log.read_text()[-3000:]}")
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +56,7 @@ def tracking_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tracki
                 wait_until_healthy(process, server, folder / "server.log")
                 yield server
     finally:
-        stop(process)
+        stop_server(process)
 
 
 @dataclass(frozen=True)

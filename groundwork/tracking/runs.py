@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -34,6 +35,18 @@ EXPERIMENT_ENV = "MLFLOW_EXPERIMENT_NAME"  # MLflow's own variable, honoured her
 DEFAULT_EXPERIMENT = "groundwork"
 STORE_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
+PROJECT_TAG = "project"  # this machine and the project's folder (project_key): which runs are one project's
+CLOSED_LATE_TAG = "closed_late"  # on a run closed as FAILED by a later run (close_stale_runs): why
+
+# MLflow's HTTP client retries a failed request 7 times with exponential backoff (waits of 0, 4, 8, ... capped at
+# 120 s) and waits up to 120 s for each answer: once a tracking server is gone, each call takes about 4 minutes to
+# fail, and a failing stage makes two (the log call that fails, then ending its run as FAILED): measured, a stage
+# whose server was killed mid-epoch ended 498 s later. These defaults bound one call to 12-14 s against a server
+# that is gone (4 attempts, waits of 0, 4 and 8 s plus up to 1 s of jitter each) and to about 54 s against one that
+# accepts connections but never answers (4 attempts of 10 s more): the same stage ends about 30 s after its server
+# dies (under 2 minutes at worst), and its rerun continues from its resume file. A value set in the environment wins.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 
 
 class Tracker(Protocol):
@@ -98,8 +111,34 @@ class NullTracker:
 
 
 def tracking_uri(root: Path | None = None) -> str:
-    """MLFLOW_TRACKING_URI if set, else the project's SQLite store `mlflow.db` in `root` (default: cwd)."""
+    """MLFLOW_TRACKING_URI if set, else the project's SQLite store `mlflow.db` in `root` (default: cwd).
+
+    Every MLflow client of the project (stages and flows) resolves its store here, so here MLflow's HTTP client
+    gets the bounded retry window of HTTP_DEFAULTS, for this process and the stage processes it starts."""
+    for name, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(name, value)
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root or Path.cwd()).resolve() / STORE_FILE}"
+
+
+def project_key(root: Path | None = None) -> str:
+    """This machine's name and the project's folder (default: cwd), the PROJECT_TAG of its runs: a store may be
+    shared by many projects and machines, and the locks that keep a project's runs apart hold on exactly this."""
+    return f"{socket.gethostname()}:{(root or Path.cwd()).resolve()}"
+
+
+def close_stale_runs(client: Any, experiment_id: str, *, stage: str, reason: str,
+                     root: Path | None = None) -> list[str]:
+    """End as FAILED, tagged CLOSED_LATE_TAG with `reason`, every run of `stage` (its `stage` tag: a stage's name
+    or a flow's kind) in this project still RUNNING; return their ids. Only for a caller holding the lock that
+    lets a project run one `stage` at a time (a flow's project lock, DVC's lock on a stage's outputs): any other
+    such run is then one whose process ended without closing it (killed, or its tracking server was down just
+    then). Its end time becomes the time it was closed."""
+    runs = client.search_runs([experiment_id], f"attributes.status = 'RUNNING' and tags.stage = '{stage}' "
+                                               f"and tags.{PROJECT_TAG} = '{project_key(root)}'")
+    for run in runs:
+        client.set_tag(run.info.run_id, CLOSED_LATE_TAG, reason)
+        client.set_terminated(run.info.run_id, status="FAILED")
+    return [run.info.run_id for run in runs]
 
 
 def experiment_name() -> str:
@@ -275,11 +314,18 @@ def stage_run(stage: str, params: Mapping[str, Any]) -> Iterator[MlflowTracker]:
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri())
-    experiment_id = ensure_experiment(mlflow.MlflowClient())
+    client = mlflow.MlflowClient()
+    experiment_id = ensure_experiment(client)
+    # DVC write-locks a stage's outputs while its command runs: one run of a stage at a time in a workspace
+    for stale in close_stale_runs(client, experiment_id, stage=stage, reason=(
+            f"still RUNNING when the next run of stage '{stage}' started in this project: its process ended "
+            "without closing it (killed, or the tracking server was unreachable then)")):
+        log.warning("MLflow run %s of an earlier '%s' was still RUNNING: closed as FAILED (tag %s)", stale, stage,
+                    CLOSED_LATE_TAG)
     parent = os.environ.get(PARENT_RUN_ENV) or None
     flow = flow_tags()
     name = f"{stage} · {flow['prefect_flow_run_name']}" if "prefect_flow_run_name" in flow else stage
-    tags = {"stage": stage, "dvc_stage": stage, **git_tags(), **flow}
+    tags = {"stage": stage, "dvc_stage": stage, PROJECT_TAG: project_key(), **git_tags(), **flow}
     run = mlflow.start_run(experiment_id=experiment_id, run_name=name, parent_run_id=parent, tags=tags)
     try:
         log.info("MLflow run %s (%s) in %s", run.info.run_id, name, tracking_uri())
