@@ -14,7 +14,7 @@ from typing import Any
 from mlflow.exceptions import MlflowException
 
 from groundwork.data.atomic import write_json
-from groundwork.errors import CheckpointError, DataError, TrainingDiverged
+from groundwork.errors import CheckpointError, DataError, OutputNotWritten, TrainingDiverged
 from groundwork.params import DEFAULT_PARAMS_PATH, Params, ParamsError, declared_params, graph_file, load_params
 from groundwork.tracking.outcome import Kind, Outcome, record_outcome
 from groundwork.tracking.runs import NullTracker, Tracker, numeric, stage_run, tracking_uri
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 # Failures with a clear cause: reported in one line, no traceback. Exit code 2 marks bad params (nothing ran);
 # 1 a stage that started and failed, and will fail again on the same inputs; 75 (EX_TEMPFAIL in sysexits.h) a
 # failure whose cause may pass, such as a tracking server that is down: only that one is worth a retry.
-EXPECTED_FAILURES = (DataError, CheckpointError, TrainingDiverged, FileNotFoundError, ValueError)
+EXPECTED_FAILURES = (DataError, CheckpointError, TrainingDiverged, OutputNotWritten, FileNotFoundError, ValueError)
 EXIT_BAD_PARAMS = 2
 EXIT_FAILED = 1
 EXIT_TRANSIENT = 75

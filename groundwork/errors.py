@@ -14,3 +14,8 @@ class CheckpointError(ValueError):
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; nothing trained in this run should be saved."""
+
+
+class OutputNotWritten(OSError):
+    """An output that could not be written for want of room (a full disk, a quota, a file size limit); the
+    message names the file, and the previous version of it is left as it was."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import resource
 import signal
 import subprocess
 import sys
@@ -15,10 +17,18 @@ import yaml
 
 from groundwork.entrypoint import EXIT_TRANSIENT
 from groundwork.params import Params
-from groundwork.project import ROOT, tiny_params_dict
+from groundwork.project import ROOT, copy_project, project_params_dict, tiny_params_dict
 from groundwork.tracking.outcome import OUTCOME_DIR_ENV, read_outcome
 from tasks import augment
-from tests.helpers import free_port
+from tests.helpers import (
+    change_params,
+    dvc,
+    free_port,
+    output_digests,
+    start_tracking_server,
+    stop_server,
+    wait_until_healthy,
+)
 
 pytestmark = [pytest.mark.subprocess]
 
@@ -110,3 +120,49 @@ def test_unreachable_tracking_fails_the_stage_at_its_start(workdir: Path) -> Non
     assert not any((workdir / name).exists() for name in ("s.npz", "t.npz", "ingest.json"))
     outcome = read_outcome(workdir / "outcomes", "ingest")
     assert outcome is not None and (outcome.kind, outcome.exit_code) == ("transient", 75)
+
+
+def test_a_full_disk_fails_the_stage_and_leaves_outputs_and_lock_as_they_were(tmp_path: Path) -> None:
+    """A file size limit (RLIMIT_FSIZE: a write past it fails with EFBIG, as one on a full disk fails with ENOSPC)
+    set on the stage as DVC runs it, smaller than the model it writes. Tracking goes to a real `mlflow server` in
+    another process (outside the limit), as a team's would."""
+    # the default architecture: its model (1.9 MB) is larger than the files DVC itself writes, which a limit below
+    # them would fail first ("disk I/O error" from its SQLite state)
+    project = copy_project(tmp_path / "project", tiny_params_dict(model=project_params_dict()["model"]))
+    (tmp_path / "tracking").mkdir()
+    server_process, server = start_tracking_server(tmp_path / "tracking")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": server.url,
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    try:
+        wait_until_healthy(server_process, server, tmp_path / "tracking" / "server.log")
+        subprocess.run([sys.executable, "-m", "dvc", "repro", "pretrain"], cwd=project, env=env, check=True,
+                       capture_output=True)
+        before, lock = output_digests(project), (project / "dvc.lock").read_bytes()
+        cache = sorted(path.name for path in (project / ".dvc" / "cache").rglob("*") if path.is_file())
+        limit = (project / "models" / "pretrained.pt").stat().st_size // 2
+
+        def limited() -> None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+        change_params(project, "pretrain", epochs=3)  # pretrain must run again
+        # the stage's command as dvc.yaml gives it, with the last run's outputs in place
+        command = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]["pretrain"]["cmd"]
+        result = subprocess.run(command, shell=True, cwd=project, env=env, preexec_fn=limited, capture_output=True,
+                                text=True, timeout=300)
+        assert result.returncode == 1, result.stderr
+        assert re.search(r"pretrain failed: \S+(pretrain|pretrained)\.pt: not written: File too large", result.stderr)
+        assert "Traceback" not in result.stderr
+        assert output_digests(project) == before, "the last run's outputs are untouched, no temporary file is left"
+        assert not list(project.rglob(".*.tmp-*")), "no temporary file is left anywhere"
+
+        # the same through `dvc repro`, which removes a stage's outputs before running it (they stay in its cache)
+        repro = subprocess.run([sys.executable, "-m", "dvc", "repro", "pretrain"], cwd=project, env=env,
+                               preexec_fn=limited, capture_output=True, text=True, timeout=300)
+        assert repro.returncode != 0
+        assert "not written: File too large" in repro.stdout + repro.stderr
+        assert (project / "dvc.lock").read_bytes() == lock, "dvc.lock records nothing of the failed run"
+        assert sorted(path.name for path in (project / ".dvc" / "cache").rglob("*") if path.is_file()) == cache
+        dvc(project, "checkout", "pretrain")  # what the flow does after a failed stage (docs/faults.md, 7b)
+        assert output_digests(project) == before
+    finally:
+        stop_server(server_process)

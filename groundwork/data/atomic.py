@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from groundwork.errors import OutputNotWritten
+
+NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # EFBIG: past RLIMIT_FSIZE or the filesystem's file size
 
 
 @contextmanager
@@ -21,6 +27,11 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, target)
+    except OSError as exc:
+        if exc.errno in NO_ROOM:
+            raise OutputNotWritten(f"{target}: not written: {exc.strerror} (a full disk, a quota or a file size "
+                                   f"limit); the previous file is left as it was") from None
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -29,3 +40,14 @@ def write_json(path: Path | str, payload: Any) -> None:
     """Write JSON atomically, pretty-printed for diffs and `dvc metrics show`."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+
+
+def write_torch(path: Path | str, payload: Any) -> None:
+    """torch.save `payload` atomically. Serialised in memory first: torch's own file writer reports a full disk as
+    a RuntimeError without its cause, where a plain write raises OSError with its errno."""
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buffer.getbuffer())

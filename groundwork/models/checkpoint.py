@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from groundwork.data.atomic import atomic_path
+from groundwork.data.atomic import write_torch
 from groundwork.data.untrusted import MAX_CHECKPOINT_BYTES, zip_members
 from groundwork.errors import CheckpointError
 from groundwork.models.factorized import apply_factorization
@@ -33,8 +33,7 @@ def save_checkpoint(path: Path | str, model: DigitNet, *, stage: str, params: di
         "metrics": metrics,
         "state_dict": {key: value.detach().cpu() for key, value in model.state_dict().items()},
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    write_torch(path, payload)
 
 
 def read_checkpoint(path: Path | str) -> dict[str, Any]:

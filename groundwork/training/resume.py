@@ -9,15 +9,14 @@ from typing import Any
 
 import torch
 
-from groundwork.data.atomic import atomic_path
+from groundwork.data.atomic import write_torch
 
 log = logging.getLogger(__name__)
 
 
 def save_resume(path: Path, fingerprint: str, state: dict[str, Any]) -> None:
     """Write the state atomically: a kill during the write leaves the previous epoch's file intact."""
-    with atomic_path(path) as tmp:
-        torch.save({"fingerprint": fingerprint, "state": state}, tmp)
+    write_torch(path, {"fingerprint": fingerprint, "state": state})
 
 
 def load_resume(path: Path, fingerprint: str) -> dict[str, Any] | None:
