@@ -183,7 +183,9 @@ def test_overrides_run_as_a_dvc_experiment(project: Path) -> None:
 
 
 def test_served_deployment_runs_on_its_schedule_and_on_demand(project: Path) -> None:
-    """`make serve`'s process registers prefect.yaml's deployment; a run triggered through the API completes."""
+    """`make serve`'s process registers prefect.yaml's deployment. Two runs triggered through the API at once: one
+    completes, and Prefect's own concurrency limit (CANCEL_NEW) cancels the other before it starts, instead of it
+    failing half-way on DVC's lock or the project's."""
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL
@@ -208,8 +210,22 @@ def test_served_deployment_runs_on_its_schedule_and_on_demand(project: Path) -> 
         assert (schedule.schedule.cron, schedule.schedule.timezone) == ("0 2 * * *", "UTC")
         assert deployment.global_concurrency_limit.limit == 1
         assert deployment.concurrency_options.collision_strategy == "CANCEL_NEW"
-        flow_run = run_deployment("groundwork-pipeline/nightly", timeout=300, poll_interval=1)
-        assert flow_run.state.is_completed(), flow_run.state
+        before = output_digests(project)
+        triggered = [run_deployment("groundwork-pipeline/nightly", timeout=0) for _ in range(2)]
+        with get_client(sync_client=True) as client:
+            for _ in range(300):
+                ended = [client.read_flow_run(run.id) for run in triggered]
+                if all(run.state is not None and run.state.is_final() for run in ended):
+                    break
+                time.sleep(1)
+        states = sorted((run.state.type.value, run.state.message or "") for run in ended)
+        assert [kind for kind, _ in states] == ["CANCELLED", "COMPLETED"], states
+        assert states[0][1] == "Deployment concurrency limit reached."
+        cancelled = next(run for run in ended if run.state.is_cancelled())
+        with get_client(sync_client=True) as client:
+            history = [state.type.value for state in client.read_flow_run_states(cancelled.id)]
+        assert "RUNNING" not in history, f"the cancelled run never ran, so no stage of it did: {history}"
+        assert output_digests(project) == before
     finally:
         server.terminate()
         server.wait(timeout=30)

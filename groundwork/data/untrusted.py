@@ -41,6 +41,11 @@ MAX_LABELS_BYTES = 64 * MiB
 # Values a params file may expand to, counting each use of a YAML alias (a "billion laughs" file is small).
 MAX_YAML_VALUES = 100_000
 
+# What torch.load(weights_only=True) raises on damaged bytes besides pickle.UnpicklingError (found by
+# tests/test_fuzz.py): a bad record, or a storage that does not fit its tensor (RuntimeError), a stack that runs out
+# (IndexError), a memo entry that is not there (KeyError).
+TORCH_LOAD_ERRORS = (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError, TypeError)
+
 ARRAY_KINDS = "biufcUS"  # numbers, booleans and strings: nothing that needs unpickling or has no size
 
 

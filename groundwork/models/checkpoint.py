@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from groundwork.data.atomic import write_torch
-from groundwork.data.untrusted import MAX_CHECKPOINT_BYTES, zip_members
+from groundwork.data.untrusted import MAX_CHECKPOINT_BYTES, TORCH_LOAD_ERRORS, zip_members
 from groundwork.errors import CheckpointError
 from groundwork.models.factorized import apply_factorization
 from groundwork.models.digitnet import DigitNet
@@ -55,10 +55,7 @@ def read_checkpoint(path: Path | str) -> dict[str, Any]:
         raise CheckpointError(
             f"{path}: refused: the file carries pickled objects beyond weights and plain data ({exc})"
         ) from None
-    # what torch's reader and its restricted unpickler raise on damaged bytes (found by tests/test_fuzz.py): a bad
-    # record, a storage that does not fit its tensor (RuntimeError), a stack that runs out (IndexError), a memo
-    # entry that is not there (KeyError)
-    except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError, TypeError) as exc:
+    except TORCH_LOAD_ERRORS as exc:
         raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({type(exc).__name__}: {exc})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a {FORMAT} file")

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from groundwork.data.atomic import write_torch
+from groundwork.data.untrusted import TORCH_LOAD_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ def load_resume(path: Path, fingerprint: str) -> dict[str, Any] | None:
         return None
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
+    except (pickle.UnpicklingError, *TORCH_LOAD_ERRORS) as exc:
         log.warning("%s: unreadable resume file ignored, training from the start (%s)", path, exc)
         return None
     if not isinstance(saved, dict) or saved.get("fingerprint") != fingerprint:
