@@ -245,6 +245,7 @@ def test_incoming_batches(tmp_path: Path, tiny_params: Params) -> None:
 
 @pytest.fixture(scope="module")
 def tiny_model(tiny_params: Params) -> DigitNet:
+    torch.manual_seed(0)  # the same valid file every run: the fixed seed then gives the same cases
     return DigitNet(tiny_params.model).eval()
 
 

@@ -12,6 +12,7 @@ import io
 import lzma
 import math
 import tokenize
+import warnings
 import zipfile
 import zlib
 from collections.abc import Sequence
@@ -43,8 +44,8 @@ MAX_YAML_VALUES = 100_000
 
 # What torch.load(weights_only=True) raises on damaged bytes besides pickle.UnpicklingError (found by
 # tests/test_fuzz.py): a bad record, or a storage that does not fit its tensor (RuntimeError), a stack that runs out
-# (IndexError), a memo entry that is not there (KeyError).
-TORCH_LOAD_ERRORS = (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError, TypeError)
+# (IndexError), a memo entry that is not there (KeyError), an object where a storage should be (AttributeError).
+TORCH_LOAD_ERRORS = (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError, TypeError, AttributeError)
 
 ARRAY_KINDS = "biufcUS"  # numbers, booleans and strings: nothing that needs unpickling or has no size
 
@@ -143,7 +144,10 @@ def read_image(path: Path, *, max_pixels: int = MAX_IMAGE_PIXELS, formats: Seque
     # much before it finds the file shorter (tests/test_fuzz.py found a PNG claiming a 1.5 GB chunk)
     content = io.BytesIO(path.read_bytes())
     try:
-        with Image.open(content, formats=list(formats) if formats else None) as image:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit below is lower than PIL's
+            opened = Image.open(content, formats=list(formats) if formats else None)
+        with opened as image:
             width, height = image.size
             if width * height > max_pixels:
                 raise ValueError(f"{width} x {height} pixels, over the limit of {max_pixels:,}")
