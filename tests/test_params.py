@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from jsonschema import Draft202012Validator
 
 from groundwork.params import ParamsError, load_params, parse_params
 from groundwork.project import ROOT, project_params_dict, tiny_params_dict
+from groundwork.schema import SCHEMA_FILE, schema_text
 
 
 def test_project_params_file_is_valid() -> None:
@@ -111,3 +115,32 @@ def test_stage_entry_point_rejects_bad_params_before_any_work(tmp_path: Path) ->
     assert result.returncode == 2
     assert "ingest.labels_per_class: Input should be greater than or equal to 1 (got 0)" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # no data, metrics or mlflow.db
+
+
+def test_the_schema_file_is_what_the_params_models_give() -> None:
+    assert (ROOT / SCHEMA_FILE).read_text() == schema_text(), "the models changed: run `python -m groundwork.schema`"
+
+
+def test_params_yaml_names_its_schema_and_meets_it() -> None:
+    text = (ROOT / "params.yaml").read_text()
+    assert text.splitlines()[0] == f"# yaml-language-server: $schema={SCHEMA_FILE}"
+    schema = json.loads((ROOT / SCHEMA_FILE).read_text())
+    Draft202012Validator.check_schema(schema)
+    Draft202012Validator(schema).validate(yaml.safe_load(text))
+    Draft202012Validator(schema).validate(tiny_params_dict())
+
+
+@pytest.mark.parametrize(("changes", "path"), [
+    ({"pretrain": {"optimizer": "rmsprop"}}, ["pretrain", "optimizer"]),
+    ({"pretrain": {"epochs": 0}}, ["pretrain", "epochs"]),
+    ({"pretrain": {"lrate": 0.1}}, ["pretrain"]),
+    ({"model": {"channels": []}}, ["model", "channels"]),
+    ({"ingest": {"source": {"dataset": "cifar100"}}}, ["ingest", "source", "dataset"]),
+])
+def test_the_schema_flags_what_the_models_refuse(changes: dict[str, Any], path: list[str]) -> None:
+    """What an editor underlines is what the stages would refuse, at the same key."""
+    raw = tiny_params_dict(**changes)
+    with pytest.raises(ParamsError):
+        parse_params(raw)
+    schema = json.loads((ROOT / SCHEMA_FILE).read_text())
+    assert [list(error.absolute_path) for error in Draft202012Validator(schema).iter_errors(raw)] == [path]
