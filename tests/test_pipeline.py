@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import yaml
 from mlflow import MlflowClient
+from mlflow.artifacts import download_artifacts
 from prefect.testing.utilities import prefect_test_harness
 
 from flows.adaptive import adaptive_loop
@@ -131,6 +132,16 @@ def test_first_run_executes_every_stage_and_records_them(first_run: FirstRun) ->
     model_stages = {by_run.data.tags["stage"] for by_run in children
                     if any(m.source_run_id == by_run.info.run_id for m in models)}
     assert model_stages == {"pretrain", "transfer", "compress", "evaluate"}
+    # each logged model declares what it needs to run and no more: no torch for an ONNX model
+    needs = {}
+    for model in models:
+        files = {name: Path(download_artifacts(artifact_uri=f"{model.artifact_location}/{name}")).read_text()
+                 for name in ("MLmodel", "requirements.txt")}
+        flavor = "onnx" if "onnx" in yaml.safe_load(files["MLmodel"])["flavors"] else "pytorch"
+        packages = frozenset(line.split("==")[0] for line in files["requirements.txt"].split())
+        needs.setdefault(flavor, set()).add(packages)
+    assert needs == {"onnx": {frozenset({"mlflow", "onnx", "onnxruntime", "numpy"})},
+                     "pytorch": {frozenset({"mlflow", "torch", "cloudpickle", "numpy"})}}, needs
     name = tiny_params_dict()["evaluate"]["registered_model"]
     assert client.get_registered_model(name).aliases == {"champion": 1}
     assert by_stage["evaluate"].data.tags["gate.decision"] == "promoted"

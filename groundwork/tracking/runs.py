@@ -195,12 +195,11 @@ def numeric(values: Mapping[str, Any]) -> dict[str, float]:
             if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
-def _pip_requirements() -> list[str]:
-    # Stated, not inferred: MLflow's inference imports the model in a subprocess and costs seconds per model.
-    import onnx
-    import onnxruntime
-    return [f"torch=={torch.__version__.split('+')[0]}", f"onnx=={onnx.__version__}",
-            f"onnxruntime=={onnxruntime.__version__}", f"numpy=={np.__version__}"]
+def _pip_requirements(flavor: Any) -> list[str]:
+    """What a model of `flavor` (mlflow.pytorch, mlflow.onnx) needs to run and no more, pinned to this
+    environment: an int8 ONNX model needs ONNX Runtime and numpy, not a multi-gigabyte torch. Stated, not
+    inferred: MLflow's inference imports the model in a subprocess, seconds per model."""
+    return [*flavor.get_default_pip_requirements(), f"numpy=={np.__version__}"]
 
 
 class MlflowTracker:
@@ -238,7 +237,8 @@ class MlflowTracker:
         with torch.no_grad():
             output = model(torch.from_numpy(example)).numpy()
         info = self._mlflow.pytorch.log_model(model, name=name, signature=self._signature(example, output),
-                                              input_example=example, pip_requirements=_pip_requirements(),
+                                              input_example=example,
+                                              pip_requirements=_pip_requirements(self._mlflow.pytorch),
                                               registered_model_name=registered_name)
         return _version(info)
 
@@ -251,7 +251,7 @@ class MlflowTracker:
         output = session.run(None, {session.get_inputs()[0].name: example})[0]
         info = self._mlflow.onnx.log_model(onnx.load(str(path)), name=name,
                                            signature=self._signature(example, output), input_example=example,
-                                           pip_requirements=_pip_requirements(),
+                                           pip_requirements=_pip_requirements(self._mlflow.onnx),
                                            onnx_execution_providers=["CPUExecutionProvider"],
                                            registered_model_name=registered_name)
         return _version(info)
