@@ -7,7 +7,7 @@ BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 UI_PORT ?= 5000
 
-.PHONY: help run test test-fast fuzz repro ui serve clean stream loop annotate serve-loop
+.PHONY: help run test test-fast fuzz repro ui schedule clean stream loop annotate schedule-loop
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: $(VENV)/.installed  ## run the whole pipeline through the Prefect flow
-	$(BIN)/python -m flows.pipeline
+	$(BIN)/groundwork run
 
 # Two workers (pytest-xdist, one module at a time each, so a module's shared fixtures are built once): a serial run
 # keeps one of two cores idle for much of the time, waiting on stage processes, servers, DVC and SQLite.
@@ -42,25 +42,25 @@ fuzz: $(VENV)/.installed  ## fuzz every reader of outside files with FUZZ_CASES 
 	GROUNDWORK_FUZZ_CASES=$(FUZZ_CASES) $(BIN)/python -m pytest tests/test_fuzz.py -s
 
 repro: $(VENV)/.installed  ## run the pipeline with plain `dvc repro` (same stages, cache and dvc.lock)
-	$(BIN)/dvc repro
+	$(BIN)/groundwork repro
 
 ui: $(VENV)/.installed  ## open the MLflow UI on the project's store, at http://127.0.0.1:$(UI_PORT)
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(UI_PORT)
+	$(BIN)/groundwork ui --port $(UI_PORT)
 
-serve: $(VENV)/.installed  ## serve the nightly deployment of prefect.yaml (schedule, one run at a time); Ctrl-C stops
-	$(BIN)/python -m flows.serve
+schedule: $(VENV)/.installed  ## serve the nightly deployment of prefect.yaml (schedule, one run at a time); Ctrl-C stops
+	$(BIN)/groundwork schedule
 
 stream: $(VENV)/.installed  ## write the simulated stream of arriving batches into data/incoming (after `make run`)
-	$(BIN)/python -m groundwork.adaptive.simulate stream $(if $(UPTO),--upto $(UPTO))
+	$(BIN)/groundwork stream $(if $(UPTO),--upto $(UPTO))
 
 loop: $(VENV)/.installed  ## one iteration of the adaptive loop through its Prefect flow (monitor, ask, adapt)
-	$(BIN)/python -m flows.adaptive
+	$(BIN)/groundwork loop
 
 annotate: $(VENV)/.installed  ## answer the labelling queue with the simulated stream's true labels, into data/labels
-	$(BIN)/python -m groundwork.adaptive.simulate annotate
+	$(BIN)/groundwork annotate
 
-serve-loop: $(VENV)/.installed  ## serve the hourly-adaptive deployment of prefect.yaml; Ctrl-C stops
-	$(BIN)/python -m flows.serve --deployment hourly-adaptive
+schedule-loop: $(VENV)/.installed  ## serve the hourly-adaptive deployment of prefect.yaml; Ctrl-C stops
+	$(BIN)/groundwork schedule --deployment hourly-adaptive
 
 clean:  ## remove pipeline outputs and the tracking store (keeps the venv and DVC's cache)
 	rm -rf data models reports mlflow.db mlartifacts dvc.lock adaptive/dvc.lock

@@ -4,7 +4,6 @@ records a child run under it. With `push`, a successful run ends with `dvc push`
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 import tempfile
@@ -12,7 +11,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
@@ -208,22 +206,10 @@ def publish_artifacts(root: Path, results: list[StageResult], *, status: str, pa
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the flow once, now, from the command line."""
-    parser = argparse.ArgumentParser(prog="python -m flows.pipeline", description=__doc__)
-    parser.add_argument("--project-dir", default=".", help="the DVC project to run (holds dvc.yaml)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a param (e.g. pretrain.epochs=3); the run becomes a DVC experiment")
-    parser.add_argument("--push", action="store_true",
-                        help="after a successful run, upload data and models to the default DVC remote (dvc push)")
-    args = parser.parse_args(argv)
-    overrides = {}
-    for item in args.overrides:
-        key, separator, value = item.partition("=")
-        if not separator:
-            parser.error(f"--set {item!r}: expected KEY=VALUE")
-        overrides[key] = yaml.safe_load(value)
-    state = pipeline(project_dir=args.project_dir, overrides=overrides or None, push=args.push, return_state=True)
-    return 0 if state.is_completed() else 1
+    """`python -m flows.pipeline [options]` is `groundwork run [options]`."""
+    from groundwork.cli import main as cli
+
+    return cli(["run", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """Serve a deployment of prefect.yaml from this process, no work pool needed: `nightly` (the pipeline, `make
-serve`) or `hourly-adaptive` (the adaptive loop, `make serve-loop`).
+serve`) or `hourly-adaptive` (the adaptive loop, `make schedule-loop`).
 
 The schedule, concurrency limit and parameters are read from prefect.yaml, the one place they are declared.
 """

@@ -194,7 +194,7 @@ def test_overrides_run_as_a_dvc_experiment(project: Path) -> None:
 
 
 def test_served_deployment_runs_on_its_schedule_and_on_demand(project: Path) -> None:
-    """`make serve`'s process registers prefect.yaml's deployment. Two runs triggered through the API at once: one
+    """`make schedule`'s process registers prefect.yaml's deployment. Two runs triggered through the API at once: one
     completes, and Prefect's own concurrency limit (CANCEL_NEW) cancels the other before it starts, instead of it
     failing half-way on DVC's lock or the project's."""
     from prefect.client.orchestration import get_client

@@ -1,0 +1,177 @@
+"""`groundwork`: one command for what a user of the project does, each a subcommand (`groundwork <command> --help`).
+
+Exit codes, the same for every subcommand: 0 done, 1 it ran and failed, 2 bad input (an unknown option, stage or
+param), reported in one message before anything starts. Heavy imports (Prefect, MLflow, torch) happen inside the
+subcommand that needs them, so `--help` and bad input answer at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import yaml
+
+from groundwork.params import GRAPH_FILES, ParamsError, read_raw_params, with_overrides
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+UI_PORT = 5000
+
+
+class BadInput(Exception):
+    """Input the command refuses before starting anything; the message says what and why."""
+
+
+def _overrides(items: Sequence[str]) -> dict[str, object]:
+    overrides = {}
+    for item in items:
+        key, separator, value = item.partition("=")
+        if not separator:
+            raise BadInput(f"--set {item!r}: expected KEY=VALUE")
+        overrides[key] = yaml.safe_load(value)
+    return overrides
+
+
+def _checked_params(project: Path, overrides: dict[str, object]) -> None:
+    """The project's params with the overrides, validated as every stage validates them (ParamsError if not)."""
+    with_overrides(read_raw_params(project / "params.yaml"), overrides, source=str(project / "params.yaml"))
+
+
+def _stages(project: Path) -> dict[str, str]:
+    """Every stage of the project's graphs, by name, with its DVC address (`dvc.yaml:pretrain`)."""
+    found = {}
+    for name in GRAPH_FILES:
+        graph = project / name
+        if graph.exists():
+            for stage in yaml.safe_load(graph.read_text()).get("stages", {}):
+                found[stage] = f"{name}:{stage}"
+    return found
+
+
+def _dvc(project: Path, *args: str) -> int:
+    """`dvc <args>` in the project with this environment's executables first on PATH (dvc.yaml calls `python`)."""
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project, env=env).returncode
+
+
+def run(args: argparse.Namespace) -> int:
+    """The whole pipeline through the Prefect flow."""
+    overrides = _overrides(args.set)
+    _checked_params(args.project_dir, overrides)  # before Prefect's temporary server starts
+    from flows.pipeline import pipeline
+
+    state = pipeline(project_dir=str(args.project_dir), overrides=overrides or None, push=args.push,
+                     return_state=True)
+    return EXIT_OK if state.is_completed() else EXIT_FAILED
+
+
+def stage(args: argparse.Namespace) -> int:
+    """One stage alone through DVC (`dvc repro --single-item`): its inputs must exist, it runs if anything it
+    depends on changed, and DVC records it as always."""
+    stages = _stages(args.project_dir)
+    if args.name not in stages:
+        raise BadInput(f"no stage {args.name!r}; the stages are {', '.join(stages)}")
+    _checked_params(args.project_dir, {})
+    return EXIT_OK if _dvc(args.project_dir, "repro", "--single-item", stages[args.name]) == 0 else EXIT_FAILED
+
+
+def repro(args: argparse.Namespace) -> int:
+    """The pipeline with plain `dvc repro` (the same stages, cache and dvc.lock as the flow's)."""
+    _checked_params(args.project_dir, {})
+    return EXIT_OK if _dvc(args.project_dir, "repro", "dvc.yaml") == 0 else EXIT_FAILED
+
+
+def loop(args: argparse.Namespace) -> int:
+    """One iteration of the adaptive loop through its Prefect flow (monitor, ask, adapt)."""
+    _checked_params(args.project_dir, {})
+    from flows.adaptive import adaptive_loop
+
+    state = adaptive_loop(project_dir=str(args.project_dir), return_state=True)
+    return EXIT_OK if state.is_completed() else EXIT_FAILED
+
+
+def simulate(args: argparse.Namespace) -> int:
+    """The offline stand-ins: the stream of arriving batches, the annotator who answers the labelling queue."""
+    from groundwork.adaptive import simulate as stand_ins
+
+    os.chdir(args.project_dir)  # the stand-ins' folders (data/incoming, data/labels) are the project's
+    extra = ["--upto", str(args.upto)] if getattr(args, "upto", None) is not None else []
+    return stand_ins.main([args.command, *extra])
+
+
+def ui(args: argparse.Namespace) -> int:
+    """The MLflow UI on the project's tracking store (or MLFLOW_TRACKING_URI's), on this machine only."""
+    from groundwork.tracking.runs import tracking_uri
+
+    store = tracking_uri(args.project_dir.resolve())
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store, "--host", args.host,
+               "--port", str(args.port)]
+    return EXIT_OK if subprocess.run(command, cwd=args.project_dir).returncode == 0 else EXIT_FAILED
+
+
+def schedule(args: argparse.Namespace) -> int:
+    """Serve a deployment of prefect.yaml from this process: its schedule, one run at a time; Ctrl-C stops."""
+    from flows import serve
+
+    return serve.main(["--project-dir", str(args.project_dir), "--deployment", args.deployment])
+
+
+def schema(args: argparse.Namespace) -> int:
+    """Write params.schema.json again from the params models (after changing them)."""
+    from groundwork import schema as params_schema
+
+    return params_schema.main(["--out", str(args.project_dir / params_schema.SCHEMA_FILE)])
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line: one subparser per command, each with its own --help."""
+    top = argparse.ArgumentParser(prog="groundwork", description=__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = top.add_subparsers(dest="command", required=True, metavar="<command>")
+
+    def command(name: str, handler: Callable[[argparse.Namespace], int], summary: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=summary, description=handler.__doc__,
+                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        sub.add_argument("--project-dir", type=Path, default=Path("."), help="the project (holds dvc.yaml)")
+        sub.set_defaults(handler=handler)
+        return sub
+
+    run_parser = command("run", run, "run the whole pipeline through the Prefect flow")
+    run_parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                            help="override a param (e.g. pretrain.epochs=3); the run becomes a DVC experiment")
+    run_parser.add_argument("--push", action="store_true",
+                            help="after a successful run, upload data and models to the default DVC remote")
+    command("stage", stage, "run one stage through DVC").add_argument("name", help="the stage, e.g. pretrain")
+    command("repro", repro, "run the pipeline with plain `dvc repro`")
+    command("loop", loop, "run one iteration of the adaptive loop through its Prefect flow")
+    stream = command("stream", simulate, "write the simulated stream of arriving batches into data/incoming")
+    stream.add_argument("--upto", type=int, metavar="K", help="write batches 0..K-1 only (the rest arrive later)")
+    command("annotate", simulate, "answer the labelling queue with the simulated stream's labels")
+    ui_parser = command("ui", ui, "open the MLflow UI on the project's tracking store")
+    ui_parser.add_argument("--host", default="127.0.0.1", help="the address to bind (this machine only by default)")
+    ui_parser.add_argument("--port", type=int, default=UI_PORT, help="the port to listen on")
+    schedule_parser = command("schedule", schedule, "serve a deployment of prefect.yaml on its schedule")
+    schedule_parser.add_argument("--deployment", default="nightly", help="nightly (the pipeline) or hourly-adaptive")
+    command("schema", schema, "write params.schema.json from the params models")
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse, run the command, and turn bad input into one message and exit code 2."""
+    args = parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except (BadInput, ParamsError) as exc:
+        print(f"groundwork {args.command}: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

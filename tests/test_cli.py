@@ -1,0 +1,75 @@
+"""The `groundwork` command: its subcommands, exit codes, and bad input answered in one line before anything
+starts (no Prefect server, no DVC), as the installed console script runs it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from groundwork.cli import EXIT_BAD_INPUT
+from groundwork.project import copy_project, tiny_params_dict
+from tests.helpers import dvc
+
+pytestmark = [pytest.mark.subprocess]
+GROUNDWORK = Path(sys.executable).parent / "groundwork"  # the console script pyproject.toml installs
+COMMANDS = ("run", "stage", "repro", "loop", "stream", "annotate", "ui", "schedule", "schema")
+
+
+def groundwork(*args: str, cwd: Path | None = None, timeout: int = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(GROUNDWORK), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def test_every_subcommand_has_help_under_the_name_groundwork() -> None:
+    result = groundwork("--help")
+    assert result.returncode == 0 and result.stdout.startswith("usage: groundwork ")
+    for name in COMMANDS:
+        assert name in result.stdout
+        sub = groundwork(name, "--help")
+        assert sub.returncode == 0 and sub.stdout.startswith(f"usage: groundwork {name} "), sub.stderr
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return copy_project(tmp_path_factory.mktemp("cli"), tiny_params_dict())
+
+
+def test_bad_params_are_one_line_and_exit_2_before_prefect_starts(tmp_path: Path) -> None:
+    bad = copy_project(tmp_path / "bad", tiny_params_dict(pretrain={"optimizer": "rmsprop"}))
+    started = time.monotonic()
+    result = groundwork("run", "--project-dir", str(bad))
+    elapsed = time.monotonic() - started
+    assert result.returncode == EXIT_BAD_INPUT == 2
+    assert "pretrain.optimizer: Input should be 'sgd'" in result.stderr
+    assert "Traceback" not in result.stderr and "temporary server" not in result.stderr + result.stdout
+    assert elapsed < 30, f"{elapsed:.1f} s: something started before the params were checked"
+    assert not (bad / "mlflow.db").exists() and not (bad / "dvc.lock").exists(), "nothing ran"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["run", "--set", "pretrain.epochs"], "--set 'pretrain.epochs': expected KEY=VALUE"),
+    (["run", "--set", "pretrain.epoch=3"], "pretrain.epoch"),
+    (["stage", "distill"], "no stage 'distill'; the stages are ingest, augment, pretrain"),
+])
+def test_bad_input_exits_2_with_one_message(project: Path, args: list[str], message: str) -> None:
+    result = groundwork(*args, "--project-dir", str(project))
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert not (project / "dvc.lock").exists()
+
+
+def test_an_unknown_command_is_argparse_s_exit_2() -> None:
+    result = groundwork("train")
+    assert result.returncode == 2 and "invalid choice: 'train'" in result.stderr
+
+
+def test_one_stage_runs_through_dvc_and_is_recorded(project: Path) -> None:
+    result = groundwork("stage", "ingest", "--project-dir", str(project), timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert set(yaml.safe_load((project / "dvc.lock").read_text())["stages"]) == {"ingest"}
+    assert "ingest" not in dvc(project, "status", "dvc.yaml:ingest")
+    failed = groundwork("stage", "pretrain", "--project-dir", str(project), timeout=300)
+    assert failed.returncode == 1, "its input (augment's output) is missing: DVC refuses, the command fails"
