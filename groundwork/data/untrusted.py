@@ -31,6 +31,7 @@ MAX_PACKED_BYTES = 16 * MiB
 # The LZMA decoder's own memory, mostly the dictionary a stream declares: pack's preset 9 needs 65 MiB, and a
 # crafted stream may declare up to 4 GiB.
 MAX_LZMA_MEMORY = 80 * MiB
+LZMA_BLOCK = 1 * MiB  # decoded at a time
 # One image file, from its header before decoding: an 8192 x 8192 photo. PIL's own check is 89M / 179M pixels.
 MAX_IMAGE_PIXELS = 1 << 26
 MAX_IMAGE_FILE_BYTES = 256 * MiB
@@ -118,19 +119,25 @@ def _read_npy(stream: zipfile.ZipExtFile, member: zipfile.ZipInfo) -> np.ndarray
 
 def decompress_lzma(data: bytes, *, limit: int) -> bytes:
     """One LZMA/XZ stream decoded, refused as soon as its output passes `limit` bytes (a decompression bomb:
-    10 KB decode to 64 MiB) or its decoder needs more than MAX_LZMA_MEMORY, or when anything follows it."""
+    10 KB decode to 64 MiB) or its decoder needs more than MAX_LZMA_MEMORY, or when anything follows it. Decoded
+    a block at a time, so refusing a bomb allocates at most `limit` plus the block being decoded."""
     decoder = lzma.LZMADecompressor(memlimit=MAX_LZMA_MEMORY)
+    blocks, total, pending = [], 0, data
     try:
-        output = decoder.decompress(data, max_length=limit + 1)
+        while not decoder.eof:
+            block = decoder.decompress(pending, max_length=LZMA_BLOCK)
+            pending = b""
+            total += len(block)
+            if total > limit:
+                raise ValueError(f"decompresses to more than the limit of {limit:,} bytes")
+            blocks.append(block)
+            if not block and decoder.needs_input:
+                raise ValueError("truncated compressed data")
     except lzma.LZMAError as exc:
         raise ValueError(f"corrupt compressed data ({exc})") from None
-    if len(output) > limit:
-        raise ValueError(f"decompresses to more than the limit of {limit:,} bytes")
-    if not decoder.eof:
-        raise ValueError("truncated compressed data")
     if decoder.unused_data:
         raise ValueError(f"{len(decoder.unused_data):,} bytes follow the compressed data")
-    return output
+    return b"".join(blocks)
 
 
 def read_image(path: Path, *, max_pixels: int = MAX_IMAGE_PIXELS, formats: Sequence[str] | None = None) -> np.ndarray:
