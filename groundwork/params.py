@@ -253,6 +253,9 @@ class TrainParams(Section):
     early_stopping: int = Field(ge=0, le=1000, description="stop after this many epochs without val-loss gain; 0 never")
     restore_best: bool = Field(description="end with the weights of the epoch with the lowest val loss")
     augmentation: Literal["none", "online"] = Field(description="online: augment every batch as it is drawn")
+    loss: Literal["cross_entropy", "mse"] = Field(
+        description="cross_entropy on the labels, or mse: mean squared error between the softmax output and the "
+                    "one-hot label (the survey's other loss); validation reports cross-entropy either way")
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainParams:

@@ -13,10 +13,12 @@ from groundwork.params import AugmentParams, Params, TrainParams
 from groundwork.project import tiny_params_dict
 from groundwork.training.distributed import resolve_device
 from groundwork.training.loop import (
+    LOSSES,
     LRPolicy,
     build_optimizer,
     fit,
     loss_and_accuracy,
+    mse_one_hot,
     seed_everything,
     supervised,
     validation,
@@ -239,3 +241,27 @@ def test_fixmatch_teaches_confident_pseudo_labels_to_strong_views() -> None:
     # pixel 40/255: the plain view's logit is 3.1, 96% sure of class 0
     assert loss_with(40, confidence=0.99) == pytest.approx(supervised_only)  # not sure enough: nothing added
     assert loss_with(40, confidence=0.95) > supervised_only + 0.1  # the strong (halved) view is less sure: a loss
+
+
+def test_mse_loss_is_the_squared_error_of_the_softmax_against_the_one_hot_label() -> None:
+    logits, labels = torch.tensor([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]]), torch.tensor([0, 2])
+    expected = torch.nn.functional.mse_loss(logits.softmax(1), torch.nn.functional.one_hot(labels, 3).float())
+    torch.testing.assert_close(mse_one_hot(logits, labels), expected)
+    torch.testing.assert_close(mse_one_hot(logits, labels, reduction="none").mean(), expected)
+    assert set(LOSSES) == set(TrainParams.model_fields["loss"].annotation.__args__)
+
+
+def test_fit_trains_on_the_loss_params_name() -> None:
+    """loss: mse trains with the mean squared error (its train_loss is that loss, far below cross-entropy's on
+    the same run) and learns the toy digits as cross-entropy does."""
+    params = Params.model_validate(tiny_params_dict())
+    data, cpu = toy_data(), torch.device("cpu")
+    runs = {}
+    for loss in ("cross_entropy", "mse"):
+        seed_everything(0)
+        model = DigitNet(params.model)
+        history = fit(model, data, train_params(epochs=3, batch_size=16, lr=3e-3, loss=loss), device=cpu, seed=0,
+                      validate=validation(*data, device=cpu))
+        runs[loss] = history[-1]
+    assert runs["mse"]["train_loss"] < 0.1 < runs["cross_entropy"]["train_loss"], runs  # at most 1/classes * 2
+    assert runs["cross_entropy"]["val_accuracy"] > 0.5 and runs["mse"]["val_accuracy"] > 0.5, runs

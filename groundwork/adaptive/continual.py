@@ -39,7 +39,8 @@ def adapted(model: DigitNet, new: Split, replay: Split, cfg: AdaptParams, augmen
     challenger = copy.deepcopy(model)
     images = torch.from_numpy(np.concatenate([new.images, replay.images]))
     labels = torch.from_numpy(np.concatenate([new.labels, replay.labels]))
-    objective = supervised(online_augmentation(augment) if cfg.finetune.augmentation == "online" else None)
+    objective = supervised(online_augmentation(augment) if cfg.finetune.augmentation == "online" else None,
+                           cfg.finetune.loss)
     history = fit(challenger, (images, labels), cfg.finetune, device=device, seed=derived_seed(seed, "adapt"),
                   objective=objective, desc="adapt", precision=precision)
     return challenger.eval(), history

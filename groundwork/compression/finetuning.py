@@ -30,7 +30,8 @@ def fine_tuner(params: Params, data: Dataset, teacher: DigitNet, device: torch.d
     train = with_unlabelled(data["train"], data["pool"]) if cfg.distillation.unlabelled else data["train"]
     augment = online_augmentation(params.augment) if cfg.finetune.augmentation == "online" else None
     objective = distillation(teacher.to(device, memory_format=torch.channels_last), augment=augment,
-                             weight=cfg.distillation.weight, temperature=cfg.distillation.temperature)
+                             weight=cfg.distillation.weight, temperature=cfg.distillation.temperature,
+                             loss=cfg.finetune.loss)
     validate = validation(*data["val"].tensors(), device=device)
     precision = autocast_dtype(params.precision, device)
 

@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn import functional
 
 from groundwork.data.datasets import Split
-from groundwork.training.loop import BatchAugment, Objective, supervised
+from groundwork.training.loop import LOSSES, BatchAugment, Objective, supervised
 
 UNLABELLED = -1  # label of an image whose label is not used (cross-entropy ignores it)
 
@@ -21,15 +21,17 @@ def with_unlabelled(labelled: Split, unlabelled: Split) -> Split:
 
 
 def distillation(teacher: nn.Module | None, *, weight: float, temperature: float,
-                 augment: BatchAugment | None = None) -> Objective:
-    """(1 - weight) * cross-entropy on the labelled images + weight * T^2 * KL(teacher || student) at
-    temperature T on every image; without a teacher or at weight 0, plain supervised training.
+                 augment: BatchAugment | None = None, loss: str = "cross_entropy") -> Objective:
+    """(1 - weight) * `loss` (cross-entropy, or a LOSSES name) on the labelled images + weight * T^2 *
+    KL(teacher || student) at temperature T on every image; without a teacher or at weight 0, plain supervised
+    training.
 
     "Correct" counts predictions that match the label, or the teacher's prediction where there is no label.
     """
     if teacher is None or weight == 0.0:
-        return supervised(augment)
+        return supervised(augment, loss)
     teacher.eval()
+    criterion = LOSSES[loss]
 
     def objective(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
                   generator: torch.Generator) -> tuple[torch.Tensor, int]:
@@ -42,7 +44,7 @@ def distillation(teacher: nn.Module | None, *, weight: float, temperature: float
                                  functional.log_softmax(guide / temperature, dim=1), log_target=True,
                                  reduction="batchmean") * temperature ** 2
         labelled = targets != UNLABELLED
-        hard = functional.cross_entropy(outputs[labelled], targets[labelled]) if labelled.any() else soft * 0
+        hard = criterion(outputs[labelled], targets[labelled]) if labelled.any() else soft * 0
         expected = torch.where(labelled, targets, guide.argmax(1))
         return (1 - weight) * hard + weight * soft, int((outputs.argmax(1) == expected).sum())
     return objective

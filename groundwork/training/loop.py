@@ -195,14 +195,28 @@ def per_rank_batch(batch_size: int, desc: str) -> int:
     return batch_size // world
 
 
-def supervised(augment: BatchAugment | None = None) -> Objective:
-    """Cross-entropy on the labels, with an optional on-the-fly augmentation of every batch."""
+def mse_one_hot(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Mean squared error between the softmax output and the one-hot label; `reduction="none"`: one per image."""
+    one_hot = nn.functional.one_hot(targets, logits.shape[1]).to(logits.dtype)
+    errors = (nn.functional.softmax(logits, dim=1) - one_hot).pow(2).mean(dim=1)
+    return errors.mean() if reduction == "mean" else errors
+
+
+ClassificationLoss = Callable[..., torch.Tensor]  # (logits, labels, reduction="mean" | "none") -> loss
+LOSSES: dict[str, ClassificationLoss] = {"cross_entropy": nn.functional.cross_entropy, "mse": mse_one_hot}
+
+
+def supervised(augment: BatchAugment | None = None, loss: str = "cross_entropy") -> Objective:
+    """`loss` (a LOSSES name: TrainParams.loss) on the labels, with an optional on-the-fly augmentation of every
+    batch."""
+    criterion = LOSSES[loss]
+
     def objective(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
                   generator: torch.Generator) -> tuple[torch.Tensor, int]:
         if augment is not None:
             inputs = augment(inputs, generator)
         outputs = model(inputs)
-        return nn.functional.cross_entropy(outputs, targets), int((outputs.argmax(1) == targets).sum())
+        return criterion(outputs, targets), int((outputs.argmax(1) == targets).sum())
     return objective
 
 
@@ -311,7 +325,7 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], cfg: TrainPa
     evenly across ranks; rank 0 alone validates (the others receive its scores, so schedules and stopping
     agree) and keeps the resume file. BatchNorm normalises with each rank's own share of the batch.
     """
-    objective = objective or supervised()
+    objective = objective or supervised(loss=cfg.loss)
     generator = torch.Generator().manual_seed(seed)
     per_rank_batch(cfg.batch_size, desc)  # fail before any work when the ranks cannot share the batch
     batches_per_epoch = steps_per_epoch(len(train[1]), cfg.batch_size, world_size())

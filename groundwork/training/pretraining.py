@@ -20,7 +20,7 @@ def pretrain_supervised(model: DigitNet, train: Split, source: Dataset, params: 
     """Cross-entropy on the source labels, augmenting on the fly when params say so."""
     cfg, device = params.pretrain, resolve_device(params.device)
     augment = online_augmentation(params.augment) if cfg.augmentation == "online" else None
-    return fit(model, train.tensors(), cfg, device=device, seed=params.seed, objective=supervised(augment),
+    return fit(model, train.tensors(), cfg, device=device, seed=params.seed, objective=supervised(augment, cfg.loss),
                validate=validation(*source["val"].tensors(), device=device), on_epoch=on_epoch, resume=resume,
                desc="pretrain", precision=autocast_dtype(params.precision, device))
 

@@ -11,17 +11,19 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from groundwork.training.loop import BatchAugment, Objective, prepare_batch
+from groundwork.training.loop import LOSSES, BatchAugment, Objective, prepare_batch
 
 
 def fixmatch(pool: torch.Tensor, *, ratio: int, confidence: float, weight: float, strong: BatchAugment,
-             labelled_augment: BatchAugment | None = None) -> Objective:
-    """Cross-entropy on the labelled batch (augmented by `labelled_augment`) plus `weight` times the cross-entropy
-    of strong views against the confident pseudo-labels of `ratio` unlabelled images per labelled one, drawn
-    from `pool` (uint8 images) with the loop's generator.
+             labelled_augment: BatchAugment | None = None, loss: str = "cross_entropy") -> Objective:
+    """`loss` (cross-entropy, or a LOSSES name) on the labelled batch (augmented by `labelled_augment`) plus
+    `weight` times the same loss of strong views against the confident pseudo-labels of `ratio` unlabelled images
+    per labelled one, drawn from `pool` (uint8 images) with the loop's generator.
 
     "Correct" counts the labelled predictions that match their label (the loop's accuracy is over the labelled
     batch)."""
+    criterion = LOSSES[loss]
+
     def objective(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
                   generator: torch.Generator) -> tuple[torch.Tensor, int]:
         count = len(inputs)
@@ -36,7 +38,7 @@ def fixmatch(pool: torch.Tensor, *, ratio: int, confidence: float, weight: float
         labelled = labelled_augment(inputs, generator) if labelled_augment is not None else inputs
         outputs = model(torch.cat([labelled, strong(weak, generator)]))
         supervised, strong_out = outputs[:count], outputs[count:]
-        unlabelled = (functional.cross_entropy(strong_out, pseudo, reduction="none") * confident).mean()
-        loss = functional.cross_entropy(supervised, targets) + weight * unlabelled
-        return loss, int((supervised.argmax(1) == targets).sum())
+        unlabelled = (criterion(strong_out, pseudo, reduction="none") * confident).mean()
+        total = criterion(supervised, targets) + weight * unlabelled
+        return total, int((supervised.argmax(1) == targets).sum())
     return objective

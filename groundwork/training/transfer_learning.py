@@ -53,9 +53,9 @@ def _objective(data: Dataset, params: Params, *, semi_supervised: bool) -> Objec
     augment = online_augmentation(params.augment) if cfg.augmentation == "online" else None
     semi = cfg.semi_supervised
     if not semi_supervised or semi.method == "none":
-        return supervised(augment)
+        return supervised(augment, cfg.loss)
     return fixmatch(data["pool"].images_tensor(), ratio=semi.ratio, confidence=semi.confidence, weight=semi.weight,
-                    strong=strong_augmentation(params.augment), labelled_augment=augment)
+                    strong=strong_augmentation(params.augment), labelled_augment=augment, loss=cfg.loss)
 
 
 def _train(model: DigitNet, data: Dataset, params: Params, *, epochs: int, seed: int, desc: str,
