@@ -25,6 +25,7 @@ from groundwork.data.datasets import Split, load_dataset, to_float
 from groundwork.entrypoint import stage_cli
 from groundwork.models.checkpoint import load_model, save_checkpoint
 from groundwork.params import Params
+from groundwork.tracking.card import lineage, registered_model_description, training_data, version_card
 from groundwork.tracking.registry import decide_challenger
 from groundwork.tracking.runs import NullTracker, Predict, Tracker
 from groundwork.training.distributed import resolve_device
@@ -103,6 +104,15 @@ def run(params: Params, *, model: Path, target: Path, source: Path, incoming: Pa
         flat = {f"{side}.{key}": value for side in ("challenger", "incumbent")
                 for key, value in scores[side].items() if value is not None}
         tracker.challenge(params.evaluate.registered_model, version, flat, decision)
+        card = version_card(
+            title=f"{params.evaluate.registered_model} version {version}: a challenger from the adaptive loop",
+            params=params, scores={"challenger": challenger_scores, incumbent_name: incumbent_scores},
+            trained_on=[f"fine-tuned from `{model}` on {len(new)} new label(s) and {len(replay)} replayed "
+                        f"image(s) (target and source training splits)",
+                        *training_data(params, {"target": target_digest, "source": source_digest})],
+            columns=("holdout_accuracy", "original_accuracy"), registered="challenger", decision=decision,
+            lineage=lineage(Path.cwd(), ("transfer", "compress")))
+        tracker.describe(params.evaluate.registered_model, version, registered_model_description(params), card)
         registry = {"registered": True, "model": params.evaluate.registered_model, "version": int(version)}
     return {"adapted": True, **counts, "replayed": len(replay), "epochs": len(history), **scores,
             "forgetting": incumbent_scores["original_accuracy"] - challenger_scores["original_accuracy"],

@@ -26,6 +26,13 @@ from groundwork.evaluation.timing import TIMING_THREADS, speed
 from groundwork.evaluation.variants import Variant, load_variants
 from groundwork.params import Params
 from groundwork.plots import confusion_grid, pareto_plot
+from groundwork.tracking.card import (
+    SCORE_COLUMNS,
+    lineage,
+    registered_model_description,
+    training_data,
+    version_card,
+)
 from groundwork.tracking.runs import NullTracker, Tracker
 
 log = logging.getLogger(__name__)
@@ -41,10 +48,12 @@ def classification_scores(labels: np.ndarray, predicted: np.ndarray) -> dict[str
 
 
 
-def register_candidate(params: Params, variant: Variant, scores: dict[str, float], example: np.ndarray,
-                       tracker: Tracker) -> dict[str, Any]:
-    """Register the candidate variant as a new model version and run the champion gate on it."""
+def register_candidate(params: Params, variant: Variant, results: dict[str, dict[str, float]], digest: str,
+                       example: np.ndarray, tracker: Tracker) -> dict[str, Any]:
+    """Register the candidate variant as a new model version, run the champion gate on it, and give the version
+    its card (every variant's scores, the decision, lineage)."""
     cfg = params.evaluate
+    scores = results[cfg.candidate]
     if variant.model is None:
         version = tracker.log_onnx_model(variant.path, "candidate", example, registered_name=cfg.registered_model)
     else:
@@ -54,6 +63,11 @@ def register_candidate(params: Params, variant: Variant, scores: dict[str, float
     decision = tracker.gate(cfg.registered_model, version, scores, metric=cfg.gate_metric,
                             min_gain=cfg.gate_min_gain)
     assert decision is not None  # a tracker that registers also gates
+    card = version_card(title=f"{cfg.registered_model} version {version}: the `{cfg.candidate}` variant",
+                        params=params, trained_on=training_data(params, {"target": digest}), scores=results,
+                        columns=SCORE_COLUMNS, registered=cfg.candidate, decision=decision,
+                        lineage=lineage(Path.cwd(), ("transfer", "compress")))
+    tracker.describe(cfg.registered_model, version, registered_model_description(params), card)
     log.info("registered %s version %s (%s); gate: %s", cfg.registered_model, version, cfg.candidate,
              decision.reason)
     return {"registered": True, "model": cfg.registered_model, "version": int(version), "variant": cfg.candidate,
@@ -107,9 +121,8 @@ def run(params: Params, *, transferred: Path, compressed: Path, target: Path, ta
     pareto_plot(pareto_out, table, PARETO_AXES)
     for path in (table_out, confusion_out, pareto_out):
         tracker.log_artifact(path, "evaluation")
-    candidate = params.evaluate.candidate
-    registry = register_candidate(params, found[candidate], results[candidate], example_input(data["test"]),
-                                  tracker)
+    registry = register_candidate(params, found[params.evaluate.candidate], results, digest,
+                                  example_input(data["test"]), tracker)
     return {"test_images": len(labels), "variants": results, "registry": registry}
 
 

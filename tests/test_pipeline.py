@@ -152,6 +152,11 @@ def test_first_run_executes_every_stage_and_records_them(first_run: FirstRun) ->
     assert len(source_run.data.tags["dvc_lock_hash"]) == 64
     assert [d.dataset.name for d in source_run.inputs.dataset_inputs] == ["target"]
     assert source_run.data.tags["prefect_flow_run_id"] == str(state.state_details.flow_run_id)
+    card = version.description  # the same lineage on the version's card: commit and the outputs DVC recorded
+    assert f"- git_commit: `{source_run.data.tags['git_commit']}`" in card
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    compressed = next(out["md5"] for out in lock["compress"]["outs"] if out["path"] == "models/compressed")
+    assert f"- compress: models/compressed: `{compressed}`" in card
     budget_curve = client.list_artifacts(by_stage["budget"].info.run_id, "plots")
     assert [a.path for a in budget_curve] == ["plots/budget_curve.png"]
     # the search's reward per episode as metric series, its plot and the policy compress read
@@ -385,6 +390,9 @@ def test_the_adaptive_loop_notices_drift_asks_for_labels_and_gates_a_challenger(
     assert (str(aliases["champion"]) == version) is adapted["promoted"]
     tags = client.get_model_version(name, version).tags
     assert tags["gate.decision"] == ("promoted" if adapted["promoted"] else "kept champion")
+    card = client.get_model_version(name, version).description
+    assert "a challenger from the adaptive loop" in card and adapted["reason"] in card
+    assert "| **challenger** (this version) |" in card and "| registered champion |" in card
     assert float(tags["challenger.original_accuracy"]) == pytest.approx(adapted["challenger"]["original_accuracy"])
     experiment = client.get_experiment_by_name(DEFAULT_EXPERIMENT)
     loops = client.search_runs([experiment.experiment_id], "tags.stage = 'adaptive'", order_by=["start_time ASC"])

@@ -84,6 +84,12 @@ def test_champion_from_a_pipeline_run_loads_in_a_fresh_process(tmp_path: Path, t
     registry = metrics["registry"]
     assert registry["promoted"] and registry["version"] == 1 and registry["variant"] == "int8"
     name = tiny_params.evaluate.registered_model
+    # the cards: the version's (every variant's scores, this one marked, the gate's reason) and the model's
+    card = mlflow.MlflowClient().get_model_version(name, "1").description
+    assert "**int8** (this version)" in card and f"**Gate**: promoted to `champion`. {registry['reason']}" in card
+    assert all(f"| {variant} |" in card for variant in metrics["variants"] if variant != "int8")
+    assert "**Input**: float32 images, shape (N, 1, 28, 28)" in card and "target data digest" in card
+    assert "**Input**" in mlflow.MlflowClient().get_registered_model(name).description
     script = (f"import mlflow, numpy as np; mlflow.set_tracking_uri({uri!r}); "
               f"model = mlflow.pyfunc.load_model('models:/{name}@champion'); "
               "out = model.predict(np.zeros((3, 1, 28, 28), np.float32)); "

@@ -1,5 +1,6 @@
 """The MLflow UI on a project store, checked in a real browser: headless Chromium renders the runs page
-and the runs the pipeline records appear on it, rendered (a screenshot in the test's temporary folder)."""
+and the runs the pipeline records appear on it, rendered (a screenshot in the test's temporary folder), as does
+a registered version's card on its page."""
 
 from __future__ import annotations
 
@@ -14,6 +15,10 @@ from pathlib import Path
 import pytest
 
 from flows.parent_run import start_parent_run
+from groundwork.params import parse_params
+from groundwork.project import tiny_params_dict
+from groundwork.tracking.card import lineage, registered_model_description, training_data, version_card
+from groundwork.tracking.registry import GateDecision
 from groundwork.tracking.runs import FLOW_RUN_NAME_ENV, PARENT_RUN_ENV, ensure_experiment, stage_run
 from tests.helpers import free_port
 
@@ -24,6 +29,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--virtual-time-budget=20000", "--window-size=1400,900"]
+CARD_MODEL, CARD_TITLE = "ui-check-digits", "ui-check-digits version 1: the int8 variant"
 
 
 
@@ -38,7 +44,18 @@ def record_runs(root: Path, monkeypatch: pytest.MonkeyPatch) -> str:
         for epoch in (1, 2):
             tracker.log_metrics({"val_accuracy": 0.5 * epoch}, step=epoch)
     from mlflow import MlflowClient
-    return ensure_experiment(MlflowClient(f"sqlite:///{root / 'mlflow.db'}"), root)
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    # a registered version with the card evaluate writes (version_card), described through the tracker
+    client.create_registered_model(CARD_MODEL)
+    client.create_model_version(CARD_MODEL, source=str(root / "model"), run_id=parent)
+    params = parse_params(tiny_params_dict())
+    decision = GateDecision(True, "accuracy 0.9500 with no champion yet", "accuracy", 0.95, None, None)
+    card = version_card(title=CARD_TITLE, params=params, trained_on=training_data(params, {"target": "0" * 64}),
+                        scores={"int8": {"accuracy": 0.95}, "fp32": {"accuracy": 0.96}}, columns=("accuracy",),
+                        registered="int8", decision=decision, lineage=lineage(root, ("compress",)))
+    with stage_run("evaluate", {}) as tracker:
+        tracker.describe(CARD_MODEL, "1", registered_model_description(params), card)
+    return ensure_experiment(client, root)
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
@@ -63,6 +80,10 @@ def test_runs_appear_in_the_mlflow_ui(tmp_path: Path, monkeypatch: pytest.Monkey
         shot = tmp_path / "mlflow-runs.png"
         subprocess.run([*browser, f"--screenshot={shot}", page], capture_output=True, timeout=120)
         assert shot.stat().st_size > 10_000, "a rendered page, not a blank one"
+        version_page = f"http://127.0.0.1:{port}/#/models/{CARD_MODEL}/versions/1"
+        dom = subprocess.run([*browser, "--dump-dom", version_page], capture_output=True, text=True,
+                             timeout=120).stdout
+        assert CARD_TITLE in dom and "accuracy 0.9500 with no champion yet" in dom, "the version's card is shown"
     finally:
         ui.terminate()
         ui.wait(timeout=30)

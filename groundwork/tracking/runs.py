@@ -66,6 +66,7 @@ class Tracker(Protocol):
     def champion_predictor(self, registered_name: str) -> Predict | None: ...
     def challenge(self, registered_name: str, version: str, scores: Mapping[str, float],
                   decision: GateDecision) -> None: ...
+    def describe(self, registered_name: str, version: str, model_card: str, version_card: str) -> None: ...
 
 
 class NullTracker:
@@ -104,6 +105,9 @@ class NullTracker:
     def champion_predictor(self, registered_name: str) -> Predict | None:
         """No registry, no champion."""
         return None
+
+    def describe(self, registered_name: str, version: str, model_card: str, version_card: str) -> None:
+        """No registry, nothing to describe."""
 
     def challenge(self, registered_name: str, version: str, scores: Mapping[str, float],
                   decision: GateDecision) -> None:
@@ -301,6 +305,12 @@ class MlflowTracker:
         """Alias a registered version `challenger` and promote it if the decision says so; tag this run too."""
         challenge(self._mlflow.MlflowClient(), registered_name, version, scores, decision)
         self.set_tags({**decision.as_tags(), "gate.version": version})
+
+    def describe(self, registered_name: str, version: str, model_card: str, version_card: str) -> None:
+        """Give the registered model and one of its versions their descriptions (markdown, shown in the UI)."""
+        client = self._mlflow.MlflowClient()
+        client.update_registered_model(registered_name, description=model_card)
+        client.update_model_version(registered_name, version, description=version_card)
 
 
 def _version(info: Any) -> str | None:

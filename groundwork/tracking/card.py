@@ -1,0 +1,101 @@
+"""Model cards: the markdown the Model Registry shows for the registered model and for each of its versions, so
+that whoever opens the MLflow UI (or calls `MlflowClient.get_model_version`) reads what a version is, what it
+was trained and scored on, why it was registered, what the gate decided, and where it came from."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from groundwork.params import IMAGE_SIDE, Params
+from groundwork.tracking.registry import CHAMPION, GateDecision
+from groundwork.tracking.runs import git_tags
+
+SCORE_COLUMNS = ("accuracy", "precision", "recall", "f1", "bytes", "latency_p50_ms")
+
+
+def input_contract(params: Params) -> str:
+    """What the registered models take, in words: the format ingest gives every image."""
+    target = params.ingest.target
+    return (f"float32 images, shape (N, 1, {IMAGE_SIDE}, {IMAGE_SIDE}), values 0..1: gray, light ink on black as "
+            f"in MNIST, the digit's longer side resized to {target.size} px (aspect kept) and centred. "
+            "`groundwork.data.formatting.format_images` turns any image (another size, colour, 0..255) into "
+            "this format, as ingest does for the training data; the output is one logit per class 0..9.")
+
+
+def registered_model_description(params: Params) -> str:
+    """The registered model's own description: what its versions are and how one becomes the champion."""
+    return "\n".join([
+        "Digit classifiers from the groundwork pipeline: a CNN pretrained on the source digits, transferred to "
+        "the target digits' label budget, then compressed. The `evaluate` stage registers one candidate variant "
+        f"per pipeline run, and the gate moves the `{CHAMPION}` alias to it only when it beats the champion; the "
+        "adaptive loop registers challengers fine-tuned on newly labelled data. Each version's description is "
+        "its card: data, scores, the gate's decision, lineage.",
+        "",
+        f"**Input**: {input_contract(params)}",
+    ])
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.4g}"
+    return str(value)
+
+
+def _table(rows: Mapping[str, Mapping[str, Any]], columns: Sequence[str], marked: str) -> list[str]:
+    lines = ["| | " + " | ".join(columns) + " |", "|" + " --- |" * (len(columns) + 1)]
+    for name, row in rows.items():
+        label = f"**{name}** (this version)" if name == marked else name
+        lines.append(f"| {label} | " + " | ".join(_cell(row.get(column, "")) for column in columns) + " |")
+    return lines
+
+
+def lineage(root: Path, stages: Sequence[str]) -> dict[str, str]:
+    """The git commit (and whether the work tree differed from it), and each of `stages`' output hashes as
+    `dvc.lock` in `root` records them (none when DVC has not run them)."""
+    lock = root / "dvc.lock"
+    recorded = (yaml.safe_load(lock.read_text()) or {}).get("stages", {}) if lock.exists() else {}
+    git = {key: value for key, value in git_tags(root).items() if key in ("git_commit", "git_dirty")}
+    return {**git, **{f"{stage}: {out['path']}": out.get("md5", "") for stage in stages
+                      for out in recorded.get(stage, {}).get("outs", [])}}
+
+
+def version_card(*, title: str, params: Params, trained_on: Sequence[str], scores: Mapping[str, Mapping[str, Any]],
+                 columns: Sequence[str], registered: str, decision: GateDecision, lineage: Mapping[str, str]) -> str:
+    """A version's card: `trained_on` (lines on the data), `scores` (a row per variant or model, the `registered`
+    one marked; `columns` of them), the gate's decision and reason, the input contract and `lineage`."""
+    verdict = f"promoted to `{CHAMPION}`" if decision.promote else f"not promoted (`{CHAMPION}` kept)"
+    return "\n".join([
+        f"### {title}",
+        "",
+        "**Trained on**",
+        "",
+        *(f"- {line}" for line in trained_on),
+        "",
+        "**Scores**",
+        "",
+        *_table(scores, columns, registered),
+        "",
+        f"**Gate**: {verdict}. {decision.reason}",
+        "",
+        f"**Input**: {input_contract(params)}",
+        "",
+        "**Lineage**",
+        "",
+        *(f"- {name}: `{value}`" for name, value in lineage.items()),
+    ])
+
+
+def training_data(params: Params, digests: Mapping[str, str]) -> list[str]:
+    """The card's lines on the data: each side's dataset and size as params set them, with its content digest."""
+    ingest = params.ingest
+    budget = ("every labelled image" if ingest.labels_per_class is None
+              else f"{ingest.labels_per_class} labelled images per class")
+    lines = [f"source (pretraining): `{ingest.source.dataset}`, up to "
+             f"{ingest.source_samples if ingest.source_samples is not None else 'all'} images",
+             f"target (transfer, compression): `{ingest.target.dataset}`, {budget}"]
+    return [*lines, *(f"{name} data digest: `{digest}`" for name, digest in digests.items())]
