@@ -128,7 +128,7 @@ def _ended(stage: str, kind: Kind, exit_code: int, message: str = "") -> int:
 
 def _record(stage: str, params: Params, args: argparse.Namespace, work: StageWork) -> None:
     dvc_file = graph_file(stage, Path(args.params).parent)  # the graph beside the params file declares what it reads
-    with stage_run(stage, declared_params(stage, params, dvc_file)) as tracker:
+    with stage_run(stage, declared_params(stage, params, dvc_file), params.tracking) as tracker:
         metrics = work(params, args, tracker)
         write_json(args.metrics, metrics)
         tracker.log_metrics(numeric(metrics))

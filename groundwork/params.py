@@ -456,6 +456,14 @@ class EvaluateParams(Section):
     gate_min_gain: float = Field(ge=-1.0, le=1.0, description="candidate - champion needed to promote")
 
 
+class TrackingParams(Section):
+    """What every stage's MLflow run records besides its params, metrics, models and artifacts."""
+
+    system_metrics: bool = Field(description="sample CPU, memory, disk and network use (and the GPU's, when there "
+                                             "is one) while the stage runs, as MLflow's system/* metrics")
+    system_metrics_interval: float = Field(ge=0.1, le=600.0, description="seconds between system metrics samples")
+
+
 class Params(Section):
     """The whole params.yaml."""
 
@@ -474,6 +482,7 @@ class Params(Section):
     compress: CompressParams
     evaluate: EvaluateParams
     adaptive: AdaptiveParams
+    tracking: TrackingParams
 
     @model_validator(mode="after")
     def _structured_network_is_valid(self) -> Params:

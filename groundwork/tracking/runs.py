@@ -19,7 +19,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from groundwork.data.datasets import to_float
+from groundwork.data.datasets import Dataset, to_float
+from groundwork.params import TrackingParams
 from groundwork.tracking.registry import CHAMPION, GateDecision, challenge, gate
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ class Tracker(Protocol):
     def log_onnx_model(self, path: Path | str, name: str, example: np.ndarray,
                        registered_name: str | None = None) -> str | None: ...
     def set_tags(self, tags: Mapping[str, str]) -> None: ...
-    def log_dataset(self, name: str, path: Path | str, digest: str, context: str) -> None: ...
+    def log_dataset(self, name: str, path: Path | str, dataset: Dataset, digest: str, context: str) -> None: ...
     def gate(self, registered_name: str, version: str, scores: Mapping[str, float], *, metric: str,
              min_gain: float) -> GateDecision | None: ...
     def champion_predictor(self, registered_name: str) -> Predict | None: ...
@@ -94,7 +95,7 @@ class NullTracker:
     def set_tags(self, tags: Mapping[str, str]) -> None:
         """Ignore tags."""
 
-    def log_dataset(self, name: str, path: Path | str, digest: str, context: str) -> None:
+    def log_dataset(self, name: str, path: Path | str, dataset: Dataset, digest: str, context: str) -> None:
         """Ignore a dataset."""
 
     def gate(self, registered_name: str, version: str, scores: Mapping[str, float], *, metric: str,
@@ -264,16 +265,22 @@ class MlflowTracker:
         """Set run tags."""
         self._mlflow.set_tags(dict(tags))
 
-    def log_dataset(self, name: str, path: Path | str, digest: str, context: str) -> None:
-        """Record a dataset file the stage read or wrote: an MLflow dataset input and a full-digest tag."""
+    def log_dataset(self, name: str, path: Path | str, dataset: Dataset, digest: str, context: str) -> None:
+        """Record a dataset file the stage read or wrote, as the splits of it the stage used: an MLflow dataset
+        input with its schema (each split's images and labels: dtype and shape) and profile (their shapes, so
+        the row counts), and a full-digest tag."""
+        from mlflow.data import from_numpy
         from mlflow.data.dataset_source_registry import resolve_dataset_source
-        from mlflow.data.meta_dataset import MetaDataset
 
         with warnings.catch_warnings():  # MLflow registers its local source twice and warns about it
             warnings.simplefilter("ignore", UserWarning)
             source = resolve_dataset_source(str(Path(path).resolve()))
-        # MLflow stores at most 36 characters of a dataset digest; the tag keeps all 64
-        self._mlflow.log_input(MetaDataset(source, name=name, digest=digest[:32]), context=context)
+        # MLflow stores at most 36 characters of a dataset digest; the tag keeps all 64. Passing the digest also
+        # spares MLflow hashing the arrays again.
+        logged = from_numpy({f"{split}_images": part.images for split, part in dataset.items()},
+                            targets={f"{split}_labels": part.labels for split, part in dataset.items()},
+                            source=source, name=name, digest=digest[:32])
+        self._mlflow.log_input(logged, context=context)
         self._mlflow.set_tag(f"data_digest.{name}", digest)
 
     def gate(self, registered_name: str, version: str, scores: Mapping[str, float], *, metric: str,
@@ -319,8 +326,10 @@ def _version(info: Any) -> str | None:
 
 
 @contextmanager
-def stage_run(stage: str, params: Mapping[str, Any]) -> Iterator[MlflowTracker]:
-    """An MLflow run for one stage execution, nested under the flow's run when there is one."""
+def stage_run(stage: str, params: Mapping[str, Any],
+              recording: TrackingParams | None = None) -> Iterator[MlflowTracker]:
+    """An MLflow run for one stage execution, nested under the flow's run when there is one; with
+    `recording.system_metrics`, MLflow samples the machine's use every `system_metrics_interval` seconds."""
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri())
@@ -336,7 +345,11 @@ def stage_run(stage: str, params: Mapping[str, Any]) -> Iterator[MlflowTracker]:
     flow = flow_tags()
     name = f"{stage} · {flow['prefect_flow_run_name']}" if "prefect_flow_run_name" in flow else stage
     tags = {"stage": stage, "dvc_stage": stage, PROJECT_TAG: project_key(), **git_tags(), **flow}
-    run = mlflow.start_run(experiment_id=experiment_id, run_name=name, parent_run_id=parent, tags=tags)
+    system_metrics = recording is not None and recording.system_metrics
+    if system_metrics:
+        mlflow.set_system_metrics_sampling_interval(recording.system_metrics_interval)
+    run = mlflow.start_run(experiment_id=experiment_id, run_name=name, parent_run_id=parent, tags=tags,
+                           log_system_metrics=system_metrics)
     try:
         log.info("MLflow run %s (%s) in %s", run.info.run_id, name, tracking_uri())
         mlflow.log_params({k: str(v) for k, v in flatten(params).items()})
