@@ -19,13 +19,13 @@ import torch
 
 from groundwork.adaptive.continual import adapted, replay_buffer
 from groundwork.adaptive.labels import Label, arrivals_and_labels
+from groundwork.card import lineage, registered_model_description, training_data, version_card
 from groundwork.compression.export import export_onnx, onnx_logits, onnx_session, quantize_int8
 from groundwork.data.atomic import write_json
 from groundwork.data.datasets import Split, load_dataset, to_float
 from groundwork.entrypoint import stage_cli
 from groundwork.models.checkpoint import load_model, save_checkpoint
 from groundwork.params import Params
-from groundwork.tracking.card import lineage, registered_model_description, training_data, version_card
 from groundwork.tracking.registry import decide_challenger
 from groundwork.tracking.runs import NullTracker, Predict, Tracker
 from groundwork.training.distributed import resolve_device

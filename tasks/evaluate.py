@@ -17,6 +17,13 @@ import torch
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from tqdm.auto import tqdm
 
+from groundwork.card import (
+    SCORE_COLUMNS,
+    lineage,
+    registered_model_description,
+    training_data,
+    version_card,
+)
 from groundwork.compression.export import size_report, state_dict_bytes
 from groundwork.compression.names import FP32_RUNTIMES, REFERENCE
 from groundwork.data.atomic import atomic_path
@@ -26,13 +33,6 @@ from groundwork.evaluation.timing import TIMING_THREADS, speed
 from groundwork.evaluation.variants import Variant, load_variants
 from groundwork.params import Params
 from groundwork.plots import confusion_grid, pareto_plot
-from groundwork.tracking.card import (
-    SCORE_COLUMNS,
-    lineage,
-    registered_model_description,
-    training_data,
-    version_card,
-)
 from groundwork.tracking.runs import NullTracker, Tracker
 
 log = logging.getLogger(__name__)

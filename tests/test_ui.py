@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from flows.parent_run import start_parent_run
+from groundwork.card import lineage, registered_model_description, training_data, version_card
 from groundwork.params import parse_params
 from groundwork.project import tiny_params_dict
-from groundwork.tracking.card import lineage, registered_model_description, training_data, version_card
 from groundwork.tracking.registry import GateDecision
 from groundwork.tracking.runs import FLOW_RUN_NAME_ENV, PARENT_RUN_ENV, ensure_experiment, stage_run
 from tests.helpers import free_port
