@@ -38,8 +38,8 @@ def run(params: Params, *, source: Path, out: Path, preview: Path, tracker: Trac
     image_grid(preview, rows, ["original"] + [f"copy {k}" for k in range(1, len(rows))],
                "Source digits and their augmented copies")
     tracker.log_artifact(preview, "plots")
-    tracker.log_dataset("source", source, dataset, source_digest, context="input")
-    tracker.log_dataset("augmented", out, {"train": augmented}, out_digest, context="output")
+    tracker.log_dataset("source", source, source_digest, context="input")
+    tracker.log_dataset("augmented", out, out_digest, context="output")
     changed = float(np.mean(augmented.images[len(train):] != np.tile(train.images, (params.augment.copies, 1, 1))))
     return {
         "images_in": len(train),

@@ -27,7 +27,7 @@ def run(params: Params, *, pretrained: Path, target: Path, table_out: Path, curv
     """Sweep the budgets; write the per-budget table (CSV) and the curve (PNG); return the summary."""
     tracker = tracker or NullTracker()
     data, digest = load_dataset(target, splits=("pool", "val", "test"))  # its own labelled sets, drawn from the pool
-    tracker.log_dataset("target", target, data, digest, context="input")
+    tracker.log_dataset("target", target, digest, context="input")
     summary = summarise(sweep(pretrained, data, params, tracker))
     with atomic_path(table_out) as tmp:
         summary.to_csv(tmp, index=False)

@@ -99,7 +99,7 @@ def run(params: Params, *, transferred: Path, target: Path, policy: Path, out_di
     tracker = tracker or NullTracker()
     cfg = params.compress
     data, digest = load_dataset(target, splits=("train", "val", "test", "pool"))
-    tracker.log_dataset("target", target, data, digest, context="input")
+    tracker.log_dataset("target", target, digest, context="input")
     device = resolve_device(params.device)
     val = data["val"]
     reference, _ = load_model(transferred)

@@ -96,7 +96,7 @@ def run(params: Params, *, transferred: Path, compressed: Path, target: Path, ta
     """Score and time every variant; write the table, the confusion and Pareto plots and the predictions."""
     tracker = tracker or NullTracker()
     data, digest = load_dataset(target, splits=("test",))
-    tracker.log_dataset("target", target, data, digest, context="input")
+    tracker.log_dataset("target", target, digest, context="input")
     images, labels = data["test"].tensors()
     torch.set_num_threads(TIMING_THREADS)
     results: dict[str, dict[str, float]] = {}

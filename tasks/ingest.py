@@ -23,8 +23,8 @@ def run(params: Params, *, source_out: Path, target_out: Path, tracker: Tracker 
     tracker = tracker or NullTracker()
     source, target = build_datasets(params.ingest, params.seed)
     digests = {"source": save_dataset(source_out, source), "target": save_dataset(target_out, target)}
-    tracker.log_dataset("source", source_out, source, digests["source"], context="output")
-    tracker.log_dataset("target", target_out, target, digests["target"], context="output")
+    tracker.log_dataset("source", source_out, digests["source"], context="output")
+    tracker.log_dataset("target", target_out, digests["target"], context="output")
     log.info("source %s, target %s", {k: len(v) for k, v in source.items()}, {k: len(v) for k, v in target.items()})
     return {"source": describe(source), "target": describe(target), "digest": digests}
 

@@ -39,7 +39,7 @@ def run(params: Params, *, model: Path, target: Path, incoming: Path, table_out:
     cfg = params.adaptive.monitor
     network, _ = load_model(model)
     reference_data, digest = load_dataset(target, splits=("test",))
-    tracker.log_dataset("target", target, reference_data, digest, context="reference")
+    tracker.log_dataset("target", target, digest, context="reference")
     reference = model_outputs(network, reference_data["test"].images)
     arrivals = read_arrivals(incoming, params.ingest.target, min_batch=cfg.min_batch)
     for name, reason in arrivals.set_aside.items():

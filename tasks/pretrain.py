@@ -43,10 +43,10 @@ def run(params: Params, *, train: Path, source: Path, model_out: Path, history_o
     tracker = tracker or NullTracker()
     cfg = params.pretrain
     source_set, source_digest = load_dataset(source)
-    tracker.log_dataset("source", source, source_set, source_digest, context="input")
+    tracker.log_dataset("source", source, source_digest, context="input")
     if cfg.augmentation == "offline":
         copies, train_digest = load_dataset(train, splits=("train",))
-        tracker.log_dataset("augmented", train, copies, train_digest, context="input")
+        tracker.log_dataset("augmented", train, train_digest, context="input")
         train_split = copies["train"]
     else:
         train_split = source_set["train"]

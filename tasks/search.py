@@ -59,7 +59,7 @@ def run(params: Params, *, transferred: Path, target: Path, policy_out: Path, ta
     tracker = tracker or NullTracker()
     cfg = params.search
     data, digest = load_dataset(target, splits=("val", "pool"))  # pool: unlabelled images for BatchNorm
-    tracker.log_dataset("target", target, data, digest, context="input")
+    tracker.log_dataset("target", target, digest, context="input")
     model, _ = load_model(transferred)
     started = time.perf_counter()
     results = compare_methods(model, cfg, calibration=data["pool"].tensors()[0][:cfg.calibration_images],

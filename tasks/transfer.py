@@ -39,7 +39,7 @@ def run(params: Params, *, pretrained: Path, target: Path, model_out: Path, hist
     Under torchrun every rank trains; rank 0 alone saves and records the model."""
     tracker = tracker or NullTracker()
     data, digest = load_dataset(target, splits=("train", "val", "test", "pool"))  # pool: semi-supervised
-    tracker.log_dataset("target", target, data, digest, context="input")
+    tracker.log_dataset("target", target, digest, context="input")
     model, scores, histories = transfer_and_scratch(pretrained, data, params, seed=params.seed, tracker=tracker)
     if not is_main_process():
         return scores

@@ -153,8 +153,9 @@ def test_first_run_executes_every_stage_and_records_them(first_run: FirstRun) ->
     assert [d.dataset.name for d in source_run.inputs.dataset_inputs] == ["target"]
     [target] = [d.dataset for d in source_run.inputs.dataset_inputs]  # its schema and row counts, as MLflow shows
     assert '"dtype": "uint8", "shape": [-1, 28, 28]' in target.schema.replace('\\"', '"')
-    test_rows = json.loads((project / "reports" / "evaluate.json").read_text())["test_images"]
-    assert json.loads(target.profile)["features_shape"] == {"test_images": [test_rows, 28, 28]}
+    with np.load(project / "data" / "processed" / "target.npz") as stored:
+        shapes = {key: list(stored[key].shape) for key in stored.files if key.endswith("_images")}
+    assert json.loads(target.profile)["features_shape"] == shapes
     assert source_run.data.tags["prefect_flow_run_id"] == str(state.state_details.flow_run_id)
     card = version.description  # the same lineage on the version's card: commit and the outputs DVC recorded
     assert f"- git_commit: `{source_run.data.tags['git_commit']}`" in card

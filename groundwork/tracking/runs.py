@@ -19,7 +19,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from groundwork.data.datasets import Dataset, to_float
+from groundwork.data.datasets import to_float
+from groundwork.data.untrusted import read_npz
 from groundwork.params import TrackingParams
 from groundwork.tracking.registry import CHAMPION, GateDecision, challenge, gate
 
@@ -61,7 +62,7 @@ class Tracker(Protocol):
     def log_onnx_model(self, path: Path | str, name: str, example: np.ndarray,
                        registered_name: str | None = None) -> str | None: ...
     def set_tags(self, tags: Mapping[str, str]) -> None: ...
-    def log_dataset(self, name: str, path: Path | str, dataset: Dataset, digest: str, context: str) -> None: ...
+    def log_dataset(self, name: str, path: Path | str, digest: str, context: str) -> None: ...
     def gate(self, registered_name: str, version: str, scores: Mapping[str, float], *, metric: str,
              min_gain: float) -> GateDecision | None: ...
     def champion_predictor(self, registered_name: str) -> Predict | None: ...
@@ -95,7 +96,7 @@ class NullTracker:
     def set_tags(self, tags: Mapping[str, str]) -> None:
         """Ignore tags."""
 
-    def log_dataset(self, name: str, path: Path | str, dataset: Dataset, digest: str, context: str) -> None:
+    def log_dataset(self, name: str, path: Path | str, digest: str, context: str) -> None:
         """Ignore a dataset."""
 
     def gate(self, registered_name: str, version: str, scores: Mapping[str, float], *, metric: str,
@@ -265,10 +266,11 @@ class MlflowTracker:
         """Set run tags."""
         self._mlflow.set_tags(dict(tags))
 
-    def log_dataset(self, name: str, path: Path | str, dataset: Dataset, digest: str, context: str) -> None:
-        """Record a dataset file the stage read or wrote, as the splits of it the stage used: an MLflow dataset
-        input with its schema (each split's images and labels: dtype and shape) and profile (their shapes, so
-        the row counts), and a full-digest tag."""
+    def log_dataset(self, name: str, path: Path | str, digest: str, context: str) -> None:
+        """Record a dataset file the stage read or wrote: an MLflow dataset input with the file's schema (each
+        split's images and labels: dtype and shape) and profile (their shapes, so the row counts), and a
+        full-digest tag. The whole file, whichever splits the stage used: MLflow keeps one dataset per name and
+        digest in an experiment, described as it was first logged."""
         from mlflow.data import from_numpy
         from mlflow.data.dataset_source_registry import resolve_dataset_source
 
@@ -277,8 +279,9 @@ class MlflowTracker:
             source = resolve_dataset_source(str(Path(path).resolve()))
         # MLflow stores at most 36 characters of a dataset digest; the tag keeps all 64. Passing the digest also
         # spares MLflow hashing the arrays again.
-        logged = from_numpy({f"{split}_images": part.images for split, part in dataset.items()},
-                            targets={f"{split}_labels": part.labels for split, part in dataset.items()},
+        arrays = read_npz(Path(path))  # read again, as a whole: a few MB, and the stage has just read it
+        logged = from_numpy({key: value for key, value in arrays.items() if key.endswith("_images")},
+                            targets={key: value for key, value in arrays.items() if key.endswith("_labels")},
                             source=source, name=name, digest=digest[:32])
         self._mlflow.log_input(logged, context=context)
         self._mlflow.set_tag(f"data_digest.{name}", digest)
