@@ -19,12 +19,16 @@ SCORE_COLUMNS = ("accuracy", "precision", "recall", "f1", "bytes", "latency_p50_
 
 
 def input_contract(params: Params) -> str:
-    """What the registered models take, in words: the format ingest gives every image."""
+    """What the registered models take and answer, in words (groundwork.serving.classifier has the details)."""
     target = params.ingest.target
-    return (f"float32 images, shape (N, 1, {IMAGE_SIDE}, {IMAGE_SIDE}), values 0..1: gray, light ink on black as "
-            f"in MNIST, the digit's longer side resized to {target.size} px (aspect kept) and centred. "
-            "`groundwork.data.formatting.format_images` turns any image (another size, colour, 0..255) into "
-            "this format, as ingest does for the training data; the output is one logit per class 0..9.")
+    return (f"images as a client has them: arrays of any size and range ((H, W), (N, H, W), (N, H, W, 3) or "
+            f"(N, 1, H, W); 0..1, 0..255 or stretched over their own range), or PNG / JPEG files, base64 in JSON "
+            f"(`{{\"inputs\": [\"iVBOR...\"]}}`). Inside the model each becomes the training data's format: gray, "
+            f"light ink on black (a light background is inverted), an image other than {IMAGE_SIDE}x{IMAGE_SIDE} "
+            f"cropped to its ink and its longer side resized to {target.size} px (aspect kept), centred on "
+            f"{IMAGE_SIDE}x{IMAGE_SIDE}: `groundwork.data.canvas.to_source_format`, the function ingest uses. "
+            "**Output**: per image its `class` (0..9) and `probabilities` (one per class). A request it cannot "
+            "read gets HTTP 400 with the reason.")
 
 
 def registered_model_description(params: Params) -> str:

@@ -10,11 +10,11 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from groundwork.compression.names import VariantName
+from groundwork.compression.names import ServedVariant
+from groundwork.data.canvas import IMAGE_SIDE  # every image, source or target, is brought to 28x28 gray by ingest
 from groundwork.data.untrusted import MAX_PARAMS_BYTES, MAX_YAML_VALUES, check_file_size
 
 DEFAULT_PARAMS_PATH = Path("params.yaml")
-IMAGE_SIDE = 28  # every image, source or target, is brought to 28x28 gray by ingest
 
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
 NonNegativeFloat = Annotated[float, Field(ge=0.0)]
@@ -451,7 +451,8 @@ class EvaluateParams(Section):
     throughput_runs: int = Field(ge=3, le=1000, description="timed batches; the median is reported")
     registered_model: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$",
                                   description="Model Registry name the candidate is registered under")
-    candidate: VariantName = Field(description="the variant to register")
+    candidate: ServedVariant = Field(description="the variant to register and serve: one written as ONNX (the fp32 "
+                                             "model is served as fp32_onnx)")
     gate_metric: Literal["accuracy", "precision", "recall", "f1"]
     gate_min_gain: float = Field(ge=-1.0, le=1.0, description="candidate - champion needed to promote")
 

@@ -26,6 +26,7 @@ from groundwork.data.datasets import Split, load_dataset, to_float
 from groundwork.entrypoint import stage_cli
 from groundwork.models.checkpoint import load_model, save_checkpoint
 from groundwork.params import Params
+from groundwork.serving.package import log_served_model, served_contract
 from groundwork.tracking.registry import decide_challenger
 from groundwork.tracking.runs import NullTracker, Predict, Tracker
 from groundwork.training.distributed import resolve_device
@@ -98,12 +99,15 @@ def run(params: Params, *, model: Path, target: Path, source: Path, incoming: Pa
                                     "promote": decision.promote, "reason": decision.reason})
     log.info("challenger: %s", decision.reason)
     registry: dict[str, Any] = {"registered": False}
-    example = to_float(torch.from_numpy(new.images[:1])).numpy()
-    version = tracker.log_onnx_model(int8_path, "challenger", example, registered_name=params.evaluate.registered_model)
-    if version is not None:
-        flat = {f"{side}.{key}": value for side in ("challenger", "incumbent")
-                for key, value in scores[side].items() if value is not None}
-        tracker.challenge(params.evaluate.registered_model, version, flat, decision)
+    model_id = log_served_model(tracker, int8_path, "challenger", served_contract(params.ingest.target))
+    version = None if model_id is None else tracker.register_model(model_id, params.evaluate.registered_model)
+    if model_id is not None and version is not None:
+        # the gate's metric for a later candidate: accuracy on the target's test split, as evaluate scores it
+        tracker.log_model_metrics(model_id, {"accuracy": challenger_scores["original_accuracy"]}, dataset="target")
+        if challenger_scores["holdout_accuracy"] is not None:
+            tracker.log_model_metrics(model_id, {"holdout_accuracy": challenger_scores["holdout_accuracy"]},
+                                      dataset=None)
+        tracker.challenge(params.evaluate.registered_model, version, decision)
         card = version_card(
             title=f"{params.evaluate.registered_model} version {version}: a challenger from the adaptive loop",
             params=params, scores={"challenger": challenger_scores, incumbent_name: incumbent_scores},

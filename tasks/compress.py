@@ -36,16 +36,18 @@ from groundwork.compression.export import (
 )
 from groundwork.compression.finetuning import FineTune, channel_pruned, fine_tuner, share
 from groundwork.compression.lowrank import factorize
+from groundwork.compression.names import SERVED
 from groundwork.compression.packing import load_packed, pack, tie_to_codebooks, untie
 from groundwork.compression.pruning import make_permanent, prune_to, sparsity
 from groundwork.compression.structured import narrower
 from groundwork.data.atomic import write_json
-from groundwork.data.datasets import Dataset, Split, example_input, load_dataset, to_float
+from groundwork.data.datasets import Dataset, Split, load_dataset, to_float
 from groundwork.entrypoint import stage_cli
 from groundwork.models.checkpoint import load_model, save_checkpoint
 from groundwork.models.digitnet import DigitNet
 from groundwork.params import Params
 from groundwork.search.policy import read_policy
+from groundwork.serving.package import log_served_model, served_contract
 from groundwork.tracking.runs import NullTracker, Tracker
 from groundwork.training.distributed import resolve_device
 from groundwork.training.loop import loss_and_accuracy
@@ -143,10 +145,9 @@ def run(params: Params, *, transferred: Path, target: Path, policy: Path, out_di
            loss_and_accuracy(unpacked, *val.tensors(), device=torch.device("cpu"))["accuracy"])
     write_json(out_dir / MANIFEST, manifest)
 
-    example = example_input(data["test"])
-    tracker.log_onnx_model(out_dir / "int8.onnx", "int8", example)
-    tracker.log_onnx_model(out_dir / "structured_int8.onnx", "structured_int8", example)
-    tracker.log_onnx_model(out_dir / "searched_int8.onnx", "searched_int8", example)
+    # every ONNX variant as the classifier a client calls: evaluate scores these models and registers one
+    for name in SERVED:
+        log_served_model(tracker, out_dir / manifest[name]["file"], name, served_contract(params.ingest.target))
     tracker.log_artifact(out_dir / "packed.gwpk", "packed")
     reference_bytes = state_dict_bytes(reference)
     metrics = {

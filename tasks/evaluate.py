@@ -25,19 +25,18 @@ from groundwork.card import (
     version_card,
 )
 from groundwork.compression.export import size_report, state_dict_bytes
-from groundwork.compression.names import FP32_RUNTIMES, REFERENCE
+from groundwork.compression.names import FP32_RUNTIMES, REFERENCE, SERVED
 from groundwork.data.atomic import atomic_path
-from groundwork.data.datasets import NUM_CLASSES, example_input, load_dataset
+from groundwork.data.datasets import NUM_CLASSES, load_dataset
 from groundwork.entrypoint import stage_cli
 from groundwork.evaluation.timing import TIMING_THREADS, speed
 from groundwork.evaluation.variants import Variant, load_variants
 from groundwork.params import Params
+from groundwork.serving.package import find_served_model, log_served_model, served_contract
 from groundwork.plots import confusion_grid, pareto_plot
 from groundwork.tracking.runs import NullTracker, Tracker
 
 log = logging.getLogger(__name__)
-
-
 
 
 def classification_scores(labels: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
@@ -47,21 +46,36 @@ def classification_scores(labels: np.ndarray, predicted: np.ndarray) -> dict[str
             "recall": float(recall), "f1": float(f1)}
 
 
+def link_scores(params: Params, found: dict[str, Variant], results: dict[str, dict[str, float]],
+                tracker: Tracker) -> dict[str, str]:
+    """Each served variant's logged model (the one compress logged, found by its file's digest) with its own
+    scores linked to it and to the target data; return variant -> model id. A candidate the store holds no model
+    of (compress ran without tracking, or against another store) is logged here instead."""
+    model_ids: dict[str, str] = {}
+    for name in SERVED:
+        model_id = find_served_model(tracker, found[name].path)
+        if model_id is None and name == params.evaluate.candidate:
+            model_id = log_served_model(tracker, found[name].path, name, served_contract(params.ingest.target))
+            if model_id is not None:
+                log.warning("no logged model of %s in the tracking store: logged it in this run", found[name].path)
+        if model_id is not None:
+            tracker.log_model_metrics(model_id, results[name], dataset="target")
+            model_ids[name] = model_id
+    return model_ids
 
-def register_candidate(params: Params, variant: Variant, results: dict[str, dict[str, float]], digest: str,
-                       example: np.ndarray, tracker: Tracker) -> dict[str, Any]:
-    """Register the candidate variant as a new model version, run the champion gate on it, and give the version
-    its card (every variant's scores, the decision, lineage)."""
+
+def register_candidate(params: Params, model_ids: dict[str, str], results: dict[str, dict[str, float]],
+                       digest: str, tracker: Tracker) -> dict[str, Any]:
+    """Register the candidate variant's logged model as a new model version, run the champion gate on it, and
+    give the version its card (every variant's scores, the decision, lineage)."""
     cfg = params.evaluate
     scores = results[cfg.candidate]
-    if variant.model is None:
-        version = tracker.log_onnx_model(variant.path, "candidate", example, registered_name=cfg.registered_model)
-    else:
-        version = tracker.log_torch_model(variant.model, "candidate", example, registered_name=cfg.registered_model)
+    version = None if cfg.candidate not in model_ids else tracker.register_model(model_ids[cfg.candidate],
+                                                                                 cfg.registered_model)
     if version is None:  # no tracking (a plain function call): nothing registered, nothing to gate
         return {"registered": False}
     decision = tracker.gate(cfg.registered_model, version, scores, metric=cfg.gate_metric,
-                            min_gain=cfg.gate_min_gain)
+                            min_gain=cfg.gate_min_gain, dataset="target")
     assert decision is not None  # a tracker that registers also gates
     card = version_card(title=f"{cfg.registered_model} version {version}: the `{cfg.candidate}` variant",
                         params=params, trained_on=training_data(params, {"target": digest}), scores=results,
@@ -71,8 +85,8 @@ def register_candidate(params: Params, variant: Variant, results: dict[str, dict
     log.info("registered %s version %s (%s); gate: %s", cfg.registered_model, version, cfg.candidate,
              decision.reason)
     return {"registered": True, "model": cfg.registered_model, "version": int(version), "variant": cfg.candidate,
-            "promoted": decision.promote, "reason": decision.reason, "candidate_score": decision.candidate,
-            "champion_score": decision.champion}
+            "model_id": model_ids[cfg.candidate], "promoted": decision.promote, "reason": decision.reason,
+            "candidate_score": decision.candidate, "champion_score": decision.champion}
 
 
 PARETO_AXES = (("bytes", "deployable file (bytes, log scale)", True),
@@ -121,8 +135,7 @@ def run(params: Params, *, transferred: Path, compressed: Path, target: Path, ta
     pareto_plot(pareto_out, table, PARETO_AXES)
     for path in (table_out, confusion_out, pareto_out):
         tracker.log_artifact(path, "evaluation")
-    registry = register_candidate(params, found[params.evaluate.candidate], results, digest,
-                                  example_input(data["test"]), tracker)
+    registry = register_candidate(params, link_scores(params, found, results, tracker), results, digest, tracker)
     return {"test_images": len(labels), "variants": results, "registry": registry}
 
 

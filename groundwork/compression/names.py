@@ -14,6 +14,11 @@ ExportedVariant = Literal["fp32_onnx", "int8", "pruned", "structured", "searched
                           "searched_int8", "packed"]
 VariantName = Literal["fp32", ExportedVariant]  # the reference first (nested Literals flatten)
 EXPORTED: tuple[str, ...] = get_args(ExportedVariant)
+# The variants written as ONNX files: each is logged as the served classifier and may be registered (the fp32
+# reference is served as fp32_onnx, the same weights; packed is the project's own format).
+ServedVariant = Literal["fp32_onnx", "int8", "pruned", "structured", "searched", "lowrank", "structured_int8",
+                        "searched_int8"]
+SERVED: tuple[str, ...] = get_args(ServedVariant)
 VARIANTS: tuple[str, ...] = get_args(VariantName)
 # The fp32 model in each runtime: the fastest of them is the speed baseline.
 FP32_RUNTIMES = (REFERENCE, "fp32_onnx")

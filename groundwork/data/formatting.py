@@ -1,49 +1,15 @@
-"""The pipeline's input format, the contract every model takes: gray, 0..1 (stored as uint8 0..255), the longer
-side resized to a given size (aspect kept) and centred on a 28x28 canvas, light ink on black, as MNIST is."""
+"""A dataset's images in the pipeline's input format (`groundwork.data.canvas`, the contract every model takes),
+with the settings of its side of the ingest params."""
 
 from __future__ import annotations
 
 import numpy as np
-import torch
-from torch.nn import functional
 
 from groundwork.data import sources
-from groundwork.data.datasets import IMAGE_SIDE
+from groundwork.data.canvas import IMAGE_SIDE, to_source_format
 from groundwork.params import DataSource
 
-LUMINANCE = (0.299, 0.587, 0.114)  # ITU-R 601 weights of R, G, B, as PIL's "L" mode uses
 CHUNK = 4096  # images formatted at a time: bounds the float copy of a large dataset
-
-
-def to_gray(pixels: torch.Tensor, color: str) -> torch.Tensor:
-    """Float (N, H, W, C) -> (N, H, W): one channel kept, three mixed by luminance or averaged."""
-    if pixels.shape[-1] == 1:
-        return pixels[..., 0]
-    if pixels.shape[-1] != 3:
-        raise ValueError(f"images with {pixels.shape[-1]} channels: expected 1 (gray) or 3 (RGB)")
-    if color == "mean":
-        return pixels.mean(dim=-1)
-    return pixels @ torch.tensor(LUMINANCE)
-
-
-def to_source_format(images: np.ndarray, *, max_value: float, size: int, color: str = "luminance",
-                     invert: bool = False) -> np.ndarray:
-    """Gray, scaled to 0..1, the longer side resized to `size` (aspect kept) and centred on a 28x28 canvas, as
-    MNIST lays its digits out; `invert` turns dark ink on light paper into MNIST's light ink on black."""
-    pixels = torch.from_numpy(np.ascontiguousarray(images)).float()
-    if pixels.ndim == 4:
-        pixels = to_gray(pixels, color)
-    scaled = pixels.div(max_value).unsqueeze(1)
-    height, width = scaled.shape[-2:]
-    fitted = (max(1, round(height * size / max(height, width))), max(1, round(width * size / max(height, width))))
-    if fitted != (height, width):
-        scaled = functional.interpolate(scaled, size=fitted, mode="bilinear", antialias=True, align_corners=False)
-    scaled = scaled.clamp(0.0, 1.0)
-    if invert:
-        scaled = 1.0 - scaled
-    top, left = (IMAGE_SIDE - fitted[0]) // 2, (IMAGE_SIDE - fitted[1]) // 2
-    canvas = functional.pad(scaled, (left, IMAGE_SIDE - fitted[1] - left, top, IMAGE_SIDE - fitted[0] - top))
-    return canvas.squeeze(1).mul(255.0).round().to(torch.uint8).numpy()
 
 
 def format_images(images: sources.Images, *, max_value: float, cfg: DataSource) -> np.ndarray:

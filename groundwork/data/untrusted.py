@@ -141,19 +141,24 @@ def decompress_lzma(data: bytes, *, limit: int) -> bytes:
 
 
 def read_image(path: Path, *, max_pixels: int = MAX_IMAGE_PIXELS, formats: Sequence[str] | None = None) -> np.ndarray:
-    """An image file as RGB uint8 (H, W, 3), its size read from the header and checked against `max_pixels`
-    before it is decoded; ValueError with the reason when it is not a readable image of `formats` (PIL's
-    names, e.g. PNG, JPEG; None: any PIL reads)."""
+    """An image file as RGB uint8 (H, W, 3): see decode_image."""
+    check_file_size(path, MAX_IMAGE_FILE_BYTES)
+    return decode_image(path.read_bytes(), max_pixels=max_pixels, formats=formats)
+
+
+def decode_image(content: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS,
+                 formats: Sequence[str] | None = None) -> np.ndarray:
+    """An encoded image (a file's bytes) as RGB uint8 (H, W, 3), its size read from the header and checked
+    against `max_pixels` before it is decoded; ValueError with the reason when it is not a readable image of
+    `formats` (PIL's names, e.g. PNG, JPEG; None: any PIL reads)."""
     from PIL import Image
 
-    check_file_size(path, MAX_IMAGE_FILE_BYTES)
     # decoded from memory: PIL reads a chunk's declared length in one call, and a file's read() allocates that
     # much before it finds the file shorter (tests/test_fuzz.py found a PNG claiming a 1.5 GB chunk)
-    content = io.BytesIO(path.read_bytes())
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit below is lower than PIL's
-            opened = Image.open(content, formats=list(formats) if formats else None)
+            opened = Image.open(io.BytesIO(content), formats=list(formats) if formats else None)
         with opened as image:
             width, height = image.size
             if width * height > max_pixels:

@@ -45,19 +45,36 @@ def decide(candidate: float, champion: float | None, *, metric: str, min_gain: f
     return GateDecision(gain >= min_gain, reason, metric, candidate, champion, champion_version)
 
 
-def gate(client: Any, name: str, version: str, scores: Mapping[str, float], *, metric: str,
-         min_gain: float) -> GateDecision:
-    """Tag the candidate version with its scores, compare it with the champion, move the alias if it wins."""
-    for key, value in scores.items():
-        client.set_model_version_tag(name, version, key, str(value))
+def logged_model_id(version: Any) -> str | None:
+    """The logged model a registered version was made from. MLflow's SQL registry leaves the version's model_id
+    empty and keeps the id only in its source, `models:/<model_id>`."""
+    if version.model_id:
+        return version.model_id
+    reference = version.source.removeprefix("models:/") if version.source.startswith("models:/") else ""
+    return reference if reference.startswith("m-") and "/" not in reference else None
+
+
+def champion_score(client: Any, name: str, version: str, metric: str, dataset_digest: str | None) -> float | None:
+    """`metric` as measured on a registered version's logged model (MLflow's model-linked metrics), on the
+    dataset of `dataset_digest` where it was measured there, else its latest; None when it has none."""
+    model_id = logged_model_id(client.get_model_version(name, version))
+    if not model_id:
+        return None
+    measured = [m for m in client.get_logged_model(model_id).metrics or () if m.key == metric]
+    same_data = [m for m in measured if dataset_digest is not None and m.dataset_digest == dataset_digest]
+    latest = max(same_data or measured, key=lambda m: m.timestamp, default=None)
+    return None if latest is None else float(latest.value)
+
+
+def gate(client: Any, name: str, version: str, scores: Mapping[str, float], *, metric: str, min_gain: float,
+         dataset_digest: str | None = None) -> GateDecision:
+    """Compare the candidate version's `scores` with the champion's own model-linked score, move the alias if
+    the candidate wins, and tag the version with the decision."""
     alias = client.get_registered_model(name).aliases.get(CHAMPION)
     champion_version = None if alias is None else str(alias)
-    champion_score = None
-    if champion_version is not None:
-        tags = client.get_model_version(name, champion_version).tags
-        champion_score = float(tags[metric]) if metric in tags else None
-    decision = decide(scores[metric], champion_score, metric=metric, min_gain=min_gain,
-                      champion_version=champion_version)
+    score = None if champion_version is None else champion_score(client, name, champion_version, metric,
+                                                                   dataset_digest)
+    decision = decide(scores[metric], score, metric=metric, min_gain=min_gain, champion_version=champion_version)
     for key, value in decision.as_tags().items():
         client.set_model_version_tag(name, version, key, value)
     if decision.promote:
@@ -93,10 +110,10 @@ def decide_challenger(challenger: Mapping[str, float | None], incumbent: Mapping
                         incumbent_holdout, champion_version)
 
 
-def challenge(client: Any, name: str, version: str, scores: Mapping[str, float], decision: GateDecision) -> None:
-    """Tag the challenger version with its scores and the decision, give it the `challenger` alias, and move
-    `champion` to it when the decision says so."""
-    for key, value in {**scores, **decision.as_tags()}.items():
+def challenge(client: Any, name: str, version: str, decision: GateDecision) -> None:
+    """Tag the challenger version with the decision, give it the `challenger` alias, and move `champion` to it
+    when the decision says so."""
+    for key, value in decision.as_tags().items():
         client.set_model_version_tag(name, version, key, str(value))
     client.set_registered_model_alias(name, CHALLENGER, version)
     if decision.promote:

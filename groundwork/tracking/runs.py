@@ -19,7 +19,6 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from groundwork.data.datasets import to_float
 from groundwork.data.untrusted import read_npz
 from groundwork.params import TrackingParams
 from groundwork.tracking.registry import CHAMPION, GateDecision, challenge, gate
@@ -57,17 +56,17 @@ class Tracker(Protocol):
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
     def log_series(self, series: Mapping[str, Sequence[float]]) -> None: ...
     def log_artifact(self, path: Path | str, artifact_path: str | None = None) -> None: ...
-    def log_torch_model(self, model: torch.nn.Module, name: str, example: np.ndarray,
-                        registered_name: str | None = None) -> str | None: ...
-    def log_onnx_model(self, path: Path | str, name: str, example: np.ndarray,
-                       registered_name: str | None = None) -> str | None: ...
+    def log_torch_model(self, model: torch.nn.Module, name: str, example: np.ndarray) -> None: ...
+    def log_pyfunc_model(self, spec: Mapping[str, Any]) -> str | None: ...
+    def find_logged_model(self, tags: Mapping[str, str]) -> str | None: ...
+    def log_model_metrics(self, model_id: str, metrics: Mapping[str, float], dataset: str | None) -> None: ...
+    def register_model(self, model_id: str, registered_name: str) -> str | None: ...
     def set_tags(self, tags: Mapping[str, str]) -> None: ...
     def log_dataset(self, name: str, path: Path | str, digest: str, context: str) -> None: ...
     def gate(self, registered_name: str, version: str, scores: Mapping[str, float], *, metric: str,
-             min_gain: float) -> GateDecision | None: ...
+             min_gain: float, dataset: str) -> GateDecision | None: ...
     def champion_predictor(self, registered_name: str) -> Predict | None: ...
-    def challenge(self, registered_name: str, version: str, scores: Mapping[str, float],
-                  decision: GateDecision) -> None: ...
+    def challenge(self, registered_name: str, version: str, decision: GateDecision) -> None: ...
     def describe(self, registered_name: str, version: str, model_card: str, version_card: str) -> None: ...
 
 
@@ -83,14 +82,22 @@ class NullTracker:
     def log_artifact(self, path: Path | str, artifact_path: str | None = None) -> None:
         """Ignore an artifact."""
 
-    def log_torch_model(self, model: torch.nn.Module, name: str, example: np.ndarray,
-                        registered_name: str | None = None) -> str | None:
-        """Ignore a model; nothing is registered."""
+    def log_torch_model(self, model: torch.nn.Module, name: str, example: np.ndarray) -> None:
+        """Ignore a model."""
+
+    def log_pyfunc_model(self, spec: Mapping[str, Any]) -> str | None:
+        """Ignore a model: no id."""
         return None
 
-    def log_onnx_model(self, path: Path | str, name: str, example: np.ndarray,
-                       registered_name: str | None = None) -> str | None:
-        """Ignore a model; nothing is registered."""
+    def find_logged_model(self, tags: Mapping[str, str]) -> str | None:
+        """No store: nothing found."""
+        return None
+
+    def log_model_metrics(self, model_id: str, metrics: Mapping[str, float], dataset: str | None) -> None:
+        """Ignore a model's metrics."""
+
+    def register_model(self, model_id: str, registered_name: str) -> str | None:
+        """No registry: no version."""
         return None
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
@@ -100,7 +107,7 @@ class NullTracker:
         """Ignore a dataset."""
 
     def gate(self, registered_name: str, version: str, scores: Mapping[str, float], *, metric: str,
-             min_gain: float) -> GateDecision | None:
+             min_gain: float, dataset: str) -> GateDecision | None:
         """No registry, no gate."""
         return None
 
@@ -111,8 +118,7 @@ class NullTracker:
     def describe(self, registered_name: str, version: str, model_card: str, version_card: str) -> None:
         """No registry, nothing to describe."""
 
-    def challenge(self, registered_name: str, version: str, scores: Mapping[str, float],
-                  decision: GateDecision) -> None:
+    def challenge(self, registered_name: str, version: str, decision: GateDecision) -> None:
         """No registry: nothing to move."""
 
 
@@ -213,10 +219,17 @@ class MlflowTracker:
 
     def __init__(self, mlflow_module: Any) -> None:
         self._mlflow = mlflow_module
+        self._datasets: dict[str, Any] = {}  # name -> the MLflow dataset log_dataset logged, for model metrics
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        """Log numeric metrics, at an epoch `step` where there is one."""
-        self._mlflow.log_metrics(dict(metrics), step=step)
+        """Log the run's own metrics, at an epoch `step` where there is one. Through the client, not
+        mlflow.log_metrics: that links a metric without a model to every model the run logged at the same step,
+        so each model would carry every other's scores."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self._mlflow.MlflowClient().log_batch(self._mlflow.active_run().info.run_id, metrics=[
+            Metric(key, float(value), now, step or 0) for key, value in metrics.items()])
 
     def log_series(self, series: Mapping[str, Sequence[float]]) -> None:
         """Log each metric's values at steps 0, 1, ... in batched requests (hundreds of steps, one call)."""
@@ -235,32 +248,36 @@ class MlflowTracker:
         from mlflow.models import infer_signature
         return infer_signature(example, output)
 
-    def log_torch_model(self, model: torch.nn.Module, name: str, example: np.ndarray,
-                        registered_name: str | None = None) -> str | None:
-        """Log a PyTorch model with its signature and an input example; register it when a name is given."""
+    def log_torch_model(self, model: torch.nn.Module, name: str, example: np.ndarray) -> None:
+        """Log a PyTorch model with its signature and an input example."""
         # contiguous weights: MLflow's serialiser warns about (and mishandles) channels_last storage
         model = model.eval().cpu().to(memory_format=torch.contiguous_format)
         with torch.no_grad():
             output = model(torch.from_numpy(example)).numpy()
-        info = self._mlflow.pytorch.log_model(model, name=name, signature=self._signature(example, output),
-                                              input_example=example,
-                                              pip_requirements=_pip_requirements(self._mlflow.pytorch),
-                                              registered_model_name=registered_name)
-        return _version(info)
+        self._mlflow.pytorch.log_model(model, name=name, signature=self._signature(example, output),
+                                       input_example=example,
+                                       pip_requirements=_pip_requirements(self._mlflow.pytorch))
 
-    def log_onnx_model(self, path: Path | str, name: str, example: np.ndarray,
-                       registered_name: str | None = None) -> str | None:
-        """Log an ONNX file as an MLflow model with signature and input example; register it when named."""
-        import onnx
-        import onnxruntime
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        output = session.run(None, {session.get_inputs()[0].name: example})[0]
-        info = self._mlflow.onnx.log_model(onnx.load(str(path)), name=name,
-                                           signature=self._signature(example, output), input_example=example,
-                                           pip_requirements=_pip_requirements(self._mlflow.onnx),
-                                           onnx_execution_providers=["CPUExecutionProvider"],
-                                           registered_model_name=registered_name)
-        return _version(info)
+    def log_pyfunc_model(self, spec: Mapping[str, Any]) -> str | None:
+        """Log a pyfunc model as mlflow.pyfunc.log_model's keyword arguments `spec` say; return its id."""
+        return self._mlflow.pyfunc.log_model(**spec).model_id
+
+    def find_logged_model(self, tags: Mapping[str, str]) -> str | None:
+        """The id of the latest model logged in this experiment with all of `tags`; None when there is none."""
+        experiment = self._mlflow.active_run().info.experiment_id
+        found = self._mlflow.search_logged_models(
+            experiment_ids=[experiment], filter_string=" AND ".join(f"tags.{k} = '{v}'" for k, v in tags.items()),
+            order_by=[{"field_name": "creation_time", "ascending": False}], max_results=1, output_format="list")
+        return found[0].model_id if found else None
+
+    def log_model_metrics(self, model_id: str, metrics: Mapping[str, float], dataset: str | None) -> None:
+        """Log metrics measured on one model, linked to it and to the dataset `dataset` this run logged: the
+        Models tab then shows each model with its own scores."""
+        self._mlflow.log_metrics(dict(metrics), model_id=model_id, dataset=self._datasets.get(dataset))
+
+    def register_model(self, model_id: str, registered_name: str) -> str | None:
+        """Register a logged model (no copy) as a new version of `registered_name`; return the version."""
+        return str(self._mlflow.register_model(f"models:/{model_id}", registered_name).version)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         """Set run tags."""
@@ -285,18 +302,21 @@ class MlflowTracker:
                             source=source, name=name, digest=digest[:32])
         self._mlflow.log_input(logged, context=context)
         self._mlflow.set_tag(f"data_digest.{name}", digest)
+        self._datasets[name] = logged
 
     def gate(self, registered_name: str, version: str, scores: Mapping[str, float], *, metric: str,
-             min_gain: float) -> GateDecision | None:
-        """Run the champion gate on a registered version; record the decision on this run too."""
+             min_gain: float, dataset: str) -> GateDecision | None:
+        """Run the champion gate on a registered version, against the champion's score on `dataset` (a name
+        this run logged) where it has one; record the decision on this run too."""
+        logged = self._datasets.get(dataset)
         decision = gate(self._mlflow.MlflowClient(), registered_name, version, scores, metric=metric,
-                        min_gain=min_gain)
+                        min_gain=min_gain, dataset_digest=None if logged is None else logged.digest)
         self.set_tags({**decision.as_tags(), "gate.version": version})
         return decision
 
     def champion_predictor(self, registered_name: str) -> Predict | None:
-        """The registered champion as a function of uint8 images (N, 28, 28) -> logits, loaded through MLflow's
-        pyfunc flavour (an ONNX or a PyTorch model alike); None when the model has no champion yet."""
+        """The registered champion as a function of uint8 images (N, 28, 28) -> log-probabilities (logits up to
+        a constant), loaded through MLflow's pyfunc flavour as a client calls it; None when there is no champion."""
         from mlflow.exceptions import MlflowException
 
         try:
@@ -306,14 +326,13 @@ class MlflowTracker:
         model = self._mlflow.pyfunc.load_model(f"models:/{registered_name}@{CHAMPION}")
 
         def predict(images: torch.Tensor) -> torch.Tensor:
-            output = model.predict(to_float(images).numpy())
-            return torch.as_tensor(np.asarray(output["logits"] if isinstance(output, dict) else output))
+            output = model.predict(images.numpy())
+            return torch.as_tensor(np.log(np.stack(output["probabilities"].tolist())))
         return predict
 
-    def challenge(self, registered_name: str, version: str, scores: Mapping[str, float],
-                  decision: GateDecision) -> None:
+    def challenge(self, registered_name: str, version: str, decision: GateDecision) -> None:
         """Alias a registered version `challenger` and promote it if the decision says so; tag this run too."""
-        challenge(self._mlflow.MlflowClient(), registered_name, version, scores, decision)
+        challenge(self._mlflow.MlflowClient(), registered_name, version, decision)
         self.set_tags({**decision.as_tags(), "gate.version": version})
 
     def describe(self, registered_name: str, version: str, model_card: str, version_card: str) -> None:
@@ -321,11 +340,6 @@ class MlflowTracker:
         client = self._mlflow.MlflowClient()
         client.update_registered_model(registered_name, description=model_card)
         client.update_model_version(registered_name, version, description=version_card)
-
-
-def _version(info: Any) -> str | None:
-    version = getattr(info, "registered_model_version", None)
-    return None if version is None else str(version)
 
 
 @contextmanager
