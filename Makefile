@@ -6,8 +6,9 @@ BIN := $(abspath $(VENV))/bin
 # dvc.yaml's commands call `python`: the venv's, also when `make repro` is used.
 export PATH := $(BIN):$(PATH)
 UI_PORT ?= 5000
+SERVE_PORT ?= 5001
 
-.PHONY: help run test test-fast fuzz repro ui schedule clean stream loop annotate schedule-loop
+.PHONY: help run test test-fast fuzz repro ui serve-model schedule clean stream loop annotate schedule-loop
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
@@ -46,6 +47,9 @@ repro: $(VENV)/.installed  ## run the pipeline with plain `dvc repro` (same stag
 
 ui: $(VENV)/.installed  ## open the MLflow UI on the project's store, at http://127.0.0.1:$(UI_PORT)
 	$(BIN)/groundwork ui --port $(UI_PORT)
+
+serve-model: $(VENV)/.installed  ## serve the champion model over HTTP at http://127.0.0.1:$(SERVE_PORT)/invocations
+	$(BIN)/groundwork serve --port $(SERVE_PORT)
 
 schedule: $(VENV)/.installed  ## serve the nightly deployment of prefect.yaml (schedule, one run at a time); Ctrl-C stops
 	$(BIN)/groundwork schedule

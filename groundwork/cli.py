@@ -16,10 +16,11 @@ from pathlib import Path
 
 import yaml
 
-from groundwork.params import GRAPH_FILES, ParamsError, read_raw_params, with_overrides
+from groundwork.params import GRAPH_FILES, Params, ParamsError, read_raw_params, with_overrides
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 UI_PORT = 5000
+SERVE_PORT = 5001
 
 
 class BadInput(Exception):
@@ -36,9 +37,9 @@ def _overrides(items: Sequence[str]) -> dict[str, object]:
     return overrides
 
 
-def _checked_params(project: Path, overrides: dict[str, object]) -> None:
+def _checked_params(project: Path, overrides: dict[str, object]) -> Params:
     """The project's params with the overrides, validated as every stage validates them (ParamsError if not)."""
-    with_overrides(read_raw_params(project / "params.yaml"), overrides, source=str(project / "params.yaml"))
+    return with_overrides(read_raw_params(project / "params.yaml"), overrides, source=str(project / "params.yaml"))
 
 
 def _stages(project: Path) -> dict[str, str]:
@@ -52,11 +53,16 @@ def _stages(project: Path) -> dict[str, str]:
     return found
 
 
-def _dvc(project: Path, *args: str) -> int:
-    """`dvc <args>` in the project with this environment's executables first on PATH (dvc.yaml calls `python`)."""
+def _environment() -> dict[str, str]:
+    """This process's environment with its own executables first on PATH: dvc.yaml calls `python`, and MLflow's
+    model server starts `uvicorn` by name."""
     bin_dir = str(Path(sys.executable).parent)
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
-    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project, env=env).returncode
+    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+def _dvc(project: Path, *args: str) -> int:
+    """`dvc <args>` in the project, with _environment()."""
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project, env=_environment()).returncode
 
 
 def run(args: argparse.Namespace) -> int:
@@ -114,6 +120,32 @@ def ui(args: argparse.Namespace) -> int:
     return EXIT_OK if subprocess.run(command, cwd=args.project_dir).returncode == 0 else EXIT_FAILED
 
 
+def serve(args: argparse.Namespace) -> int:
+    """The champion as an HTTP service (MLflow's scoring server, in this environment), on this machine only by
+    default. POST /invocations with {"inputs": [...]}: image arrays of any size and range, or PNG / JPEG files in
+    base64; each image's class and probabilities come back. GET /ping answers once it is ready."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from groundwork.tracking.registry import CHAMPION
+    from groundwork.tracking.runs import tracking_uri
+
+    store = tracking_uri(args.project_dir.resolve())
+    model = args.model
+    if model is None:
+        name = _checked_params(args.project_dir, {}).evaluate.registered_model
+        try:
+            MlflowClient(store).get_model_version_by_alias(name, CHAMPION)
+        except MlflowException:
+            print(f"groundwork serve: {name} has no {CHAMPION} in {store}: run the pipeline first", file=sys.stderr)
+            return EXIT_FAILED
+        model = f"models:/{name}@{CHAMPION}"
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "--model-uri", model, "--env-manager", "local",
+               "--host", args.host, "--port", str(args.port), "--workers", str(args.workers)]
+    environment = {**_environment(), "MLFLOW_TRACKING_URI": store}
+    return EXIT_OK if subprocess.run(command, cwd=args.project_dir, env=environment).returncode == 0 else EXIT_FAILED
+
+
 def schedule(args: argparse.Namespace) -> int:
     """Serve a deployment of prefect.yaml from this process: its schedule, one run at a time; Ctrl-C stops."""
     from flows import serve
@@ -155,6 +187,12 @@ def parser() -> argparse.ArgumentParser:
     ui_parser = command("ui", ui, "open the MLflow UI on the project's tracking store")
     ui_parser.add_argument("--host", default="127.0.0.1", help="the address to bind (this machine only by default)")
     ui_parser.add_argument("--port", type=int, default=UI_PORT, help="the port to listen on")
+    serve_parser = command("serve", serve, "serve the champion model over HTTP (MLflow's scoring server)")
+    serve_parser.add_argument("--model", metavar="URI", help="another model to serve (default: the champion, "
+                              "models:/<evaluate.registered_model>@champion)")
+    serve_parser.add_argument("--host", default="127.0.0.1", help="the address to bind (this machine only by default)")
+    serve_parser.add_argument("--port", type=int, default=SERVE_PORT, help="the port to listen on")
+    serve_parser.add_argument("--workers", type=int, default=1, help="server processes answering requests")
     schedule_parser = command("schedule", schedule, "serve a deployment of prefect.yaml on its schedule")
     schedule_parser.add_argument("--deployment", default="nightly", help="nightly (the pipeline) or hourly-adaptive")
     command("schema", schema, "write params.schema.json from the params models")

@@ -49,13 +49,14 @@ def start_tracking_server(folder: Path, port: int | None = None) -> tuple[subpro
     return process, server
 
 
-def wait_until_healthy(process: subprocess.Popen[bytes], server: TrackingServer, log: Path) -> None:
-    """Return once the server answers /health; fail with its log when it exits or takes over 120 s."""
+def wait_until_healthy(process: subprocess.Popen[bytes], url: str, log: Path) -> None:
+    """Return once the server at `url` (an MLflow tracking or model server) answers /health; fail with its log
+    when it exits or takes over 120 s."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         assert process.poll() is None, f"mlflow server exited {process.returncode}:\n{log.read_text()[-3000:]}"
         try:
-            with urllib.request.urlopen(f"{server.url}/health", timeout=2) as response:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
                 if response.status == 200:
                     return
         except OSError:

@@ -17,7 +17,7 @@ from tests.helpers import dvc
 
 pytestmark = [pytest.mark.subprocess]
 GROUNDWORK = Path(sys.executable).parent / "groundwork"  # the console script pyproject.toml installs
-COMMANDS = ("run", "stage", "repro", "loop", "stream", "annotate", "ui", "schedule", "schema")
+COMMANDS = ("run", "stage", "repro", "loop", "stream", "annotate", "ui", "serve", "schedule", "schema")
 
 
 def groundwork(*args: str, cwd: Path | None = None, timeout: int = 120) -> subprocess.CompletedProcess[str]:
@@ -59,6 +59,14 @@ def test_bad_input_exits_2_with_one_message(project: Path, args: list[str], mess
     result = groundwork(*args, "--project-dir", str(project))
     assert result.returncode == 2 and message in result.stderr, result.stderr
     assert not (project / "dvc.lock").exists()
+
+
+def test_serve_without_a_champion_says_so_and_exits_1(tmp_path: Path) -> None:
+    bare = copy_project(tmp_path / "bare", tiny_params_dict())
+    result = groundwork("serve", "--project-dir", str(bare))
+    assert result.returncode == 1, result.stderr
+    assert f"{tiny_params_dict()['evaluate']['registered_model']} has no champion in sqlite:///" in result.stderr
+    assert "run the pipeline first" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_an_unknown_command_is_argparse_s_exit_2() -> None:

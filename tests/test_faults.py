@@ -133,7 +133,7 @@ def test_a_full_disk_fails_the_stage_and_leaves_outputs_and_lock_as_they_were(tm
     env = {**os.environ, "MLFLOW_TRACKING_URI": server.url,
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     try:
-        wait_until_healthy(server_process, server, tmp_path / "tracking" / "server.log")
+        wait_until_healthy(server_process, server.url, tmp_path / "tracking" / "server.log")
         subprocess.run([sys.executable, "-m", "dvc", "repro", "pretrain"], cwd=project, env=env, check=True,
                        capture_output=True)
         before, lock = output_digests(project), (project / "dvc.lock").read_bytes()

@@ -61,7 +61,7 @@ def test_a_server_killed_mid_pretrain_fails_the_stage_in_time_and_the_rerun_resu
     env = {k: v for k, v in stage_environment({}).items() if not k.startswith(("GROUNDWORK_", "MLFLOW_", "DVC_"))}
     env["MLFLOW_TRACKING_URI"] = server.url
     try:
-        wait_until_healthy(process, server, folder / "server.log")
+        wait_until_healthy(process, server.url, folder / "server.log")
         upstream = dvc_command(project, env, "repro", "ingest", "augment")
         assert upstream.returncode == 0, upstream.stderr[-3000:]
         lock_before, cache_before = (project / "dvc.lock").read_text(), cache_files(project)
@@ -100,7 +100,7 @@ def test_a_server_killed_mid_pretrain_fails_the_stage_in_time_and_the_rerun_resu
         assert not any((project / name).exists() for name in PRETRAIN_OUTPUTS)
         assert cache_files(project) == cache_before, "nothing of the failed run went into DVC's cache"
         assert (project / ".resume" / "pretrain.pt").exists()
-        wait_until_healthy(process, server, folder / "server.log")
+        wait_until_healthy(process, server.url, folder / "server.log")
         [killed_run] = pretrain_runs(client)
         assert killed_run.info.status == "RUNNING", "the stage could not close its run: the server was down"
 

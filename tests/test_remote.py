@@ -53,7 +53,7 @@ def tracking_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tracki
             for name in ("MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
                 patch.delenv(name, raising=False)
             with prefect_test_harness(server_startup_timeout=60):
-                wait_until_healthy(process, server, folder / "server.log")
+                wait_until_healthy(process, server.url, folder / "server.log")
                 yield server
     finally:
         stop_server(process)
@@ -106,7 +106,8 @@ def test_evaluate_registers_and_gates_its_candidate_on_the_server(tracking_serve
                                                                    tiny_transferred: dict[str, Any],
                                                                    tiny_compressed: dict[str, Any]) -> None:
     """The evaluate stage's command, pointed at the server by MLFLOW_TRACKING_URI alone, registers its candidate
-    there and gives it the champion alias; a client with nothing but the server's address loads and runs it."""
+    there and gives it the champion alias; a client with nothing but the server's address loads and runs it. The
+    compressed variants were made without tracking: evaluate logs the candidate's served model itself."""
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(tiny_params_dict()))
     subprocess.run([sys.executable, "-m", "tasks.evaluate", "--params", str(params),
@@ -124,8 +125,8 @@ def test_evaluate_registers_and_gates_its_candidate_on_the_server(tracking_serve
         yaml.safe_load((tmp_path / "evaluate.json").read_text())["variants"]["int8"]["accuracy"])
     script = ("import mlflow, numpy, sys; mlflow.set_tracking_uri(sys.argv[1]); "
               f"model = mlflow.pyfunc.load_model('models:/{name}@{CHAMPION}'); "
-              "out = model.predict(numpy.zeros((3, 1, 28, 28), numpy.float32)); "  # ONNX flavour: {output: array}
-              "print(numpy.asarray(list(out.values())[0] if isinstance(out, dict) else out).shape)")
+              "out = model.predict(numpy.zeros((3, 1, 28, 28), numpy.float32)); "  # a DataFrame: class, probabilities
+              "print(numpy.stack(out['probabilities']).shape)")
     shown = subprocess.run([sys.executable, "-I", "-c", script, tracking_server.url], cwd=tmp_path,
                            capture_output=True, text=True)
     assert shown.returncode == 0, shown.stderr[-3000:]
