@@ -67,7 +67,7 @@ def post(url: str, body: bytes) -> list[dict[str, object]]:
         return json.loads(response.read())["predictions"]
 
 
-def timed_ms(call, runs: int) -> list[float]:  # noqa: ANN001 - any zero-argument callable
+def timed_ms(call, runs: int) -> list[float]:
     times = []
     for _ in range(runs):
         start = time.perf_counter()

@@ -32,8 +32,8 @@ from groundwork.entrypoint import stage_cli
 from groundwork.evaluation.timing import TIMING_THREADS, speed
 from groundwork.evaluation.variants import Variant, load_variants
 from groundwork.params import Params
-from groundwork.serving.package import find_served_model, log_served_model, served_contract
 from groundwork.plots import confusion_grid, pareto_plot
+from groundwork.serving.package import find_served_model, log_served_model, served_contract
 from groundwork.tracking.runs import NullTracker, Tracker
 
 log = logging.getLogger(__name__)

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from groundwork.data.canvas import to_source_format
 from groundwork.data.corpus import build_datasets
 from groundwork.data.datasets import NUM_CLASSES, Split, load_dataset
 from groundwork.data.embedded import load_source_raw, load_target_raw
-from groundwork.data.canvas import to_source_format
 from groundwork.data.splits import label_budget
 from groundwork.params import Params
 from tasks import ingest

@@ -17,9 +17,9 @@ from PIL import Image
 from torchvision import datasets
 
 from groundwork.data import sources
+from groundwork.data.canvas import LUMINANCE
 from groundwork.data.corpus import build_datasets
 from groundwork.data.datasets import IMAGE_SIDE, NUM_CLASSES, Dataset, load_dataset
-from groundwork.data.canvas import LUMINANCE
 from groundwork.errors import DataError
 from groundwork.params import TORCHVISION_DATASETS, DataSource, parse_params
 from groundwork.project import tiny_params_dict

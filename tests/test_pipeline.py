@@ -3,17 +3,13 @@ of the project with tiny params."""
 
 from __future__ import annotations
 
-import base64
 import csv
-import io
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 import yaml
 from mlflow import MlflowClient
 from mlflow.artifacts import download_artifacts
@@ -41,7 +36,6 @@ from flows.repro import (
     stage_order,
     stages_to_run,
 )
-from groundwork.compression.export import onnx_logits, onnx_session
 from groundwork.compression.names import SERVED, VARIANTS
 from groundwork.params import ParamsError
 from groundwork.project import ROOT, copy_project, tiny_params_dict
@@ -53,12 +47,9 @@ from tests.helpers import (
     clone_ran_project,
     dvc,
     flow_artifacts,
-    free_port,
     output_digests,
     parent_runs,
     statuses,
-    stop_server,
-    wait_until_healthy,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.server]
@@ -151,7 +142,7 @@ def test_first_run_executes_every_stage_and_records_them(first_run: FirstRun) ->
         flavor = "pytorch" if "pytorch" in yaml.safe_load(files["MLmodel"])["flavors"] else "served"
         packages = frozenset(line.split("==")[0] for line in files["requirements.txt"].split())
         needs.setdefault(flavor, set()).add(packages)
-    assert needs == {"served": {frozenset({"mlflow", "cloudpickle", "numpy", "pandas", "pillow", "onnxruntime"})},
+    assert needs == {"served": {frozenset({"mlflow", "numpy", "pandas", "pillow", "onnxruntime"})},
                      "pytorch": {frozenset({"mlflow", "torch", "cloudpickle", "numpy"})}}, needs
     # each served variant carries its own scores on the target data, as evaluate measured them, and no other's
     served = {model.tags["variant"]: model for model in models if "variant" in model.tags}
@@ -192,74 +183,6 @@ def test_first_run_executes_every_stage_and_records_them(first_run: FirstRun) ->
     assert len(client.get_metric_history(search_run, "agent_best_width_layer4")) == episodes  # the embedding
     assert [a.path for a in client.list_artifacts(search_run, "plots")] == ["plots/search_rewards.png"]
     assert "search/search_policy.json" in [a.path for a in client.list_artifacts(search_run, "search")]
-
-
-def _post(url: str, body: dict[str, Any]) -> tuple[int, Any]:
-    request = urllib.request.Request(f"{url}/invocations", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
-def _as_photo(image: np.ndarray) -> str:
-    """A digit as a client would photograph it: dark ink on white, 64x64, a PNG file in base64."""
-    from PIL import Image
-
-    photo = Image.fromarray(255 - image).resize((64, 64), Image.Resampling.BILINEAR)
-    buffer = io.BytesIO()
-    photo.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
-def test_the_champion_served_over_http_answers_as_it_does_in_process(first_run: FirstRun, tmp_path: Path) -> None:
-    """`groundwork serve` starts MLflow's scoring server on the champion; real HTTP requests (a JSON array of
-    images, encoded PNGs of digits, a table of them) get each image's class and probabilities, as the same model
-    loaded in this process answers them; bad requests get a 400 with the reason, and the server keeps serving."""
-    import mlflow
-
-    project = first_run.project
-    with np.load(project / "data" / "processed" / "target.npz") as stored:
-        images = stored["test_images"][:32]
-    photos = [_as_photo(image) for image in images[:8]]
-    mlflow.set_tracking_uri(tracking_uri(project))
-    try:
-        in_process = mlflow.pyfunc.load_model(f"models:/{tiny_params_dict()['evaluate']['registered_model']}@champion")
-        expected, expected_photos = in_process.predict(images), in_process.predict(photos)
-    finally:
-        mlflow.set_tracking_uri(None)
-    # the served model prepares 28x28 uint8 images exactly as the training data: the ONNX file's own answer
-    session = onnx_session(project / "models" / "compressed" / "int8.onnx")
-    assert list(expected["class"]) == onnx_logits(session, torch.from_numpy(images)).argmax(1).tolist()
-
-    url, log = f"http://127.0.0.1:{free_port()}", tmp_path / "serve.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen([str(Path(sys.executable).parent / "groundwork"), "serve", "--project-dir",
-                                    str(project), "--port", url.rsplit(":", 1)[1]], stdout=output,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_until_healthy(process, url, log)
-        status, answer = _post(url, {"inputs": images.tolist()})
-        assert status == 200, answer
-        served = answer["predictions"]
-        assert [row["class"] for row in served] == list(expected["class"])
-        assert np.allclose([row["probabilities"] for row in served], np.stack(expected["probabilities"]), atol=1e-6)
-        for body in ({"inputs": photos}, {"dataframe_split": {"columns": ["image"], "data": [[p] for p in photos]}}):
-            status, answer = _post(url, body)
-            assert status == 200, answer
-            assert [row["class"] for row in answer["predictions"]] == list(expected_photos["class"])
-        for body, reason in (({"inputs": []}, "no images in the request"),
-                             ({"inputs": [[["a", "b"]]]}, "images must be numbers or base64-encoded files"),
-                             ({"inputs": [base64.b64encode(b"GIF89a, not quite").decode()]}, "not a readable image"),
-                             ({"inputs": ["not base64!"]}, "must be a base64-encoded PNG or JPEG file")):
-            status, answer = _post(url, body)
-            assert status == 400 and reason in answer["message"], (status, answer)
-        status, answer = _post(url, {"inputs": images[:2].tolist()})
-        assert status == 200 and len(answer["predictions"]) == 2, "the server keeps serving after bad requests"
-    finally:
-        stop_server(process)
 
 
 def test_second_run_executes_nothing(project: Path) -> None:

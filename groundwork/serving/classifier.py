@@ -181,7 +181,7 @@ class DigitClassifier(PythonModel):
         self._color = str(context.model_config["color"])
 
     # model_input unannotated: MLflow reads a type hint there as an input schema to enforce (and warns on Any)
-    def predict(self, context: Any, model_input, params: dict[str, Any] | None = None) -> pd.DataFrame:  # noqa: ANN001
+    def predict(self, context: Any, model_input, params: dict[str, Any] | None = None) -> pd.DataFrame:
         """Class and probabilities of every image in the request; MlflowException (HTTP 400) for a bad one."""
         try:
             images = request_images(model_input)

@@ -19,9 +19,13 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 # the modules a logged copy imports, copied as a package tree MLflow puts on sys.path when it loads the model
 SERVED_CODE = ("groundwork/__init__.py", "groundwork/data/__init__.py", "groundwork/data/canvas.py",
                "groundwork/data/untrusted.py", "groundwork/serving/__init__.py", "groundwork/serving/classifier.py")
-# the served environment: MLflow's scoring server with cloudpickle (the pyfunc's own defaults), and what the
-# classifier imports; distribution names, pinned to this environment
-SERVED_PACKAGES = ("mlflow", "cloudpickle", "numpy", "pandas", "pillow", "onnxruntime")
+# the served environment: MLflow (its scoring server) and what the classifier imports; distribution names, pinned
+# to this environment. No cloudpickle: the model is logged from code, nothing of it is pickled.
+SERVED_PACKAGES = ("mlflow", "numpy", "pandas", "pillow", "onnxruntime")
+# the logged model's code file (MLflow's models from code): loading the model runs it, building the classifier
+# from the code the model carries
+MODEL_CODE = ("from mlflow.models import set_model\n\nfrom groundwork.serving.classifier import DigitClassifier\n\n"
+              "set_model(DigitClassifier())\n")
 FILE_DIGEST_TAG = "file_sha256"  # on a logged model: the digest of the ONNX file inside, how evaluate finds it
 VARIANT_TAG = "variant"
 
@@ -55,6 +59,22 @@ def served_contract(target: DataSource) -> dict[str, Any]:
     return {"size": target.size, "color": target.color}
 
 
+def input_example() -> list[str]:
+    """What a client sends, for the model's page and `mlflow models predict`: one PNG file of a stroke (a crude
+    1, light on black), base64-encoded."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    stroke = np.zeros((28, 28), np.uint8)
+    stroke[4:24, 12:16] = 255
+    buffer = io.BytesIO()
+    Image.fromarray(stroke).save(buffer, format="PNG")
+    return [base64.b64encode(buffer.getvalue()).decode()]
+
+
 def signature() -> Any:
     """Outputs only: a class and its probabilities per image. No input schema, since MLflow would then refuse
     every request not shaped as the schema says; the classifier checks its input itself."""
@@ -70,13 +90,15 @@ def log_served_model(tracker: Tracker, path: Path, name: str, contract: dict[str
     """Log the ONNX file at `path` as the served classifier named `name` (groundwork.serving.classifier),
     tagged with the file's digest and the variant's name; return the logged model's id (None: no tracking).
     `contract` is served_contract's model config."""
-    from groundwork.serving.classifier import ONNX_ARTIFACT, DigitClassifier
+    from groundwork.serving.classifier import ONNX_ARTIFACT
 
-    with tempfile.TemporaryDirectory() as code:
+    with tempfile.TemporaryDirectory() as folder:
+        model_code = Path(folder) / "served_model.py"
+        model_code.write_text(MODEL_CODE)
         return tracker.log_pyfunc_model({
-            "name": name, "python_model": DigitClassifier(), "artifacts": {ONNX_ARTIFACT: str(path)},
-            "code_paths": [str(code_tree(Path(code)))], "model_config": contract,
-            "pip_requirements": requirements(), "signature": signature(),
+            "name": name, "python_model": str(model_code), "artifacts": {ONNX_ARTIFACT: str(path)},
+            "code_paths": [str(code_tree(Path(folder) / "code"))], "model_config": contract,
+            "pip_requirements": requirements(), "signature": signature(), "input_example": input_example(),
             "tags": {FILE_DIGEST_TAG: file_digest(path), VARIANT_TAG: name}})
 
 
