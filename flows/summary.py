@@ -69,7 +69,8 @@ def summary_markdown(root: Path, results: list[StageResult], *, status: str, mlf
         verdict = "promoted to `champion`" if registry["promoted"] else "not promoted; the champion stays"
         lines += ["", "## Model Registry", "",
                   f"`{registry['model']}` version {registry['version']} ({registry['variant']}): {verdict}. "
-                  f"{registry['reason']}."]
+                  f"{registry['reason']}.", "",
+                  f"Serve the champion over HTTP with `groundwork serve` (`models:/{registry['model']}@champion`)."]
     return "\n".join(lines) + "\n"
 
 

@@ -100,7 +100,7 @@ def test_first_run_executes_every_stage_and_records_them(first_run: FirstRun) ->
     artifacts = flow_artifacts(state.state_details.flow_run_id)
     summary = artifacts["pipeline-summary"]
     assert all(f"| {stage} | ran |" in summary for stage in STAGES)
-    assert "promoted to `champion`" in summary and "/#/experiments/" in summary
+    assert "promoted to `champion`" in summary and "/#/experiments/" in summary and "`groundwork serve`" in summary
     assert "- policy search (ddpg, " in summary and "random search n/a" not in summary
     assert [row["variant"] for row in json.loads(artifacts["model-variants"])] == list(VARIANTS)
     declared = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]

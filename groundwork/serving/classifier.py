@@ -78,10 +78,12 @@ def _scaled(image: np.ndarray, index: int) -> np.ndarray:
     return ((image - low) / (high - low)).astype(np.float32)
 
 
-def _numeric_images(array: np.ndarray) -> list[np.ndarray]:
-    """A numeric array as gray images (H, W), by the shapes the module docstring lists."""
+def _numeric_images(array: np.ndarray, first: int = 0) -> list[np.ndarray]:
+    """A numeric array as gray images (H, W), by the shapes the module docstring lists; `first` numbers the
+    images in messages."""
     if array.dtype.kind not in "uif":
         raise RequestError(f"images must be numbers or base64-encoded files, got {array.dtype} values")
+    _counted(1 if array.ndim == 2 else len(array))
     if array.ndim == 2:
         array = array[None]
     elif array.ndim == 4 and array.shape[1] == 1 and array.shape[-1] != 1:
@@ -96,12 +98,34 @@ def _numeric_images(array: np.ndarray) -> list[np.ndarray]:
     if array.shape[1] * array.shape[2] > MAX_IMAGE_PIXELS:
         raise RequestError(f"images of {array.shape[1]} x {array.shape[2]} pixels, over the limit of "
                            f"{MAX_IMAGE_PIXELS:,}")
-    return [_scaled(image, index) for index, image in enumerate(array)]
+    return [_scaled(image, first + index) for index, image in enumerate(array)]
+
+
+def _counted(count: int) -> None:
+    """RequestError unless a request's image count is within 1..MAX_IMAGES."""
+    if count == 0:
+        raise RequestError("no images in the request")
+    if count > MAX_IMAGES:
+        raise RequestError(f"{count} images in one request, over the limit of {MAX_IMAGES}")
+
+
+def _item_images(item: Any, index: int) -> list[np.ndarray]:
+    """One item of a list of images: an encoded file, or an array (H, W) or (H, W, C)."""
+    if isinstance(item, str | bytes):
+        return [_decoded(item, index)]
+    try:
+        array = np.asarray(item, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise RequestError(f"image {index}: not an array of numbers nor a base64-encoded file") from None
+    if array.ndim not in (2, 3):
+        raise RequestError(f"image {index}: shape {list(array.shape)}, expected (H, W) or (H, W, C)")
+    return _numeric_images(array[None] if array.ndim == 3 else array, first=index)
 
 
 def request_images(model_input: Any) -> list[np.ndarray]:
-    """Every image of a request as gray float32 0..1 (H, W); RequestError when there is none or one is
-    unreadable."""
+    """Every image of a request as gray float32 0..1 (H, W); RequestError when there is none, too many, or one is
+    unreadable. A numeric array is a batch (the shapes the module docstring lists); anything else is a list whose
+    items are images, each a file or an array of its own size."""
     if isinstance(model_input, pd.DataFrame | Mapping):
         if IMAGE_COLUMN not in model_input:
             raise RequestError(f"a table or mapping of images needs an '{IMAGE_COLUMN}' column")
@@ -110,28 +134,11 @@ def request_images(model_input: Any) -> list[np.ndarray]:
         model_input = model_input.tolist()
     if isinstance(model_input, str | bytes):
         model_input = [model_input]
-    if len(model_input) == 0:
-        raise RequestError("no images in the request")
-    if len(model_input) > MAX_IMAGES:
-        raise RequestError(f"{len(model_input)} images in one request, over the limit of {MAX_IMAGES}")
-    items = list(model_input) if not isinstance(model_input, np.ndarray) else model_input
-    if all(isinstance(item, str | bytes) for item in items):
-        return [_decoded(item, index) for index, item in enumerate(items)]
-    if isinstance(model_input, np.ndarray) and model_input.dtype != object:
+    if isinstance(model_input, np.ndarray) and model_input.dtype.kind in "biuf":
         return _numeric_images(model_input)
-    images = []  # a list of separate images, each its own array (sizes may differ)
-    for index, item in enumerate(items):
-        if isinstance(item, str | bytes):
-            images.append(_decoded(item, index))
-            continue
-        try:
-            array = np.asarray(item, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise RequestError(f"image {index}: not an array of numbers nor a base64-encoded file") from None
-        if array.ndim not in (2, 3):
-            raise RequestError(f"image {index}: shape {list(array.shape)}, expected (H, W) or (H, W, C)")
-        images.extend(_numeric_images(array[None] if array.ndim == 3 else array))
-    return images
+    items = list(model_input)
+    _counted(len(items))  # before decoding any
+    return [image for index, item in enumerate(items) for image in _item_images(item, index)]
 
 
 def _light_on_dark(image: np.ndarray) -> np.ndarray:
