@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import math
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -35,59 +35,126 @@ class Section(BaseModel):
 
 MIN_WIDTH, MIN_EMBEDDING = 4, 8  # the narrowest conv and embedding a model may have
 Width = Annotated[int, Field(ge=MIN_WIDTH, le=256)]
+Hidden = Annotated[int, Field(ge=1, le=1024)]  # bounded: a saved file may come from elsewhere
+# MNIST's pixel statistics, the normalisation a model applies when its file predates the params that set it
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+LENET_KERNEL = 5  # LeNet-5's convs are 5x5 without padding, each followed by a 2x2 pool
+
+
+class LayerShape(NamedTuple):
+    """Where a prunable layer sits: a conv runs its `kernel` x `kernel` filter at every position of a `side` x
+    `side` output map; a linear layer (kernel and side 1) reads `fan` inputs per unit of the layer before it
+    (the flattened map's area after the last conv, the image's pixels for an MLP's first layer, else 1)."""
+
+    linear: bool
+    kernel: int
+    side: int
+    fan: int
 
 
 class ModelParams(Section):
-    """Architecture of the CNN shared by pretrain, transfer and compress."""
+    """Architecture shared by pretrain, transfer and compress: the CNN, an MLP, or LeNet-5, and its normalisation."""
 
-    channels: tuple[Width, ...] = Field(min_length=1, max_length=3)
+    arch: Literal["cnn", "mlp", "lenet5"] = Field(
+        description="cnn: blocks of two 3x3 convs with BatchNorm, then a dense embedding; mlp: dense layers of the "
+                    "hidden sizes; lenet5: 5x5 convs without BatchNorm (Deep Compression's LeNet-5), then a dense "
+                    "embedding")
+    channels: tuple[Width, ...] = Field(min_length=1, max_length=3,
+                                        description="cnn: width of each conv block; lenet5: of each 5x5 conv")
     inner_channels: tuple[Width, ...] | None = Field(
-        description="width of each block's first conv; null: as wide as the block (pruning narrows them apart)"
+        description="cnn: width of each block's first conv; null: as wide as the block (pruning narrows them apart)"
     )
-    embedding_dim: int = Field(ge=MIN_EMBEDDING, le=1024)
+    embedding_dim: int = Field(ge=MIN_EMBEDDING, le=1024, description="cnn, lenet5: units of the dense embedding")
+    hidden: tuple[Hidden, ...] = Field(min_length=1, max_length=4,
+                                       description="mlp: units of each hidden layer; the last is the embedding")
+    pixel_mean: float = Field(ge=0.0, le=1.0, description="subtracted from 0..1 pixels inside the model")
+    pixel_std: float = Field(ge=0.01, le=1.0, description="what pixels are divided by after the mean")
     dropout: float = Field(ge=0.0, lt=1.0)
 
     @model_validator(mode="after")
-    def _one_inner_width_per_block(self) -> ModelParams:
-        if self.inner_channels is not None and len(self.inner_channels) != len(self.channels):
-            raise ValueError(f"inner_channels {list(self.inner_channels)} needs one width per block of channels "
-                             f"{list(self.channels)}")
+    def _shapes_fit(self) -> ModelParams:
+        if self.inner_channels is not None and (self.arch != "cnn" or len(self.inner_channels) != len(self.channels)):
+            raise ValueError(f"inner_channels {list(self.inner_channels)} needs arch cnn and one width per block of "
+                             f"channels {list(self.channels)}")
+        if self.arch == "lenet5" and self.layers()[len(self.channels) - 1].side < 2:
+            raise ValueError(f"channels {list(self.channels)}: {len(self.channels)} {LENET_KERNEL}x{LENET_KERNEL} "
+                             f"convs with 2x2 pools do not fit {IMAGE_SIDE}x{IMAGE_SIDE} images (at most 2 do)")
         return self
 
     @classmethod
     def from_saved(cls, arch: dict[str, Any]) -> ModelParams:
-        """The architecture a saved model describes; files written before inner_channels existed have none."""
-        return cls.model_validate({"inner_channels": None, **arch})
+        """The architecture a saved model describes; files written before a key existed have its old meaning:
+        the CNN, as wide as its blocks, normalised with MNIST's statistics."""
+        return cls.model_validate({"arch": "cnn", "inner_channels": None, "hidden": (256, 128),
+                                   "pixel_mean": MNIST_MEAN, "pixel_std": MNIST_STD, **arch})
+
+    @property
+    def embedding_width(self) -> int:
+        """Units of the embedding the head reads: the last hidden layer of an MLP, else `embedding_dim`."""
+        return self.hidden[-1] if self.arch == "mlp" else self.embedding_dim
+
+    def layers(self) -> tuple[LayerShape, ...]:
+        """The shape of every prunable layer in forward order (the order of `layer_widths`); for a conv, `side`
+        is its output map's side before any pool. A lenet5 whose maps run out has sides below 1 here."""
+        if self.arch == "mlp":
+            pixels = IMAGE_SIDE**2  # the first layer reads every pixel, each later one the units before it
+            return tuple(LayerShape(True, 1, 1, pixels if index == 0 else 1) for index in range(len(self.hidden)))
+        shapes, side = [], IMAGE_SIDE
+        convs = 2 * len(self.channels) if self.arch == "cnn" else len(self.channels)
+        for index in range(convs):
+            if self.arch == "cnn":  # 3x3 convs keep the side; each block's pool halves it after its second conv
+                shapes.append(LayerShape(False, 3, side, 1))
+                side //= 2 if index % 2 else 1
+            else:
+                shapes.append(LayerShape(False, LENET_KERNEL, side - LENET_KERNEL + 1, 1))
+                side = (side - LENET_KERNEL + 1) // 2
+        return (*shapes, LayerShape(True, 1, 1, max(side, 0) ** 2))
 
     def layer_widths(self) -> tuple[int, ...]:
-        """Output width of every prunable layer in forward order: each block's two convs, then the embedding."""
+        """Output width of every prunable layer in forward order: cnn, each block's two convs then the embedding;
+        lenet5, each conv then the embedding; mlp, each hidden layer."""
+        if self.arch == "mlp":
+            return self.hidden
         inner = self.inner_channels or self.channels
-        return (*(width for pair in zip(inner, self.channels, strict=True) for width in pair), self.embedding_dim)
+        convs = (width for pair in zip(inner, self.channels, strict=True) for width in pair) if self.arch == "cnn" \
+            else self.channels
+        return (*convs, self.embedding_dim)
 
     def with_widths(self, widths: tuple[int, ...] | list[int]) -> ModelParams:
         """This architecture with each prunable layer at the width given (in `layer_widths` order), validated."""
-        convs, embedding = list(widths[:-1]), widths[-1]
-        inner, outer = tuple(convs[0::2]), tuple(convs[1::2])
-        return ModelParams.model_validate({**self.model_dump(), "channels": outer,
-                                           "inner_channels": None if inner == outer else inner,
-                                           "embedding_dim": embedding})
+        widths = tuple(widths)
+        if self.arch == "mlp":
+            changes: dict[str, Any] = {"hidden": widths}
+        elif self.arch == "lenet5":
+            changes = {"channels": widths[:-1], "embedding_dim": widths[-1]}
+        else:
+            inner, outer = widths[:-1][0::2], widths[:-1][1::2]
+            changes = {"channels": outer, "inner_channels": None if inner == outer else inner,
+                       "embedding_dim": widths[-1]}
+        return ModelParams.model_validate({**self.model_dump(), **changes})
 
     def layer_macs(self) -> tuple[int, ...]:
-        """Multiply-adds per image of every prunable layer (`layer_widths` order): k*k*in*out*area for a 3x3
-        conv, in*out for the embedding. The head is not prunable (it has one output per class)."""
-        macs, inputs = [], 1
-        for block, width in enumerate(self.layer_widths()[:-1]):
-            side = IMAGE_SIDE // 2 ** (block // 2)  # each block's pool halves the side after its second conv
-            macs.append(9 * inputs * width * side * side)
+        """Multiply-adds per image of every prunable layer (`layer_widths` order): kernel area x inputs x outputs x
+        positions for a conv, inputs x fan x outputs for a linear layer. The head is not prunable (it has one
+        output per class)."""
+        macs, inputs = [], 1  # the image's one grey channel
+        for shape, width in zip(self.layers(), self.layer_widths(), strict=True):
+            macs.append(shape.kernel**2 * shape.side**2 * shape.fan * inputs * width)
             inputs = width
-        area = (IMAGE_SIDE // 2 ** len(self.channels)) ** 2
-        return (*macs, inputs * area * self.embedding_dim)
+        return tuple(macs)
+
+    def layer_floors(self) -> tuple[int, ...]:
+        """The narrowest each prunable layer may become: MIN_EMBEDDING units for the embedding (the last layer),
+        MIN_WIDTH for the others, or the layer's own width where it is narrower still."""
+        widths = self.layer_widths()
+        return tuple(min(width, MIN_EMBEDDING if index == len(widths) - 1 else MIN_WIDTH)
+                     for index, width in enumerate(widths))
 
     def lowest_keeps(self, min_keep: float) -> tuple[float, ...]:
         """The smallest share of its outputs each prunable layer may keep: `min_keep`, or more where that would
-        leave a layer narrower than a model may be."""
-        floors = (*(MIN_WIDTH for _ in range(2 * len(self.channels))), MIN_EMBEDDING)
-        return tuple(max(min_keep, floor / width) for floor, width in zip(floors, self.layer_widths(), strict=True))
+        leave a layer narrower than its floor."""
+        return tuple(max(min_keep, floor / width) for floor, width in
+                     zip(self.layer_floors(), self.layer_widths(), strict=True))
 
     def macs_kept(self, keeps: tuple[float, ...] | list[float]) -> float:
         """Share of the prunable layers' multiply-adds left when layer i keeps share keeps[i] of its outputs
@@ -487,11 +554,11 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _structured_network_is_valid(self) -> Params:
-        keep = self.compress.channels_kept
-        narrowest = min(math.ceil(width * keep) for width in self.model.channels)
-        if narrowest < MIN_WIDTH or math.ceil(self.model.embedding_dim * keep) < MIN_EMBEDDING:
-            raise ValueError(f"compress.channels_kept={keep} leaves a layer of model.channels "
-                             f"{list(self.model.channels)} below {MIN_WIDTH} channels or model.embedding_dim below "
+        keep, model = self.compress.channels_kept, self.model
+        if any(math.ceil(width * keep) < floor for width, floor in
+               zip(model.layer_widths(), model.layer_floors(), strict=True)):
+            raise ValueError(f"compress.channels_kept={keep} leaves a prunable layer of the model (widths "
+                             f"{list(model.layer_widths())}) below {MIN_WIDTH} channels, or its embedding below "
                              f"{MIN_EMBEDDING} units")
         return self
 

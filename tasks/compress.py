@@ -153,7 +153,7 @@ def run(params: Params, *, transferred: Path, target: Path, policy: Path, out_di
     metrics = {
         "sparsity": round(sparsity(trained["pruned"]), 4),
         "ranks": trained["lowrank"].factorized,
-        "channels": list(trained["structured"].arch.channels),
+        "structured_widths": list(trained["structured"].arch.layer_widths()),
         "searched_widths": list(trained["searched"].arch.layer_widths()),
         "fp32_val_accuracy": loss_and_accuracy(reference, *val.tensors(), device=torch.device("cpu"))["accuracy"],
         "fp32_state_dict_bytes": reference_bytes,

@@ -1,4 +1,4 @@
-"""pretrain: train the CNN on the source corpus, supervised (on the augment stage's copies or with on-the-fly
+"""pretrain: train the model on the source corpus, supervised (on the augment stage's copies or with on-the-fly
 augmentation) or contrastive (label-free, SimCLR's NT-Xent over two augmented views, then a linear probe),
 validating every epoch, and save a self-describing checkpoint."""
 
@@ -34,7 +34,7 @@ def write_history(path: Path, history: list[dict[str, float]]) -> None:
 
 def run(params: Params, *, train: Path, source: Path, model_out: Path, history_out: Path,
         tracker: Tracker | None = None, resume: Path | None = None) -> dict[str, Any]:
-    """Pretrain, test on the source's held-out split, save the model and its per-epoch history.
+    """Pretrain, score the source's training and held-out splits, save the model and its per-epoch history.
 
     With `resume`, training state is kept there after every epoch, and a run killed mid-way continues
     from its last completed epoch when started again. Under torchrun every rank trains; rank 0 alone tests,
@@ -67,8 +67,10 @@ def run(params: Params, *, train: Path, source: Path, model_out: Path, history_o
     device = resolve_device(params.device)
     test = loss_and_accuracy(model, *source_set["test"].tensors(), device=device)
     val = loss_and_accuracy(model, *source_set["val"].tensors(), device=device)
-    metrics |= {"source_val_accuracy": val["accuracy"], "source_test_accuracy": test["accuracy"],
-                "source_test_loss": test["loss"], "epochs": len(history)}
+    # the training images themselves (unaugmented): what a loop that scores its own training data reports
+    train_accuracy = loss_and_accuracy(model, *source_set["train"].tensors(), device=device)["accuracy"]
+    metrics |= {"source_train_accuracy": train_accuracy, "source_val_accuracy": val["accuracy"],
+                "source_test_accuracy": test["accuracy"], "source_test_loss": test["loss"], "epochs": len(history)}
     model.cpu()
     save_checkpoint(model_out, model, stage="pretrain", params=params.model_dump(mode="json"), metrics=metrics)
     write_history(history_out, history)

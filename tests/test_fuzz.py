@@ -266,7 +266,10 @@ def crafted_checkpoints(model: DigitNet) -> st.SearchStrategy[Case]:
     described = st.fixed_dictionaries({
         "arch": st.one_of(st.fixed_dictionaries({"channels": st.lists(integers, max_size=4),
                                                  "inner_channels": st.none(), "embedding_dim": integers,
-                                                 "dropout": st.floats(allow_nan=True)}),
+                                                 "dropout": st.floats(allow_nan=True)},
+                                                optional={"arch": st.sampled_from(["cnn", "mlp", "lenet5", "vit"]),
+                                                          "hidden": st.lists(integers, max_size=6),
+                                                          "pixel_std": st.floats(allow_nan=True)}),
                           st.just(base["arch"]), st.none(), st.text(max_size=5)),
         "num_classes": st.one_of(integers, st.booleans(), st.text(max_size=3)),
         "factorized": st.one_of(st.dictionaries(st.sampled_from(["", "head", "backbone", "backbone.embed.1",

@@ -48,6 +48,12 @@ def test_project_params_file_is_valid() -> None:
         ({"device": "tpu"}, "device", "'auto', 'cpu' or 'cuda'"),
         ({"compress": {"finetune": {"batch_size": 0}}}, "compress.finetune.batch_size", "greater than or equal"),
         ({"evaluation": {}}, "evaluation", "Extra inputs are not permitted"),
+        ({"model": {"arch": "resnet"}}, "model.arch", "'cnn', 'mlp' or 'lenet5'"),
+        ({"model": {"arch": "mlp", "hidden": []}}, "model.hidden", "at least 1 item"),
+        ({"model": {"arch": "mlp", "hidden": [256, 0]}}, "model.hidden.1", "greater than or equal to 1"),
+        ({"model": {"arch": "lenet5", "channels": [20, 50, 64]}}, "model",
+         "channels [20, 50, 64]: 3 5x5 convs with 2x2 pools do not fit 28x28 images"),
+        ({"model": {"arch": "lenet5", "inner_channels": [8, 16]}}, "model", "needs arch cnn"),
     ],
 )
 def test_bad_param_names_key_and_reason(changes: dict, key: str, reason: str) -> None:

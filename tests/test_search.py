@@ -20,7 +20,7 @@ from groundwork.compression.structured import per_layer, prune_channels
 from groundwork.data.datasets import load_dataset
 from groundwork.errors import DataError, TrainingDiverged
 from groundwork.models.checkpoint import load_model
-from groundwork.models.digitnet import PIXEL_MEAN, PIXEL_STD, DigitNet
+from groundwork.models.digitnet import DigitNet
 from groundwork.params import ModelParams, Params, ParamsError, parse_params
 from groundwork.project import tiny_params_dict
 from groundwork.search.agents import DDPG, Reinforce
@@ -31,7 +31,9 @@ from groundwork.search.scoring import AdaptiveBNScorer, recalibrate_batchnorm
 from groundwork.training.loop import prepare_batch
 
 CPU = torch.device("cpu")
-ARCH = ModelParams(channels=(32, 64), inner_channels=None, embedding_dim=128, dropout=0.0)
+ARCH = ModelParams.from_saved({"channels": (32, 64), "embedding_dim": 128, "dropout": 0.0})
+MLP = ARCH.model_copy(update={"arch": "mlp", "hidden": (300, 100)})  # LeNet-300-100
+LENET5 = ARCH.model_copy(update={"arch": "lenet5", "channels": (20, 50), "embedding_dim": 500})
 
 
 def counted_macs(model: nn.Module) -> list[int]:
@@ -59,6 +61,29 @@ def test_budget_arithmetic_matches_the_multiply_adds_of_the_pruned_network() -> 
     assert narrow.layer_widths() == widths and narrow.inner_channels == (8, 16)
     keeps = [w / f for w, f in zip(widths, ARCH.layer_widths(), strict=True)]
     assert ARCH.macs_kept(keeps) == pytest.approx(sum(counted_macs(DigitNet(narrow))) / sum(counted_macs(full)))
+
+
+@pytest.mark.parametrize(("arch", "narrow_widths"), [(MLP, (150, 40)), (LENET5, (10, 20, 100))])
+def test_every_architecture_counts_its_multiply_adds_and_prunes_through_its_own_layer_description(
+        arch: ModelParams, narrow_widths: tuple[int, ...]) -> None:
+    """The MLP and LeNet-5 (no BatchNorm): the formula matches the shapes a forward pass produces, and a pruned
+    copy whose removed units were dead computes the same logits."""
+    torch.manual_seed(0)
+    model = DigitNet(arch).eval()
+    assert list(arch.layer_macs()) == counted_macs(model)
+    narrow = arch.with_widths(narrow_widths)
+    assert narrow.layer_widths() == narrow_widths and narrow.arch == arch.arch
+    with torch.no_grad():  # kill the units pruning must remove: the weakest filters, giving no output
+        for (layer, _), width in zip(model.prunable(), narrow_widths, strict=True):
+            dead = torch.randperm(layer.weight.shape[0])[width:]
+            layer.weight[dead] = 0
+            layer.bias[dead] = -1.0  # ReLU then gives 0 whatever the input
+    images = torch.rand(6, 1, 28, 28)
+    pruned = prune_channels(model, narrow)
+    assert pruned.arch == narrow
+    torch.testing.assert_close(pruned(images), model(images), atol=1e-5, rtol=1e-5)
+    env = PruningEnv(arch, lambda keeps: 0.0, budget=0.3, min_keep=0.1)
+    assert global_ranking(env, model).macs_kept[0] <= 0.3
 
 
 @settings(max_examples=60, deadline=None)
@@ -133,7 +158,7 @@ def test_recalibration_replaces_batchnorm_statistics_with_the_images_own(tiny_tr
     recalibrate_batchnorm(pruned, images, device=CPU)
     conv, norm = pruned.backbone.features[0][0], pruned.backbone.features[0][1]
     with torch.no_grad():  # what the first conv sees: pixels normalised as the backbone does it
-        activations = conv((prepare_batch(images, CPU) - PIXEL_MEAN) / PIXEL_STD)
+        activations = conv((prepare_batch(images, CPU) - model.arch.pixel_mean) / model.arch.pixel_std)
     torch.testing.assert_close(norm.running_mean, activations.mean(dim=(0, 2, 3)), atol=1e-4, rtol=1e-4)
     assert not pruned.training
 

@@ -1,10 +1,13 @@
-"""Structured pruning: remove whole channels (and embedding units), giving a physically smaller DigitNet, every
-layer by the same share (`narrower`) or each by its own (`per_layer`, as the policy search chooses).
+"""Structured pruning: remove whole channels (and embedding or hidden units), giving a physically smaller
+DigitNet, every layer by the same share (`narrower`) or each by its own (`per_layer`, as the policy search
+chooses).
 
 Unstructured zeros cost the same time on a CPU as the weights they replace; dropping channels shrinks every
-matrix the runtime multiplies, so the model gets faster as well as smaller. Each layer keeps the channels whose
-BatchNorm-folded filters have the largest norm (a channel whose BatchNorm scale is near zero contributes
-nothing downstream, whatever its raw filter).
+matrix the runtime multiplies, so the model gets faster as well as smaller. Which layers may be narrowed, and the
+BatchNorm after each, the model itself describes (`DigitNet.prunable`), whatever its architecture. Each layer
+keeps the units whose filters are strongest: by the norm of the BatchNorm-folded filter where there is a
+BatchNorm (a channel whose BatchNorm scale is near zero contributes nothing downstream, whatever its raw filter),
+by the norm of the filter itself where there is none (the MLP, LeNet-5).
 """
 
 from __future__ import annotations
@@ -16,17 +19,12 @@ import torch
 from torch import nn
 
 from groundwork.models.digitnet import DigitNet
-from groundwork.params import IMAGE_SIDE, ModelParams
-
-# Positions inside groundwork.models.digitnet's blocks: a conv block is (conv, bn, relu, conv, bn, relu, pool),
-# the embedding (flatten, linear, bn, relu), the head (dropout, linear).
-BLOCK_LAYERS = ((0, 1), (3, 4))
-EMBED_LINEAR, EMBED_NORM, HEAD_LINEAR = 1, 2, 1
+from groundwork.params import ModelParams
 
 
 def narrower(arch: ModelParams, keep: float) -> ModelParams:
-    """`arch` with `keep` of every conv's channels and of the embedding's units (rounded up), validated: a
-    narrower net must still be one a checkpoint can describe."""
+    """`arch` with `keep` of every prunable layer's channels or units (rounded up), validated: a narrower net must
+    still be one a checkpoint can describe."""
     return arch.with_widths([math.ceil(width * keep) for width in arch.layer_widths()])
 
 
@@ -44,17 +42,26 @@ def toward(start: ModelParams, end: ModelParams, fraction: float) -> ModelParams
                               zip(start.layer_widths(), end.layer_widths(), strict=True)])
 
 
-def _strongest(weight: torch.Tensor, norm: nn.BatchNorm1d | nn.BatchNorm2d, count: int) -> torch.Tensor:
-    """Indices (ascending) of the `count` output units whose BatchNorm-folded weights have the largest norm."""
+def unit_strengths(layer: nn.Conv2d | nn.Linear, norm: nn.Module | None) -> torch.Tensor:
+    """How much each output unit of `layer` carries: its filter's norm, scaled by the BatchNorm's gain where
+    there is one (BatchNorm folded into the filter)."""
+    strength = layer.weight.detach().flatten(1).norm(dim=1)
+    if norm is None:
+        return strength
     scale = norm.weight.detach().abs() / torch.sqrt(norm.running_var + norm.eps)
-    strength = weight.detach().flatten(1).norm(dim=1) * scale
-    return strength.topk(count).indices.sort().values
+    return strength * scale
 
 
-def layers_with_norms(model: DigitNet) -> list[tuple[nn.Conv2d | nn.Linear, nn.Module]]:
-    """Every prunable layer with the BatchNorm after it, in `ModelParams.layer_widths` order."""
-    pairs = [(block[conv], block[norm]) for block in model.backbone.features for conv, norm in BLOCK_LAYERS]
-    return [*pairs, (model.backbone.embed[EMBED_LINEAR], model.backbone.embed[EMBED_NORM])]
+def _strongest(layer: nn.Conv2d | nn.Linear, norm: nn.Module | None, count: int) -> torch.Tensor:
+    """Indices (ascending) of the `count` strongest output units of `layer`."""
+    return unit_strengths(layer, norm).topk(count).indices.sort().values
+
+
+def _inputs(kept: torch.Tensor, outputs_before: int, layer: nn.Module) -> torch.Tensor:
+    """The input columns of `layer` that the kept outputs of the layer before it feed: a flatten gives each
+    channel `fan` consecutive columns, channel by channel (fan 1 where outputs feed inputs one to one)."""
+    fan = layer.weight.shape[1] // outputs_before
+    return (kept[:, None] * fan + torch.arange(fan)).flatten()
 
 
 def _copy_norm(source: nn.Module, target: nn.Module, keep: torch.Tensor) -> None:
@@ -67,21 +74,18 @@ def _copy_norm(source: nn.Module, target: nn.Module, keep: torch.Tensor) -> None
 def prune_channels(model: DigitNet, arch: ModelParams) -> DigitNet:
     """A new DigitNet of the narrower `arch`, holding the strongest of `model`'s channels and units."""
     small = DigitNet(arch, num_classes=model.num_classes).eval()
-    layers = layers_with_norms(model)
-    inputs = torch.arange(1)  # the image's single grey channel
-    for (conv, norm), (narrow, narrow_norm) in zip(layers[:-1], layers_with_norms(small)[:-1], strict=True):
-        outputs = _strongest(conv.weight, norm, narrow.out_channels)
-        narrow.weight.copy_(conv.weight[outputs][:, inputs])
-        _copy_norm(norm, narrow_norm, outputs)
-        inputs = outputs
-    # flatten orders features channel by channel: channel c owns columns c*area .. (c+1)*area - 1
-    area = (IMAGE_SIDE // 2 ** len(arch.channels)) ** 2
-    columns = (inputs[:, None] * area + torch.arange(area)).flatten()
-    linear, norm = layers[-1]
-    units = _strongest(linear.weight, norm, arch.embedding_dim)
-    small.backbone.embed[EMBED_LINEAR].weight.copy_(linear.weight[units][:, columns])
-    _copy_norm(norm, small.backbone.embed[EMBED_NORM], units)
-    head = model.head[HEAD_LINEAR]
-    small.head[HEAD_LINEAR].weight.copy_(head.weight[:, units])
-    small.head[HEAD_LINEAR].bias.copy_(head.bias)
+    first = model.prunable()[0][0]
+    kept, outputs_before = torch.arange(first.weight.shape[1]), first.weight.shape[1]  # every input pixel/channel
+    for (layer, norm), (narrow, narrow_norm) in zip(model.prunable(), small.prunable(), strict=True):
+        columns = _inputs(kept, outputs_before, layer)
+        outputs = _strongest(layer, norm, narrow.weight.shape[0])
+        narrow.weight.copy_(layer.weight[outputs][:, columns])
+        if layer.bias is not None:
+            narrow.bias.copy_(layer.bias[outputs])
+        if norm is not None:
+            _copy_norm(norm, narrow_norm, outputs)
+        kept, outputs_before = outputs, layer.weight.shape[0]
+    head, narrow_head = model.head[-1], small.head[-1]
+    narrow_head.weight.copy_(head.weight[:, _inputs(kept, outputs_before, head)])
+    narrow_head.bias.copy_(head.bias)
     return small

@@ -18,12 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from groundwork.params import IMAGE_SIDE, ModelParams
+from groundwork.params import ModelParams
 
 Score = Callable[[Sequence[float]], float]  # per-layer shares kept -> reward of the pruned network
 
 # The layer embedding, one row per prunable layer; every feature is scaled to [0, 1] over the layers.
-# ("side" is the feature map's side, standing in for AMC's stride: here resolution falls at pools, not strides.)
+# ("side" is the output map's side, standing in for AMC's stride: here resolution falls at pools, not strides.)
 # "wall" is the largest share this layer may keep (AMC's state has the budget used and left; the wall says the
 # same in the action's own units).
 FEATURES = ("index", "is_linear", "in_channels", "out_channels", "kernel", "side", "weights", "macs",
@@ -55,12 +55,12 @@ class PruningEnv:
 
     @staticmethod
     def _layer_table(arch: ModelParams) -> np.ndarray:
-        widths, macs = arch.layer_widths(), arch.layer_macs()
-        rows, inputs = [], 1
-        for index, (width, cost) in enumerate(zip(widths, macs, strict=True)):
-            linear = index == len(widths) - 1
-            side = 1 if linear else IMAGE_SIDE // 2 ** (index // 2)  # a conv runs once per position
-            rows.append([index, float(linear), inputs, width, 1 if linear else 3, side, cost / side**2, cost])
+        rows, inputs = [], arch.layers()[0].fan  # what the first layer reads: 1 grey channel, or every pixel
+        for index, (shape, width, cost) in enumerate(zip(arch.layers(), arch.layer_widths(), arch.layer_macs(),
+                                                         strict=True)):
+            # a conv runs once per position of its output map
+            rows.append([index, float(shape.linear), inputs, width, shape.kernel, shape.side, cost / shape.side**2,
+                         cost])
             inputs = width
         return np.asarray(rows, dtype=np.float64)
 

@@ -4,7 +4,8 @@ accuracy): the learning agents, and the three baselines that usually beat them i
   uniform         every layer keeps the same share, the largest that meets the budget (one candidate)
   global_ranking  channels ranked across all layers by their BatchNorm scale |gamma| (Network Slimming's
                   criterion, comparable across layers because BatchNorm normalises them), the weakest removed
-                  until the budget is met (one candidate)
+                  until the budget is met (one candidate); a layer without BatchNorm ranks its units by filter
+                  norm over the layer's mean filter norm (raw norms differ with each layer's fan-in)
   random          per-layer shares drawn uniformly (each layer between its lowest share and 1), kept when the
                   network lands in the top tenth of the budget (90-100% of the multiply-adds allowed: EagleEye's
                   window, so no candidate wastes budget); as many candidates as the agent's episodes
@@ -17,9 +18,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
-from groundwork.compression.structured import layers_with_norms, per_layer
+from groundwork.compression.structured import per_layer, unit_strengths
 from groundwork.models.digitnet import DigitNet
 from groundwork.search.agents import Agent, Step
 from groundwork.search.env import PruningEnv
@@ -142,13 +144,18 @@ def uniform(env: PruningEnv) -> SearchResult:
     return result
 
 
+def _relative(strengths: torch.Tensor) -> torch.Tensor:
+    return strengths / strengths.mean()
+
+
 def global_ranking(env: PruningEnv, model: DigitNet) -> SearchResult:
     """Remove channels across all layers, weakest |gamma| first (no layer below its lowest share), until the
     network meets the budget."""
     widths = env.arch.layer_widths()
     counts = list(widths)
     floors = [math.ceil(width * low - 1e-9) for width, low in zip(widths, env.lowest, strict=True)]
-    scales = [norm.weight.detach().abs() for _, norm in layers_with_norms(model)]
+    scales = [norm.weight.detach().abs() if norm is not None else _relative(unit_strengths(layer, None))
+              for layer, norm in model.prunable()]
     order = sorted((float(scale), layer) for layer, values in enumerate(scales) for scale in values)
     for _, layer in order:
         if env.arch.macs_kept([count / width for count, width in zip(counts, widths, strict=True)]) <= env.budget:

@@ -30,7 +30,7 @@ def pretrain_contrastive(model: DigitNet, train: Split, source: Dataset, params:
     """NT-Xent on unlabelled images, then a linear probe (frozen backbone, labels for the head only)."""
     cfg, device = params.pretrain, resolve_device(params.device)
     precision = autocast_dtype(params.precision, device)
-    projector = Projector(model.backbone, params.model.embedding_dim, cfg.projection_dim)
+    projector = Projector(model.backbone, params.model.embedding_width, cfg.projection_dim)
     history = fit(projector, train.tensors(), cfg, device=device, seed=params.seed,
                   objective=contrastive_objective(params.augment, cfg.temperature),
                   validate=contrastive_validation(source["val"].images_tensor(), params.augment, cfg.temperature,
