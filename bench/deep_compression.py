@@ -25,7 +25,7 @@ import torch
 import yaml
 
 from groundwork.compression.export import size_report, state_dict_bytes
-from groundwork.compression.finetuning import fine_tuner
+from groundwork.compression.finetuning import fine_tuner, magnitude_pruned, shared_and_tuned
 from groundwork.compression.packing import load_packed, pack
 from groundwork.data.datasets import Dataset, Split, load_dataset
 from groundwork.models.digitnet import DigitNet
@@ -34,7 +34,6 @@ from groundwork.tracking.runs import NullTracker
 from groundwork.training.distributed import resolve_device
 from groundwork.training.loop import loss_and_accuracy, seed_everything
 from groundwork.training.pretraining import pretrain_supervised
-from tasks.compress import magnitude_pruned, shared_and_tuned
 
 # The networks as Deep Compression describes them (Table 1; Tables 2 and 3 for the layers), with its row:
 # fp32 size and top-1 error before and after, and the compressed size.

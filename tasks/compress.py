@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 import sys
 from collections.abc import Sequence
@@ -34,17 +33,21 @@ from groundwork.compression.export import (
     size_report,
     state_dict_bytes,
 )
-from groundwork.compression.finetuning import FineTune, channel_pruned, fine_tuner, share
-from groundwork.compression.lowrank import factorize
+from groundwork.compression.finetuning import (
+    channel_pruned,
+    fine_tuner,
+    low_rank,
+    magnitude_pruned,
+    shared_and_tuned,
+)
 from groundwork.compression.names import SERVED
-from groundwork.compression.packing import load_packed, pack, tie_to_codebooks, untie
-from groundwork.compression.pruning import make_permanent, prune_to, sparsity
+from groundwork.compression.packing import load_packed, pack
+from groundwork.compression.pruning import sparsity
 from groundwork.compression.structured import narrower
 from groundwork.data.atomic import write_json
 from groundwork.data.datasets import Dataset, Split, load_dataset, to_float
 from groundwork.entrypoint import stage_cli
 from groundwork.models.checkpoint import load_model, save_checkpoint
-from groundwork.models.digitnet import DigitNet
 from groundwork.params import Params
 from groundwork.search.policy import read_policy
 from groundwork.serving.package import log_served_model, served_contract
@@ -53,34 +56,6 @@ from groundwork.training.distributed import resolve_device
 from groundwork.training.loop import loss_and_accuracy
 
 log = logging.getLogger(__name__)
-
-
-def magnitude_pruned(model: DigitNet, params: Params, tune: FineTune) -> DigitNet:
-    """Raise unstructured sparsity in equal rounds to the target, fine-tuning after each."""
-    cfg = params.compress
-    for step in range(1, cfg.prune_iterations + 1):
-        prune_to(model, share(step, cfg.prune_iterations, cfg.sparsity))
-        tune(model, "pruned", step)
-    make_permanent(model)
-    return model
-
-
-def low_rank(model: DigitNet, params: Params, tune: FineTune) -> DigitNet:
-    """Factorise the layers where the energy threshold saves parameters, then fine-tune."""
-    ranks = factorize(model, params.compress.lowrank_energy)
-    log.info("low-rank factorisation at energy %.3f: %s", params.compress.lowrank_energy, ranks)
-    tune(model, "lowrank", 1)
-    return model
-
-
-def shared_and_tuned(pruned: DigitNet, params: Params, tune: FineTune) -> DigitNet:
-    """A copy of the pruned model with its weights shared through per-layer codebooks, the codebooks
-    fine-tuned (pruned weights stay zero): what the packed file stores."""
-    model = copy.deepcopy(pruned)
-    tie_to_codebooks(model, params.compress.packed_bits)
-    tune(model, "packed", 1)
-    untie(model)
-    return model.cpu()
 
 
 def calibration_images(data: Dataset, count: int) -> np.ndarray:

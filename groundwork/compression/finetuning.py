@@ -5,10 +5,15 @@ search benchmark both fine-tune through here, so their figures come from one rec
 
 from __future__ import annotations
 
+import copy
+import logging
 from collections.abc import Callable
 
 import torch
 
+from groundwork.compression.lowrank import factorize
+from groundwork.compression.packing import tie_to_codebooks, untie
+from groundwork.compression.pruning import make_permanent, prune_to
 from groundwork.compression.structured import prune_channels, toward
 from groundwork.data.datasets import Dataset
 from groundwork.models.digitnet import DigitNet
@@ -20,6 +25,8 @@ from groundwork.training.precision import autocast_dtype
 from groundwork.training.transforms import online_augmentation
 
 FineTune = Callable[[DigitNet, str, int], float]  # (model, variant, round) -> validation accuracy after fine-tuning
+
+log = logging.getLogger(__name__)
 
 
 def fine_tuner(params: Params, data: Dataset, teacher: DigitNet, device: torch.device,
@@ -60,3 +67,31 @@ def channel_pruned(model: DigitNet, target: ModelParams, params: Params, tune: F
         model = prune_channels(model, toward(params.model, target, share(step, rounds, 1.0)))
         tune(model, variant, step)
     return model
+
+
+def magnitude_pruned(model: DigitNet, params: Params, tune: FineTune) -> DigitNet:
+    """Raise unstructured sparsity in equal rounds to the target, fine-tuning after each."""
+    cfg = params.compress
+    for step in range(1, cfg.prune_iterations + 1):
+        prune_to(model, share(step, cfg.prune_iterations, cfg.sparsity))
+        tune(model, "pruned", step)
+    make_permanent(model)
+    return model
+
+
+def low_rank(model: DigitNet, params: Params, tune: FineTune) -> DigitNet:
+    """Factorise the layers where the energy threshold saves parameters, then fine-tune."""
+    ranks = factorize(model, params.compress.lowrank_energy)
+    log.info("low-rank factorisation at energy %.3f: %s", params.compress.lowrank_energy, ranks)
+    tune(model, "lowrank", 1)
+    return model
+
+
+def shared_and_tuned(pruned: DigitNet, params: Params, tune: FineTune) -> DigitNet:
+    """A copy of the pruned model with its weights shared through per-layer codebooks, the codebooks
+    fine-tuned (pruned weights stay zero): what the packed file stores."""
+    model = copy.deepcopy(pruned)
+    tie_to_codebooks(model, params.compress.packed_bits)
+    tune(model, "packed", 1)
+    untie(model)
+    return model.cpu()
