@@ -238,7 +238,7 @@ def test_the_champion_served_over_http_answers_as_it_does_in_process(registered:
             assert status == 200, answer
             assert [row["class"] for row in answer["predictions"]] == list(expected_photos["class"])
         for body, reason in (({"inputs": []}, "no images in the request"),
-                             ({"inputs": [[["a", "b"]]]}, "images must be numbers or base64-encoded files"),
+                             ({"inputs": [[["a", "b"]]]}, "image 0: not an array of numbers nor a base64-encoded file"),
                              ({"inputs": [base64.b64encode(b"GIF89a, not quite").decode()]}, "not a readable image"),
                              ({"inputs": ["not base64!"]}, "must be a base64-encoded PNG or JPEG file")):
             status, answer = _post(url, body)

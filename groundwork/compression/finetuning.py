@@ -1,7 +1,8 @@
 """Fine-tuning a compressed model the way compress does it: the shared training loop on the target's labels (and,
 with distillation, on the fp32 teacher's outputs, also over the unlabelled pool), each variant and round with a
-seed of its own; and channel removal in equal rounds, fine-tuned after each. The compress stage and the policy
-search benchmark both fine-tune through here, so their figures come from one recipe."""
+seed of its own; channel removal and magnitude pruning in rounds, fine-tuned after each; low-rank factorisation;
+and the packed recipe's shared weights with their codebooks fine-tuned. The compress stage and the benchmarks
+(policy search, Deep Compression's LeNets) all compress through here, so their figures come from one recipe."""
 
 from __future__ import annotations
 
