@@ -222,23 +222,22 @@ class MlflowTracker:
         self._datasets: dict[str, Any] = {}  # name -> the MLflow dataset log_dataset logged, for model metrics
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        """Log the run's own metrics, at an epoch `step` where there is one. Through the client, not
-        mlflow.log_metrics: that links a metric without a model to every model the run logged at the same step,
-        so each model would carry every other's scores."""
+        """Log the run's own metrics, at an epoch `step` where there is one."""
+        self._log_run_metrics({key: [(step or 0, value)] for key, value in metrics.items()})
+
+    def log_series(self, series: Mapping[str, Sequence[float]]) -> None:
+        """Log each metric's values at steps 0, 1, ... in batched requests (hundreds of steps, one call)."""
+        self._log_run_metrics({key: list(enumerate(values)) for key, values in series.items()})
+
+    def _log_run_metrics(self, points: Mapping[str, Sequence[tuple[int, float]]]) -> None:
+        """Log (step, value) points of each metric in one request, through the client and not mlflow.log_metrics:
+        that links a metric without a model to every model the run logged at the same step, so each model would
+        carry every other's scores."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         self._mlflow.MlflowClient().log_batch(self._mlflow.active_run().info.run_id, metrics=[
-            Metric(key, float(value), now, step or 0) for key, value in metrics.items()])
-
-    def log_series(self, series: Mapping[str, Sequence[float]]) -> None:
-        """Log each metric's values at steps 0, 1, ... in batched requests (hundreds of steps, one call)."""
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        metrics = [Metric(key, float(value), now, step) for key, values in series.items()
-                   for step, value in enumerate(values)]
-        self._mlflow.MlflowClient().log_batch(self._mlflow.active_run().info.run_id, metrics=metrics)
+            Metric(key, float(value), now, step) for key, steps in points.items() for step, value in steps])
 
     def log_artifact(self, path: Path | str, artifact_path: str | None = None) -> None:
         """Copy a file into the run's artifacts."""
