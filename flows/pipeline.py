@@ -8,6 +8,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ from flows.repro import (
     stages_to_run,
 )
 from flows.summary import mlflow_address, summary_markdown, variant_rows
+from groundwork import forkserver
 from groundwork.params import read_raw_params, with_overrides
 from groundwork.tracking.runs import (
     CLOSED_LATE_TAG,
@@ -158,11 +160,13 @@ def run_tracked_stages(root: Path, stages: list[str], *, kind: str, publish: Pub
     # where each stage's entry point records how it ended (groundwork.tracking.outcome)
     outcomes = tempfile.mkdtemp(prefix="groundwork-outcomes-")
     try:
-        if overrides:
-            results = run_dvc_experiment(str(flow_run.name), overrides, stages, str(root), env, outcomes)
-        else:
-            pending = stages_to_run(root, env, dvc_file)
-            for stage in stages:
+        pending = stages if overrides else stages_to_run(root, env, dvc_file)
+        # the stages that run start in processes forked from one warm interpreter (groundwork.forkserver)
+        with forkserver.running() if pending else nullcontext({}) as warm:
+            env |= warm
+            if overrides:
+                results = run_dvc_experiment(str(flow_run.name), overrides, stages, str(root), env, outcomes)
+            for stage in [] if overrides else stages:
                 if stage not in pending:  # `dvc repro` would skip it: no DVC process started to find that out
                     logger.info("stage '%s' skipped: `dvc status` finds it and every stage it depends on unchanged",
                                 stage)

@@ -11,11 +11,13 @@ import argparse
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 
 import yaml
 
+from groundwork import forkserver
 from groundwork.params import GRAPH_FILES, Params, ParamsError, read_raw_params, with_overrides
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -60,9 +62,10 @@ def _environment() -> dict[str, str]:
     return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 
-def _dvc(project: Path, *args: str) -> int:
-    """`dvc <args>` in the project, with _environment()."""
-    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project, env=_environment()).returncode
+def _dvc(project: Path, *args: str, warm: Mapping[str, str] | None = None) -> int:
+    """`dvc <args>` in the project, with _environment() and `warm` (a stage server's entries)."""
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project,
+                          env={**_environment(), **(warm or {})}).returncode
 
 
 def run(args: argparse.Namespace) -> int:
@@ -89,7 +92,12 @@ def stage(args: argparse.Namespace) -> int:
 def repro(args: argparse.Namespace) -> int:
     """The pipeline with plain `dvc repro` (the same stages, cache and dvc.lock as the flow's)."""
     _checked_params(args.project_dir, {})
-    return EXIT_OK if _dvc(args.project_dir, "repro", "dvc.yaml") == 0 else EXIT_FAILED
+    from flows.repro import stages_to_run
+
+    # the stages that will run start warm (groundwork.forkserver); with nothing to run, no server is started
+    pending = stages_to_run(args.project_dir, _environment())
+    with forkserver.running() if pending else nullcontext({}) as warm:
+        return EXIT_OK if _dvc(args.project_dir, "repro", "dvc.yaml", warm=warm) == 0 else EXIT_FAILED
 
 
 def loop(args: argparse.Namespace) -> int:

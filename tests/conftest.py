@@ -4,11 +4,13 @@ datasets and models the stages make from them, built once per session for the te
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from groundwork import forkserver
 from groundwork.params import Params, parse_params
 from groundwork.project import tiny_params_dict
 from tasks import ingest
@@ -25,6 +27,29 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The end-to-end modules first, the rest in their usual order: under `make test`'s parallel workers (xdist,
     one module per worker at a time) the longest modules start at once instead of being left for last."""
     items.sort(key=lambda item: item.get_closest_marker("e2e") is None)
+
+
+STARTS_STAGES = ("e2e", "server", "subprocess", "torchrun")  # the markers of tests that start stage processes
+
+
+@pytest.fixture(scope="session")
+def warm_stages() -> Iterator[None]:
+    """One stage server per test process (groundwork.forkserver): every `python -m tasks.<stage>` the tests start,
+    directly or through DVC and the flows, is forked from it instead of importing torch and MLflow again. Tests
+    that need a cold stage process remove GROUNDWORK_STAGE_SERVER from its environment."""
+    with forkserver.running() as warm, pytest.MonkeyPatch.context() as patch:
+        for name, value in warm.items():
+            patch.setenv(name, value)
+        yield
+
+
+@pytest.fixture(scope="module", autouse=True)
+def warm_stages_for_modules_that_start_them(request: pytest.FixtureRequest) -> None:
+    """The stage server, started before a module's own fixtures (a module-scoped project run) when any of its tests
+    starts stage processes; a run of unit tests alone starts none."""
+    if any(item.get_closest_marker(marker) for item in request.session.items if item.module is request.module
+           for marker in STARTS_STAGES):
+        request.getfixturevalue("warm_stages")
 
 
 @pytest.fixture(scope="session")

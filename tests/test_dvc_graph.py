@@ -16,6 +16,9 @@ from groundwork.project import ROOT, project_params_dict
 
 PACKAGES = ("groundwork", "tasks", "flows")  # the project's importable code; bench/ and tests/ are not imported
 STAGE_PACKAGE = "tasks"
+# How a stage's process starts (cold, or forked from a warm interpreter), not what it computes: like the Python
+# interpreter and the installed libraries, not a DVC dep, so that a change to it reruns nothing.
+LAUNCHER = frozenset({"tasks/__init__.py", "groundwork/forkserver.py"})
 
 
 def module_file(root: Path, module: str) -> Path | None:
@@ -96,7 +99,7 @@ def dependency_gaps(root: Path, dvc_file: str = "dvc.yaml") -> list[str]:
     for name, spec in stages.items():
         deps = [str(dep) for dep in spec.get("deps", [])]
         closure = {path.relative_to(root).as_posix() for path in import_closure(root, stage_module(spec["cmd"]))
-                   if has_code(path)}
+                   if has_code(path)} - LAUNCHER
         gaps += [f"stage '{name}' imports {path}, which none of its deps covers" for path in sorted(closure)
                  if not covered(path, deps)]
         for dep in deps:

@@ -24,6 +24,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from groundwork.forkserver import SERVER_ENV
+
 log = logging.getLogger(__name__)
 
 # Set by torchrun in every process it starts; their absence means this process was started by hand (or DVC).
@@ -53,7 +55,8 @@ def relaunch(module: str, nproc: int, argv: Sequence[str]) -> int:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                "-m", module, *argv]
     log.info("starting %d processes: %s", nproc, " ".join(command))
-    child = subprocess.Popen(command)
+    # the ranks start cold, each its own process: torchrun watches and signals them by pid
+    child = subprocess.Popen(command, env={k: v for k, v in os.environ.items() if k != SERVER_ENV})
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signum))
     try:
         return child.wait()
