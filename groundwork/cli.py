@@ -125,7 +125,15 @@ def ui(args: argparse.Namespace) -> int:
     store = tracking_uri(args.project_dir.resolve())
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store, "--host", args.host,
                "--port", str(args.port)]
-    return EXIT_OK if subprocess.run(command, cwd=args.project_dir).returncode == 0 else EXIT_FAILED
+    return EXIT_OK if subprocess.run(command, cwd=args.project_dir, env=without_job_runners()).returncode == 0 \
+        else EXIT_FAILED
+
+
+def without_job_runners() -> dict[str, str]:
+    """This environment, with MLflow's server job execution off unless it is set: by default `mlflow ui` and
+    `mlflow server` start about eight job-runner processes (huey consumers, each importing MLflow) for features
+    this project does not use (GenAI jobs, trace roll-ups), which cost CPU on a small machine."""
+    return {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
 
 
 def serve(args: argparse.Namespace) -> int:

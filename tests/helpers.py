@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 from mlflow import MlflowClient
 
+from groundwork.cli import without_job_runners
 from groundwork.tracking.runs import DEFAULT_EXPERIMENT
 
 
@@ -45,7 +46,8 @@ def start_tracking_server(folder: Path, port: int | None = None) -> tuple[subpro
                "--host", "127.0.0.1", "--port", server.url.rsplit(":", 1)[1], "--workers", "1"]
     # appended to: a restarted server's log follows the first one's
     with (folder / "server.log").open("ab") as log:  # its own process group: stopped with its workers
-        process = subprocess.Popen(command, cwd=folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(command, cwd=folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                   env=without_job_runners())
     return process, server
 
 

@@ -4,7 +4,6 @@ a registered version's card on its page."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import pytest
 
 from flows.parent_run import start_parent_run
 from groundwork.card import lineage, registered_model_description, training_data, version_card
+from groundwork.cli import without_job_runners
 from groundwork.params import parse_params
 from groundwork.project import tiny_params_dict
 from groundwork.tracking.registry import GateDecision
@@ -65,7 +65,7 @@ def test_runs_appear_in_the_mlflow_ui(tmp_path: Path, monkeypatch: pytest.Monkey
     ui = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri",
                            f"sqlite:///{tmp_path / 'mlflow.db'}", "--host", "127.0.0.1", "--port", str(port)],
                           cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                          env={**os.environ, "MLFLOW_TRACKING_URI": ""})
+                          env={**without_job_runners(), "MLFLOW_TRACKING_URI": ""})
     try:
         for _ in range(120):
             try:
