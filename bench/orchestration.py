@@ -55,7 +55,9 @@ def run_command(root: Path, *command: str) -> None:
     """`command` in `root`, with no stage server inherited from outside (the flow and `groundwork repro` start
     their own; plain `dvc repro` runs every stage cold)."""
     env = {key: value for key, value in stage_environment({}).items() if key != SERVER_ENV}
-    subprocess.run(command, cwd=root, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    result = subprocess.run(command, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed in {root} (exit {result.returncode}):\n{result.stderr[-3000:]}")
 
 
 def main() -> None:

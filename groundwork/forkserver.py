@@ -72,8 +72,9 @@ def hand_over_command() -> None:
 
 def _interpreter() -> list[Any]:
     """What a forked process inherits from the server's interpreter and cannot change: it must match the command's."""
-    return [sys.executable, sys.version, list(sys.flags), sys.warnoptions, sys._xoptions,
-            os.environ.get("PYTHONHASHSEED")]
+    # the binary and the environment, not the name it was called by (a venv's python and python3 are one)
+    return [os.path.realpath(sys.executable), sys.prefix, sys.version, list(sys.flags), sys.warnoptions,
+            sys._xoptions, os.environ.get("PYTHONHASHSEED")]
 
 
 def _request(module: str, args: list[str]) -> dict[str, Any]:

@@ -94,7 +94,11 @@ def pretrain(folder: Path, address: str | None) -> subprocess.Popen[str]:
     """A long tiny pretraining (no data augmentation needed: it trains on the source it is given)."""
     made = ingest(folder, os.environ.get(SERVER_ENV))  # the suite's own server, when there is one
     assert made.returncode == 0, made.stderr
-    return subprocess.Popen([sys.executable, "-m", "tasks.pretrain", "--params", "params.yaml", "--train",
+    # by another name of the same interpreter where the venv has one, as the server (started by the console script's
+    # python3) and DVC's `python` differ in a real run
+    other_name = Path(sys.executable).with_name("python3")
+    python = str(other_name) if other_name.exists() and other_name.name != Path(sys.executable).name else sys.executable
+    return subprocess.Popen([python, "-m", "tasks.pretrain", "--params", "params.yaml", "--train",
                              "unused.npz", "--source", "source.npz", "--model-out", "model.pt", "--history-out",
                              "history.csv", "--metrics", "pretrain.json"], cwd=folder, env=stage_env(folder, address),
                             stderr=subprocess.PIPE, text=True)
