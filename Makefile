@@ -42,7 +42,7 @@ FUZZ_CASES ?= 20000
 fuzz: $(VENV)/.installed  ## fuzz every reader of outside files with FUZZ_CASES cases each (random seed)
 	GROUNDWORK_FUZZ_CASES=$(FUZZ_CASES) $(BIN)/python -m pytest tests/test_fuzz.py -s
 
-repro: $(VENV)/.installed  ## run the pipeline with plain `dvc repro` (same stages, cache and dvc.lock)
+repro: $(VENV)/.installed  ## run the pipeline with `dvc repro` (same stages, cache and dvc.lock), stages started warm
 	$(BIN)/groundwork repro
 
 ui: $(VENV)/.installed  ## open the MLflow UI on the project's store, at http://127.0.0.1:$(UI_PORT)

@@ -90,7 +90,7 @@ def stage(args: argparse.Namespace) -> int:
 
 
 def repro(args: argparse.Namespace) -> int:
-    """The pipeline with plain `dvc repro` (the same stages, cache and dvc.lock as the flow's)."""
+    """The pipeline with `dvc repro` (the same stages, cache and dvc.lock as the flow's), its stages started warm."""
     _checked_params(args.project_dir, {})
     from flows.repro import stages_to_run
 
@@ -195,7 +195,7 @@ def parser() -> argparse.ArgumentParser:
     run_parser.add_argument("--push", action="store_true",
                             help="after a successful run, upload data and models to the default DVC remote")
     command("stage", stage, "run one stage through DVC").add_argument("name", help="the stage, e.g. pretrain")
-    command("repro", repro, "run the pipeline with plain `dvc repro`")
+    command("repro", repro, "run the pipeline with `dvc repro`, its stages started warm")
     command("loop", loop, "run one iteration of the adaptive loop through its Prefect flow")
     stream = command("stream", simulate, "write the simulated stream of arriving batches into data/incoming")
     stream.add_argument("--upto", type=int, metavar="K", help="write batches 0..K-1 only (the rest arrive later)")
