@@ -1,9 +1,11 @@
 """The champion served over HTTP (`groundwork serve`: MLflow's scoring server) against the same model called in
 process, side by side in one run: batch throughput, single-image latency, and a bounded load test.
 
-1. Throughput: a batch of 256 target test images per call, the JSON body encoded once beforehand (a client's
-   own cost), the answer decoded; in process, `predict` on the same uint8 array. Both include the model's
-   preprocessing. Ratio: HTTP images/s over in-process images/s.
+1. Throughput: a batch of 256 target test images per call, in the two forms a request may hold them: numbers
+   (a JSON array of the uint8 pixels) and files (each image a base64-encoded PNG). The JSON body is encoded once
+   beforehand (a client's own cost), the answer decoded. In process, `predict` on the uint8 array (the baseline
+   of both ratios) and on the same PNG files. Every path includes the model's preprocessing. Ratio: HTTP
+   images/s over in-process images/s.
 2. Latency of one image: p50 and p95 of each path.
 3. Load: `--clients` threads send single-image requests for `--seconds`; every failed request is counted, and the
    server's resident memory (its process tree, from /proc) is read after a warm-up and at the end.
@@ -15,6 +17,8 @@ Usage: PYTHONPATH=. .venv/bin/python bench/serving.py [--runs N] [--clients C] [
 from __future__ import annotations
 
 import argparse
+import base64
+import io
 import json
 import os
 import signal
@@ -65,6 +69,15 @@ def post(url: str, body: bytes) -> list[dict[str, object]]:
     request = urllib.request.Request(f"{url}/invocations", data=body, headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=60) as response:
         return json.loads(response.read())["predictions"]
+
+
+def png_base64(image: np.ndarray) -> str:
+    """A gray uint8 image as a base64-encoded PNG file, what a client reading image files sends."""
+    from PIL import Image
+
+    encoded = io.BytesIO()
+    Image.fromarray(image).save(encoded, format="PNG")
+    return base64.b64encode(encoded.getvalue()).decode("ascii")
 
 
 def timed_ms(call, runs: int) -> list[float]:
@@ -123,6 +136,8 @@ def main() -> None:
         test = stored["test_images"]
     batch, single = test[np.arange(BATCH) % len(test)], test[:1]
     batch_body, single_body = (json.dumps({"inputs": images.tolist()}).encode() for images in (batch, single))
+    batch_files = [png_base64(image) for image in batch]
+    files_body = json.dumps({"inputs": batch_files}).encode()
 
     mlflow.set_tracking_uri(tracking_uri(project))
     model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
@@ -142,14 +157,18 @@ def main() -> None:
                     raise SystemExit(f"the server did not start: see {log.name}") from None
                 time.sleep(0.5)
         served = post(url, batch_body)
-        assert [row["class"] for row in served] == list(model.predict(batch)["class"]), "HTTP and in process differ"
+        classes = list(model.predict(batch)["class"])
+        assert [row["class"] for row in served] == classes, "HTTP and in process differ"
+        assert [row["class"] for row in post(url, files_body)] == classes, "PNG files and arrays differ"
 
-        in_process, over_http = [], []
-        for _round in range(2):  # interleaved, so a slow spell of the machine hits both
-            in_process += timed_ms(lambda: model.predict(batch), args.runs)
-            over_http += timed_ms(lambda: post(url, batch_body), args.runs)
-        local_rate = BATCH / (statistics.median(in_process) / 1000)
-        http_rate = BATCH / (statistics.median(over_http) / 1000)
+        calls: dict[str, list[float]] = {"in process, array": [], "in process, PNG files": [],
+                                         "HTTP, JSON array": [], "HTTP, PNG files": []}
+        for _round in range(2):  # interleaved, so a slow spell of the machine hits every path
+            calls["in process, array"] += timed_ms(lambda: model.predict(batch), args.runs)
+            calls["HTTP, JSON array"] += timed_ms(lambda: post(url, batch_body), args.runs)
+            calls["in process, PNG files"] += timed_ms(lambda: model.predict(batch_files), args.runs)
+            calls["HTTP, PNG files"] += timed_ms(lambda: post(url, files_body), args.runs)
+        rates = {path: BATCH / (statistics.median(times) / 1000) for path, times in calls.items()}
         local_one = timed_ms(lambda: model.predict(single), 10 * args.runs)
         http_one = timed_ms(lambda: post(url, single_body), 10 * args.runs)
 
@@ -163,9 +182,11 @@ def main() -> None:
         log.close()
 
     print(f"{os.cpu_count()} CPUs; the champion ({name}), uint8 target test images, 1 server worker")
-    print(f"batch of {BATCH}, median of {2 * args.runs} calls each:")
-    print(f"  in process {local_rate:10.0f} images/s   HTTP {http_rate:10.0f} images/s   "
-          f"ratio HTTP / in process {http_rate / local_rate:.2f}")
+    print(f"batch of {BATCH}, median of {2 * args.runs} calls each (images/s; ratio: over in process, array):")
+    for path, rate in rates.items():
+        print(f"  {path:22s} {rate:8.0f}   ratio {rate / rates['in process, array']:.2f}")
+    print(f"  HTTP, PNG files over in process, PNG files: "
+          f"{rates['HTTP, PNG files'] / rates['in process, PNG files']:.2f}")
     print(f"one image, {10 * args.runs} calls each (ms):")
     print(f"  in process p50 {percentile(local_one, 0.5):7.2f}  p95 {percentile(local_one, 0.95):7.2f}")
     print(f"  HTTP       p50 {percentile(http_one, 0.5):7.2f}  p95 {percentile(http_one, 0.95):7.2f}")

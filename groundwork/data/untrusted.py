@@ -147,10 +147,11 @@ def read_image(path: Path, *, max_pixels: int = MAX_IMAGE_PIXELS, formats: Seque
 
 
 def decode_image(content: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS,
-                 formats: Sequence[str] | None = None) -> np.ndarray:
-    """An encoded image (a file's bytes) as RGB uint8 (H, W, 3), its size read from the header and checked
-    against `max_pixels` before it is decoded; ValueError with the reason when it is not a readable image of
-    `formats` (PIL's names, e.g. PNG, JPEG; None: any PIL reads)."""
+                 formats: Sequence[str] | None = None, keep_gray: bool = False) -> np.ndarray:
+    """An encoded image (a file's bytes) as RGB uint8 (H, W, 3), or as gray (H, W, 1) when `keep_gray` and the
+    file is 8-bit gray (spares the three-channel copy and its mixing back to one), its size read from the header
+    and checked against `max_pixels` before it is decoded; ValueError with the reason when it is not a readable
+    image of `formats` (PIL's names, e.g. PNG, JPEG; None: any PIL reads)."""
     from PIL import Image
 
     # decoded from memory: PIL reads a chunk's declared length in one call, and a file's read() allocates that
@@ -163,6 +164,8 @@ def decode_image(content: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS,
             width, height = image.size
             if width * height > max_pixels:
                 raise ValueError(f"{width} x {height} pixels, over the limit of {max_pixels:,}")
+            if keep_gray and image.mode == "L":
+                return np.asarray(image)[..., None]
             return np.asarray(image.convert("RGB"))
     except MemoryError:
         raise  # the limits above should make this impossible: never report it as a bad file

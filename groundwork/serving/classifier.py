@@ -56,10 +56,10 @@ def _decoded(item: Any, index: int) -> np.ndarray:
         except (binascii.Error, ValueError):
             raise RequestError(f"image {index}: a string must be a base64-encoded PNG or JPEG file") from None
     try:
-        rgb = decode_image(bytes(item), formats=("PNG", "JPEG"))
+        pixels = decode_image(bytes(item), formats=("PNG", "JPEG"), keep_gray=True)
     except ValueError as exc:
         raise RequestError(f"image {index}: {exc}") from None
-    return to_gray(rgb.astype(np.float32), "luminance") / np.float32(255.0)
+    return to_gray(pixels.astype(np.float32), "luminance") / np.float32(255.0)
 
 
 def _scaled(image: np.ndarray, index: int) -> np.ndarray:
