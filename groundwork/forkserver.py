@@ -45,6 +45,10 @@ PRELOAD = ("numpy", "pandas", "PIL.Image", "pydantic", "yaml", "scipy.stats", "t
            "sklearn.model_selection", "sklearn.metrics", "sklearn.datasets", "matplotlib.pyplot",
            "mlflow", "mlflow.pytorch", "mlflow.onnx", "mlflow.pyfunc", "mlflow.models", "mlflow.data",
            "mlflow.store.tracking.sqlalchemy_store", "mlflow.store.model_registry.sqlalchemy_store")
+# Called once after the imports: caches a preloaded library fills on first use, which every forked stage would
+# otherwise fill again. MLflow maps installed packages to modules (reading every distribution's metadata: about
+# 2.5 s here) the first time a process logs a model, to check the model's stated requirements.
+WARM_UP = (("mlflow.utils.requirements_utils", "_init_modules_to_packages_map"),)
 PROJECT_PACKAGES = frozenset({"groundwork", STAGE_PACKAGE, "flows"})
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 LIMITS = tuple(name for name in dir(resource) if name.startswith("RLIMIT_"))
@@ -144,6 +148,9 @@ def serve(address: str) -> None:
     for name in PRELOAD:
         with suppress(ImportError):
             importlib.import_module(name)
+    for name, function in WARM_UP:  # a private cache: a release without it leaves the stage to fill its own
+        with suppress(ImportError, AttributeError):
+            getattr(importlib.import_module(name), function)()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(address)
     listener.listen(64)
