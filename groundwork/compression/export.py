@@ -34,7 +34,7 @@ def export_onnx(model: torch.nn.Module, path: Path) -> None:
     model = model.eval().cpu().to(memory_format=torch.contiguous_format)
     example = torch.zeros(2, 1, 28, 28)
     with atomic_path(path) as tmp, warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export", category=DeprecationWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)  # the exporter's notes on itself, and its own helpers'
         torch.onnx.export(model, (example,), str(tmp), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                           dynamo=False, dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
                           external_data=False)
