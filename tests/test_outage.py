@@ -23,6 +23,7 @@ from mlflow import MlflowClient
 from flows import pipeline
 from flows.parent_run import start_parent_run
 from flows.repro import StageFailed, stage_environment
+from groundwork.forkserver import SERVER_ENV
 from groundwork.project import copy_project, tiny_params_dict
 from groundwork.tracking.runs import CLOSED_LATE_TAG, HTTP_DEFAULTS, PROJECT_TAG, project_key
 from tests.helpers import free_port, parent_runs, start_tracking_server, stop_server, wait_until_healthy
@@ -57,8 +58,10 @@ def test_a_server_killed_mid_pretrain_fails_the_stage_in_time_and_the_rerun_resu
     folder.mkdir()
     process, server = start_tracking_server(folder)  # it starts while the project is copied
     project = copy_project(tmp_path / "project", tiny_params_dict(pretrain={"epochs": EPOCHS}))
-    # no MLflow settings from outside: the stages' own bounded retry window is what is measured
-    env = {k: v for k, v in stage_environment({}).items() if not k.startswith(("GROUNDWORK_", "MLFLOW_", "DVC_"))}
+    # no MLflow settings from outside: the stages' own bounded retry window is what is measured; the stages start
+    # warm (forked from the suite's stage server), which runs each as a cold one runs it (tests/test_forkserver.py)
+    env = {k: v for k, v in stage_environment({}).items()
+           if k == SERVER_ENV or not k.startswith(("GROUNDWORK_", "MLFLOW_", "DVC_"))}
     env["MLFLOW_TRACKING_URI"] = server.url
     try:
         wait_until_healthy(process, server.url, folder / "server.log")
