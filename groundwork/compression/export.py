@@ -28,9 +28,9 @@ def export_onnx(model: torch.nn.Module, path: Path) -> None:
     Why not torch.export's exporter, torch's default since 2.9: on these models it writes the same function
     (`test_exported_files_predict_as_in_process_in_a_fresh_process`) but cost 1.9-2.7 s a model here, 8 s for the
     first in a process, against 0.04-0.08 s for the trace (`bench/export.py`); compress exports five models per
-    run and adapt one per challenger. The models are plain conv / dense graphs with no data-dependent control flow, which a trace
-    captures exactly. A BatchNorm after a dense layer stays a node of its own here; ONNX Runtime folds it into the
-    layer when it loads or quantizes the file."""
+    run and adapt one per challenger. The models are plain conv / dense graphs with no data-dependent control
+    flow, which a trace captures exactly. A BatchNorm after a dense layer stays a node of its own here; ONNX
+    Runtime folds it into the layer when it loads or quantizes the file."""
     model = model.eval().cpu().to(memory_format=torch.contiguous_format)
     example = torch.zeros(2, 1, 28, 28)
     with atomic_path(path) as tmp, warnings.catch_warnings():
