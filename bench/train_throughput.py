@@ -6,7 +6,9 @@ Same model, same source images, same augmentation families and magnitudes, same 
 timed epoch trains a fresh model on `--images` digits drawn with the seed; its accuracy on 1,000 others (never
 trained on) is reported beside its speed, so a faster loop that learns less shows. Prints images/second, the ratio
 to the naive loop and the held-out accuracy, medians over `--repeats` interleaved epochs.
-Usage: python bench/train_throughput.py [--images N] [--repeats R]
+With `--compile`, a fourth loop: ours in fp32 with the model wrapped in `torch.compile` (the default inductor
+backend), its compile time (the warm-up's first batches) printed beside its speed.
+Usage: python bench/train_throughput.py [--images N] [--repeats R] [--compile]
 """
 
 from __future__ import annotations
@@ -88,10 +90,14 @@ def naive_epoch(params: Params, images: np.ndarray, labels: np.ndarray, held_out
 
 
 def our_epoch(params: Params, images: np.ndarray, labels: np.ndarray, held_out: tuple[np.ndarray, np.ndarray],
-              precision: torch.dtype | None) -> Epoch:
-    """One epoch of the project's loop with on-the-fly batched augmentation, training steps at `precision`."""
+              precision: torch.dtype | None, compiled: bool = False) -> Epoch:
+    """One epoch of the project's loop with on-the-fly batched augmentation, training steps at `precision`, the
+    model wrapped in torch.compile when `compiled` (compiled code is cached per process: only the first epoch
+    compiles)."""
     seed_everything(params.seed)
     model = DigitNet(params.model)
+    if compiled:
+        model = torch.compile(model)
     cfg = params.pretrain.model_copy(update={"epochs": 1, "schedule": "none", "warmup_epochs": 0})
     started = time.perf_counter()
     fit(model, (torch.from_numpy(images), torch.from_numpy(labels)), cfg, device=torch.device("cpu"),
@@ -104,6 +110,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=4000, help="source images per epoch")
     parser.add_argument("--repeats", type=int, default=3, help="epochs timed per loop (median reported)")
+    parser.add_argument("--compile", action="store_true", help="also time our fp32 loop under torch.compile")
     args = parser.parse_args()
     params = load_params()
     all_images, all_labels = load_source_raw()
@@ -122,8 +129,11 @@ def main() -> None:
         "ours, fp32": lambda x, y: our_epoch(params, x, y, held_out, None),
         "ours, bf16 autocast": lambda x, y: our_epoch(params, x, y, held_out, torch.bfloat16),
     }
-    for epoch in loops.values():  # warm-up all: first-call allocations and kernel choice
-        epoch(images[:512], labels[:512])
+    if args.compile:
+        loops["ours, fp32, torch.compile"] = lambda x, y: our_epoch(params, x, y, held_out, None, compiled=True)
+    warm_up: dict[str, float] = {}
+    for name, epoch in loops.items():  # warm-up all: first-call allocations, kernel choice, compilation
+        warm_up[name], _ = epoch(images[:512], labels[:512])
     runs: dict[str, list[Epoch]] = {name: [] for name in loops}
     for _ in range(args.repeats):  # interleaved, so all see the same machine load
         for name, epoch in loops.items():
@@ -134,6 +144,10 @@ def main() -> None:
         accuracy = statistics.median(a for _, a in epochs)
         print(f"{name:32s} {rates[name]:7.0f} images/s  {rates[name] / naive:5.2f}x naive   "
               f"held-out accuracy {100 * accuracy:.2f}%  (medians of {args.repeats} epochs)")
+    if args.compile:
+        name = "ours, fp32, torch.compile"
+        print(f"torch.compile: warm-up epoch of 512 images {warm_up[name]:.1f} s against {warm_up['ours, fp32']:.1f} s "
+              "uncompiled (the difference is compilation)")
 
 if __name__ == "__main__":
     main()

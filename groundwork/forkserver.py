@@ -106,9 +106,12 @@ def hand_over(module: str, args: list[str]) -> int | None:
         connection.connect(address)
         socket.send_fds(connection, [b"G"], [0, 1, 2])
         connection.sendall(json.dumps(_request(module, args)).encode() + b"\n")
+        # a server still preloading answers once it is done; one that never finishes is given up on
+        connection.settimeout(START_TIMEOUT_S)
         replies = connection.makefile("rb")
         started = _message(replies)
-    except OSError:  # no server there (any more), or a standard stream is closed: run here
+        connection.settimeout(None)
+    except OSError:  # no server there (any more), it never answered, or a standard stream is closed: run here
         connection.close()
         return None
     if started is None or "pid" not in started:
@@ -143,17 +146,19 @@ def _die_of(signum: int) -> NoReturn:
 # ---- the server's side -------------------------------------------------------------------------------------------
 
 def serve(address: str) -> None:
-    """Preload, listen on the Unix socket `address`, print READY, and fork one process per command until SIGTERM or
-    until the process that started it is gone."""
+    """Listen on the Unix socket `address`, print READY, preload, and fork one process per command until SIGTERM or
+    until the process that started it is gone. Commands that connect during the preload wait in the socket's backlog:
+    whoever started the server goes on (DVC starting up, the flow's first task) while it imports."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(address)
+    listener.listen(64)
+    print(READY, flush=True)
     for name in PRELOAD:
         with suppress(ImportError):
             importlib.import_module(name)
     for name, function in WARM_UP:  # a private cache: a release without it leaves the stage to fill its own
         with suppress(ImportError, AttributeError):
             getattr(importlib.import_module(name), function)()
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(address)
-    listener.listen(64)
     wake_read, wake_write = os.pipe()
     for fd in (wake_read, wake_write):
         os.set_blocking(fd, False)
@@ -161,7 +166,6 @@ def serve(address: str) -> None:
     signal.signal(signal.SIGCHLD, lambda _signum, _frame: None)  # wakes select() through the pipe
     signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(0))
     parent = os.getppid()
-    print(READY, flush=True)
     waiting: dict[int, socket.socket] = {}  # forked process -> its command's connection
     try:
         while os.getppid() == parent:  # whoever started it is gone (a killed flow run): so is the server
@@ -245,7 +249,10 @@ def _stage_process(connection: socket.socket, inherited: list[socket.socket], wa
     if problem is not None:
         _send(connection, {"fallback": problem})
         return 0
-    _send(connection, {"pid": os.getpid()})
+    try:  # not through _send: a command that gave up waiting (see hand_over) has run the stage itself
+        connection.sendall(json.dumps({"pid": os.getpid()}).encode() + b"\n")
+    except OSError:
+        return 0
     threading.Thread(target=_end_with_command, args=(connection,), daemon=True).start()
     code = _run_module(request["module"], request["argv"])
     for thread in threading.enumerate():  # as the interpreter does at exit: non-daemon threads, then atexit

@@ -24,14 +24,20 @@ pytestmark = [pytest.mark.subprocess, pytest.mark.skipif(not Path("/proc/self/st
                                                          reason="finds the forked stage through /proc (Linux)")]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """A server started by hand, as the module's docstring says, so that the tests know its pid."""
-    address = str(tmp_path_factory.mktemp("server") / "socket")
+def start_server(address: str) -> subprocess.Popen[str]:
+    """A server started by hand, as the module's docstring says, so that the tests know its pid; returned once it
+    listens (it may still be preloading)."""
     env = {k: v for k, v in os.environ.items() if k != SERVER_ENV}
     process = subprocess.Popen([sys.executable, "-m", "groundwork.forkserver", address], cwd=ROOT, env=env,
                                stdout=subprocess.PIPE, text=True)
     assert process.stdout is not None and process.stdout.readline().strip() == READY
+    return process
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    address = str(tmp_path_factory.mktemp("server") / "socket")
+    process = start_server(address)
     yield process, address
     process.terminate()
     process.wait(timeout=30)
@@ -90,10 +96,12 @@ def test_a_forked_stage_writes_what_a_cold_one_writes_and_fails_as_it_fails(
     assert "ingest.target.size" in warm.stderr
 
 
-def pretrain(folder: Path, address: str | None) -> subprocess.Popen[str]:
-    """A long tiny pretraining (no data augmentation needed: it trains on the source it is given)."""
-    made = ingest(folder, os.environ.get(SERVER_ENV))  # the suite's own server, when there is one
-    assert made.returncode == 0, made.stderr
+def pretrain(folder: Path, address: str | None, *, ingested: bool = False) -> subprocess.Popen[str]:
+    """A long tiny pretraining (no data augmentation needed: it trains on the source it is given), after an ingest
+    unless `ingested`."""
+    if not ingested:
+        made = ingest(folder, os.environ.get(SERVER_ENV))  # the suite's own server, when there is one
+        assert made.returncode == 0, made.stderr
     # by another name of the same interpreter where the venv has one, as the server (started by the console script's
     # python3) and DVC's `python` differ in a real run
     other_name = Path(sys.executable).with_name("python3")
@@ -133,6 +141,28 @@ def test_the_stage_runs_in_the_servers_process_and_dies_with_its_command(
         if command.poll() is None:
             command.kill()
     assert not (tmp_path / "model.pt").exists() and not (tmp_path / "pretrain.json").exists()
+
+
+def test_a_command_started_while_the_server_preloads_waits_for_it_and_runs_warm(tmp_path: Path) -> None:
+    """The server listens before it imports torch and the rest, so whoever started it goes on meanwhile; a command
+    that connects then is served once the preload ends, not run cold beside it."""
+    folder = workdir(tmp_path / "project", **LONG)
+    made = ingest(folder, os.environ.get(SERVER_ENV))  # the pretraining's input, before the clock of the preload
+    assert made.returncode == 0, made.stderr
+    process = start_server(str(tmp_path / "socket"))
+    command = None
+    try:
+        preloading = "libtorch" not in Path(f"/proc/{process.pid}/maps").read_text()
+        command = pretrain(folder, str(tmp_path / "socket"), ingested=True)
+        assert preloading, "the server had preloaded torch before the command started: nothing shown"
+        until_training(command)
+        assert len(children(process.pid)) == 1 and children(command.pid) == []  # forked by the server
+    finally:
+        if command is not None and command.poll() is None:
+            command.kill()
+            command.wait()
+        process.terminate()
+        process.wait(timeout=30)
 
 
 def test_a_signal_to_the_command_reaches_the_stage_and_it_ends_as_a_cold_one_does(
