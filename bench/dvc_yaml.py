@@ -3,7 +3,9 @@ against the pure-Python parser ruamel.yaml falls back to without it, side by sid
 
 Each round runs the same DVC commands in a new process both ways, interleaved; the pure-Python way hides
 ruamel.yaml.clib from the process, nothing else differs. DVC parses params.yaml, dvc.yaml and dvc.lock with the safe
-loader several times per stage (56 params reads in a tiny `dvc repro` of the 8 stages, by cProfile). Prints medians.
+loader several times per stage (56 params reads in a tiny `dvc repro` of the 8 stages, by cProfile). Then, where the
+project has a dvc.lock, the flow's own read of it (flows.repro.lock_hash, before and after every stage): PyYAML's
+C loader against its Python one. Prints medians.
 Usage: PYTHONPATH=. .venv/bin/python bench/dvc_yaml.py [--project DIR] [--rounds R]
 """
 
@@ -15,6 +17,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import yaml
 
 from groundwork.project import ROOT
 
@@ -41,6 +45,20 @@ def main() -> None:
         name = " ".join(command)
         fast, slow = (statistics.median(seconds[way, name]) for way in WAYS)
         print(f"  dvc {name:12s} C {fast:5.2f} s, pure Python {slow:5.2f} s: {slow / fast:4.2f}x")
+    lock = args.project / "dvc.lock"
+    if lock.exists():
+        text = lock.read_text()
+        parse = {}
+        for loader in (yaml.CSafeLoader, yaml.SafeLoader):
+            times = []
+            for _ in range(10):
+                started = time.perf_counter()
+                yaml.load(text, Loader=loader)
+                times.append(time.perf_counter() - started)
+            parse[loader] = statistics.median(times)
+        fast, slow = parse[yaml.CSafeLoader], parse[yaml.SafeLoader]
+        print(f"  PyYAML, dvc.lock ({len(text):,} characters): C {1000 * fast:.1f} ms, Python {1000 * slow:.1f} ms: "
+              f"{slow / fast:4.1f}x")
 
 
 if __name__ == "__main__":
