@@ -396,6 +396,9 @@ class BudgetParams(Section):
     )
     draws: int = Field(ge=1, le=20, description="labelled sets drawn per budget (each with its own seed)")
     steps: int = Field(ge=1, le=100000, description="optimizer steps per model, the same at every budget")
+    workers: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = Field(
+        description="processes training draws at once, torch's threads shared among them; auto: one per thread on a "
+                    "CPU (small models keep one thread busy, not two), one on an accelerator")
 
 
 class Distillation(Section):

@@ -7,6 +7,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+import torch
 
 from groundwork.params import Params
 from groundwork.training.label_budget import budget_params, method_params, sweep
@@ -50,6 +51,27 @@ def test_draws_differ_and_the_whole_pool_is_drawn_once(tiny_params: Params, tiny
     rows = sweep(tiny_pretrained["model"], data, params, NullTracker())
     assert rows["budget"].tolist() == ["2", "2", "all"]
     assert rows.loc[rows["budget"] == "all", "train_images"].item() == len(data["pool"])
+
+
+@pytest.mark.subprocess
+def test_draws_trained_in_two_processes_score_exactly_as_in_this_one(tiny_params: Params, tiny_data: dict[str, Path],
+                                                                    tiny_pretrained: dict[str, Any]) -> None:
+    from groundwork.data.datasets import load_dataset
+    from groundwork.tracking.runs import NullTracker
+
+    data, _ = load_dataset(tiny_data["target"], splits=("pool", "val", "test"))
+    before = torch.get_num_threads()
+    rows = {}
+    try:
+        for workers, threads in ((1, 1), (2, 2)):  # a thread per draw both times: the same arithmetic
+            torch.set_num_threads(threads)
+            section = tiny_params.budget.model_copy(update={"labels_per_class": [1], "workers": workers})
+            params = tiny_params.model_copy(update={"budget": section})
+            rows[workers] = sweep(tiny_pretrained["model"], data, params, NullTracker())
+    finally:
+        torch.set_num_threads(before)
+    assert len(rows[2]) == tiny_params.budget.draws
+    pd.testing.assert_frame_equal(rows[1], rows[2])
 
 
 def test_methods_differ_only_in_semi_supervision(tiny_params: Params) -> None:

@@ -6,15 +6,20 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
+from tqdm.auto import tqdm
 
 from groundwork.data.datasets import Dataset
 from groundwork.data.splits import label_budget
 from groundwork.models.checkpoint import load_model
 from groundwork.params import Params
 from groundwork.tracking.runs import Tracker
+from groundwork.training.distributed import resolve_device
+from groundwork.training.jobs import run_jobs, worker_count
 from groundwork.training.loop import steps_per_epoch
 from groundwork.training.transfer_learning import from_scratch, target_test_accuracy, transfer
 
@@ -42,34 +47,66 @@ def method_params(params: Params, method: str) -> Params:
     return params.model_copy(update={"transfer": params.transfer.model_copy(update={"semi_supervised": chosen})})
 
 
+@dataclass(frozen=True)
+class Draw:
+    """One labelled set of the sweep, and what its models need: a job for groundwork.training.jobs."""
+
+    pretrained: Path
+    target: Dataset
+    params: Params
+    per_class: int | None  # None: the whole pool
+    index: int  # 0-based, within its budget
+
+    @property
+    def seed(self) -> int:
+        return self.params.seed + DRAW_SEED_STRIDE * (self.index + 1)
+
+    @property
+    def label(self) -> str:
+        return "all" if self.per_class is None else str(self.per_class)
+
+
+def draws(pretrained: Path, target: Dataset, params: Params) -> list[Draw]:
+    """Every draw of the sweep, budget by budget."""
+    return [Draw(pretrained, target, params, per_class, index) for per_class in params.budget.labels_per_class
+            for index in range(1 if per_class is None else params.budget.draws)]  # the whole pool: one draw
+
+
+def train_draw(draw: Draw) -> dict[str, Any]:
+    """The draw's labelled set (its size), its three models trained on it, and their test accuracy."""
+    train = label_budget(draw.target["pool"], draw.per_class, seed=draw.seed, key="budget.labels_per_class")
+    data = {**draw.target, "train": train}
+    sized = budget_params(draw.params, len(train))
+    # only the test accuracy is kept: no per-epoch validation unless training itself reads it
+    scratch, _ = from_scratch(data, sized, seed=draw.seed, validated=False)
+    scores = {"scratch_accuracy": target_test_accuracy(scratch, data, sized)}
+    for method in METHODS[1:]:
+        model, _ = transfer(draw.pretrained, data, method_params(sized, method), seed=draw.seed, validated=False)
+        scores[f"{method}_accuracy"] = target_test_accuracy(model, data, sized)
+    return {"train_images": len(train), **scores}
+
+
 def sweep(pretrained: Path, target: Dataset, params: Params, tracker: Tracker) -> pd.DataFrame:
     """One row per (budget, draw): the draw's size, and source-only, scratch, transfer and semi-supervised
-    transfer accuracy on the target's test split."""
+    transfer accuracy on the target's test split. The draws train in `budget.workers` processes."""
     source_only = target_test_accuracy(load_model(pretrained)[0], target, params)  # the same at every draw
+    jobs = draws(pretrained, target, params)
+    workers = worker_count(params.budget.workers, len(jobs), resolve_device(params.device))
+    log.info("%d draws of 3 models each, in %d process(es)", len(jobs), workers)
     rows = []
-    for per_class in params.budget.labels_per_class:
-        draws = 1 if per_class is None else params.budget.draws  # the whole pool has one possible draw
-        for draw in range(draws):
-            seed = params.seed + DRAW_SEED_STRIDE * (draw + 1)
-            train = label_budget(target["pool"], per_class, seed=seed, key="budget.labels_per_class")
-            data = {**target, "train": train}
-            sized = budget_params(params, len(train))
-            # only the test accuracy is kept: no per-epoch validation unless training itself reads it
-            scratch, _ = from_scratch(data, sized, seed=seed, validated=False)
-            scores = {"source_only_accuracy": source_only,
-                      "scratch_accuracy": target_test_accuracy(scratch, data, sized)}
-            for method in METHODS[1:]:
-                model, _ = transfer(pretrained, data, method_params(sized, method), seed=seed, validated=False)
-                scores[f"{method}_accuracy"] = target_test_accuracy(model, data, sized)
-            scores["gain_points"] = round(100 * (scores["transfer_accuracy"] - scores["scratch_accuracy"]), 2)
-            label = "all" if per_class is None else per_class
-            log.info("labels/class %s, draw %d: %s", label, draw + 1,
-                     ", ".join(f"{name.removesuffix('_accuracy')} {value:.4f}" for name, value in scores.items()
-                               if name.endswith("_accuracy")))
-            rows.append({"labels_per_class": len(train) // 10 if per_class is None else per_class,
-                         "budget": str(label), "draw": draw + 1, "train_images": len(train), **scores})
-            tracker.log_metrics({f"budget_{label}_{method}_accuracy": scores[f"{method}_accuracy"]
-                                 for method in METHODS}, step=draw + 1)
+    with tqdm(total=len(jobs), desc="budget draws", unit="draw", disable=None) as bar:
+        for draw, trained in zip(jobs, run_jobs(train_draw, jobs, workers), strict=True):
+            images = trained.pop("train_images")
+            row = {"labels_per_class": images // 10 if draw.per_class is None else draw.per_class,
+                   "budget": draw.label, "draw": draw.index + 1, "train_images": images,
+                   "source_only_accuracy": source_only, **trained}
+            row["gain_points"] = round(100 * (row["transfer_accuracy"] - row["scratch_accuracy"]), 2)
+            log.info("labels/class %s, draw %d: %s", draw.label, draw.index + 1,
+                     ", ".join(f"{method} {row[f'{method}_accuracy']:.4f}" for method in ("source_only", *METHODS)))
+            tracker.log_metrics({f"budget_{draw.label}_{method}_accuracy": row[f"{method}_accuracy"]
+                                 for method in METHODS}, step=draw.index + 1)
+            rows.append(row)
+            bar.update()
     return pd.DataFrame(rows)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -343,8 +344,11 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], cfg: TrainPa
         torch.set_rng_state(saved["torch_rng"])
         progress = _Progress(**saved["progress"])
         log.info("%s: resuming after epoch %d from %s", desc, progress.epoch, resume)
+    # tqdm's own TQDM_DISABLE also turns the bar off (set in processes that train beside others, groundwork.training
+    # .jobs): tqdm lets an explicit disable=None (a bar on a terminal only) take precedence over it
+    quiet = not is_main_process() or bool(os.environ.get("TQDM_DISABLE"))
     bar = tqdm(total=cfg.epochs * batches_per_epoch, initial=progress.epoch * batches_per_epoch, desc=desc,
-               unit="batch", disable=None if is_main_process() else True, leave=False)
+               unit="batch", disable=True if quiet else None, leave=False)
     trainer = parallel(model, device)
     try:
         while progress.epoch < cfg.epochs and not (cfg.early_stopping and progress.stale >= cfg.early_stopping):

@@ -1,0 +1,90 @@
+"""groundwork.training.jobs: independent jobs in worker processes, on a share of torch's threads each."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+
+from groundwork.project import ROOT
+from groundwork.training.jobs import PARENT_POLL_S, run_jobs, worker_count
+
+
+def where_it_ran(job: int) -> tuple[int, int, int]:
+    """The job, the process that ran it, and that process's torch threads."""
+    return job, os.getpid(), torch.get_num_threads()
+
+
+def fails_on_three(job: int) -> int:
+    if job == 3:
+        raise ValueError("job 3 cannot be done")
+    return job
+
+
+def records_pid_then_waits(folder: str) -> None:
+    Path(folder, str(os.getpid())).touch()
+    time.sleep(600)
+
+
+def test_auto_is_one_process_per_thread_on_a_cpu_and_one_on_an_accelerator() -> None:
+    threads = torch.get_num_threads()
+    assert worker_count("auto", 100, torch.device("cpu")) == threads
+    assert worker_count("auto", 100, torch.device("cuda")) == 1
+    assert worker_count("auto", 1, torch.device("cpu")) == 1, "never more processes than jobs"
+    assert worker_count(4, 2, torch.device("cpu")) == 2
+    assert worker_count(3, 10, torch.device("cuda")) == 3, "a number is taken as given"
+
+
+def test_one_worker_runs_the_jobs_here_on_all_threads() -> None:
+    assert list(run_jobs(where_it_ran, [1, 2], 1)) == [(1, os.getpid(), torch.get_num_threads()),
+                                                       (2, os.getpid(), torch.get_num_threads())]
+
+
+@pytest.mark.subprocess
+def test_two_workers_run_the_jobs_elsewhere_in_order_on_a_share_of_the_threads() -> None:
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        results = list(run_jobs(where_it_ran, list(range(6)), 2))
+    finally:
+        torch.set_num_threads(before)
+    assert [job for job, _, _ in results] == list(range(6))
+    pids = {pid for _, pid, _ in results}
+    assert os.getpid() not in pids and len(pids) <= 2
+    assert {threads for _, _, threads in results} == {2}, "4 threads shared by 2 processes"
+
+
+@pytest.mark.subprocess
+def test_a_failing_job_fails_the_caller_with_its_own_error() -> None:
+    with pytest.raises(ValueError, match="job 3 cannot be done"):
+        list(run_jobs(fails_on_three, [1, 2, 3, 4], 2))
+
+
+@pytest.mark.subprocess
+def test_workers_stop_when_the_process_they_work_for_is_killed(tmp_path: Path) -> None:
+    script = ("from groundwork.training.jobs import run_jobs\n"
+              "from tests.test_jobs import records_pid_then_waits\n"
+              f"list(run_jobs(records_pid_then_waits, [{str(tmp_path)!r}] * 2, 2))\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(tmp_path.iterdir())) < 2:
+            assert parent.poll() is None and time.monotonic() < deadline, "the workers never started their jobs"
+            time.sleep(0.2)
+        workers = [psutil.Process(int(path.name)) for path in tmp_path.iterdir()]
+        assert all(worker.ppid() == parent.pid for worker in workers)
+    finally:
+        parent.send_signal(signal.SIGKILL)  # no shutdown of the pool: the workers are left to notice
+        parent.wait()
+    _, alive = psutil.wait_procs(workers, timeout=10 * PARENT_POLL_S + 10)
+    alive = [worker for worker in alive if worker.status() != psutil.STATUS_ZOMBIE]  # exited, not yet reaped
+    for worker in alive:
+        worker.kill()
+    assert not alive, "workers trained on after their parent was gone"
