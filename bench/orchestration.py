@@ -8,7 +8,9 @@
           included)
 
 then a `dvc repro` and a flow run when nothing has changed. Prints seconds and the ratios to direct.
-Usage: PYTHONPATH=. .venv/bin/python bench/orchestration.py [--params tiny|project]
+With `--ways`, only those (direct always): at the project's params each way is a whole pipeline run (about
+20 minutes on two cores), so `--params project --ways direct warm flow` leaves the cold `dvc repro` out.
+Usage: PYTHONPATH=. .venv/bin/python bench/orchestration.py [--params tiny|project] [--ways dvc warm flow]
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ import yaml
 from flows.repro import stage_environment, stage_order
 from groundwork.forkserver import SERVER_ENV
 from groundwork.project import copy_project, project_params_dict, tiny_params_dict
+
+WAYS = ("direct", "dvc", "warm", "flow")
 
 
 def timed(action: Callable[[], None]) -> float:
@@ -64,33 +68,35 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", choices=["tiny", "project"], default="tiny",
                         help="tiny: the test suite's sizes (fixed costs dominate); project: params.yaml")
+    parser.add_argument("--ways", nargs="+", choices=WAYS[1:], default=list(WAYS[1:]),
+                        help="the ways timed against direct (default: all)")
     args = parser.parse_args()
+    ways = ["direct", *(way for way in WAYS[1:] if way in args.ways)]
     params = tiny_params_dict() if args.params == "tiny" else project_params_dict()
-    flow = [sys.executable, "-m", "flows.pipeline"]
-    dvc = [sys.executable, "-m", "dvc", "repro"]
-    repro = [sys.executable, "-m", "groundwork.cli", "repro"]
+    commands = {"dvc": [sys.executable, "-m", "dvc", "repro"],
+                "warm": [sys.executable, "-m", "groundwork.cli", "repro"],
+                "flow": [sys.executable, "-m", "flows.pipeline"]}
     with tempfile.TemporaryDirectory() as scratch:
         roots = {}
-        for name in ("direct", "dvc", "warm", "flow"):
+        for name in ways:
             (Path(scratch) / name).mkdir()
             roots[name] = copy_project(Path(scratch) / name, params)
-        cold = {
-            "direct": timed(lambda: run_direct(roots["direct"])),
-            "dvc": timed(lambda: run_command(roots["dvc"], *dvc)),
-            "warm": timed(lambda: run_command(roots["warm"], *repro)),
-            "flow": timed(lambda: run_command(roots["flow"], *flow)),
-        }
-        unchanged = {
-            "dvc": timed(lambda: run_command(roots["dvc"], *dvc)),
-            "flow": timed(lambda: run_command(roots["flow"], *flow)),
-        }
+        cold = {"direct": timed(lambda: run_direct(roots["direct"]))}
+        for name in ways[1:]:
+            cold[name] = timed(lambda name=name: run_command(roots[name], *commands[name]))
+            print(f"  ({name} done in {cold[name]:.1f} s)", flush=True)
+        unchanged = {name: timed(lambda name=name: run_command(roots[name], *commands[name]))
+                     for name in ("dvc", "flow") if name in ways}
     print(f"params: {args.params}; cold run, every stage executes:")
     for name, seconds in cold.items():
         print(f"  {name:7s} {seconds:7.1f} s   {seconds / cold['direct']:.2f}x direct")
-    print(f"  flow over warm dvc repro: {100 * (cold['flow'] / cold['warm'] - 1):+.1f}%")
-    print("nothing changed:")
-    print(f"  dvc repro {unchanged['dvc']:.1f} s; flow run {unchanged['flow']:.1f} s (its server's start included)")
-
+    if {"flow", "warm"} <= cold.keys():
+        print(f"  flow over warm dvc repro: {100 * (cold['flow'] / cold['warm'] - 1):+.1f}%")
+    if unchanged:
+        print("nothing changed:")
+        print("  " + "; ".join(f"{'dvc repro' if name == 'dvc' else 'flow run'} {seconds:.1f} s"
+                               for name, seconds in unchanged.items())
+              + (" (the flow's server start included)" if "flow" in unchanged else ""))
 
 if __name__ == "__main__":
     main()
