@@ -1,9 +1,9 @@
 """Independent training jobs spread over worker processes, each process on its share of torch's threads.
 
-Why: the project's models are small, and one of them does not keep two CPU threads busy (a draw of the budget sweep
-on one thread took 61.8 s where two threads took 46.8 s, `bench/budget_draw.py`), so two such models trained at
-once, a thread each, finish sooner than one after the other on both threads. On an accelerator the jobs stay in
-this process, one after the other: they would queue for the one device anyway.
+Why: the project's models are small, and one of them does not keep two CPU threads fully busy (a draw of the budget
+sweep took 61.8 s on one thread, 46.8 s on two: `bench/budget_draw.py`), so two such models trained at once, a
+thread each, finish sooner than one after the other on both threads (four draws: 1.22x, `bench/budget_workers.py`).
+On an accelerator the jobs stay in this process, one after the other: they would queue for the one device anyway.
 """
 
 from __future__ import annotations

@@ -92,7 +92,7 @@ def sweep(pretrained: Path, target: Dataset, params: Params, tracker: Tracker) -
     source_only = target_test_accuracy(load_model(pretrained)[0], target, params)  # the same at every draw
     jobs = draws(pretrained, target, params)
     workers = worker_count(params.budget.workers, len(jobs), resolve_device(params.device))
-    log.info("%d draws of 3 models each, in %d process(es)", len(jobs), workers)
+    log.info("%d draws of %d models each, in %d process(es)", len(jobs), len(METHODS), workers)
     rows = []
     with tqdm(total=len(jobs), desc="budget draws", unit="draw", disable=None) as bar:
         for draw, trained in zip(jobs, run_jobs(train_draw, jobs, workers), strict=True):
