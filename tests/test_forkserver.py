@@ -57,6 +57,14 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def command_line(pid: int) -> str:
+    """The process's command line, empty when it has ended."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text()
+    except OSError:
+        return ""
+
+
 def workdir(folder: Path, **params: dict[str, object]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict(**params), sort_keys=False))
@@ -185,3 +193,34 @@ def test_without_a_server_the_command_runs_the_stage_itself(tmp_path: Path) -> N
     result = ingest(folder, str(tmp_path / "no-server-here"))
     assert result.returncode == 0, result.stderr
     assert (folder / "source.npz").exists()
+
+
+def test_a_forked_budget_stage_trains_its_draws_in_spawned_workers(
+        server: tuple[subprocess.Popen[str], str], tmp_path: Path, tiny_data: dict[str, Path],
+        tiny_pretrained: dict[str, object]) -> None:
+    """`make run`'s path for budget.workers: a stage forked by the server starts fresh worker processes (spawned:
+    they import the stage's module anew), and they train every draw."""
+    process, address = server
+    folder = workdir(tmp_path, budget={"labels_per_class": [1], "draws": 2, "workers": 2})
+    command = subprocess.Popen([sys.executable, "-m", "tasks.budget", "--pretrained", str(tiny_pretrained["model"]),
+                                "--target", str(tiny_data["target"]), "--table-out", "budget.csv", "--curve-out",
+                                "curve.png", "--metrics", "budget.json"], cwd=folder, env=stage_env(folder, address),
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        assert command.stderr is not None
+        for line in command.stderr:
+            if "2 draws of 3 models each, in 2 process(es)" in line:
+                break
+        [stage] = children(process.pid)  # forked by the server
+        workers: list[int] = []
+        deadline = time.monotonic() + 60
+        while len(workers) < 2 and command.poll() is None and time.monotonic() < deadline:
+            workers = [pid for pid in children(stage) if "spawn_main" in command_line(pid)]
+            time.sleep(0.05)
+        assert len(workers) == 2, "the forked stage did not start its two workers"
+        rest = command.stderr.read()
+        assert command.wait(timeout=300) == 0, rest
+    finally:
+        if command.poll() is None:
+            command.kill()
+    assert json.loads((folder / "budget.json").read_text())["budgets"]["1"]["draws"] == 2
