@@ -420,6 +420,9 @@ class CompressParams(Section):
     distillation: Distillation
     finetune: TrainParams
     calibration_images: int = Field(ge=8, le=10000)
+    workers: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = Field(
+        description="processes fine-tuning variants at once (pruned and packed, structured, searched, lowrank), "
+                    "torch's threads shared among them; auto: one per thread on a CPU, one on an accelerator")
 
 
 class SearchParams(Section):

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from groundwork.compression.export import (
     MANIFEST,
@@ -33,17 +34,10 @@ from groundwork.compression.export import (
     size_report,
     state_dict_bytes,
 )
-from groundwork.compression.finetuning import (
-    channel_pruned,
-    fine_tuner,
-    low_rank,
-    magnitude_pruned,
-    shared_and_tuned,
-)
 from groundwork.compression.names import SERVED
 from groundwork.compression.packing import load_packed, pack
 from groundwork.compression.pruning import sparsity
-from groundwork.compression.structured import narrower
+from groundwork.compression.variants import TRAINED, train_variant, variant_jobs
 from groundwork.data.atomic import write_json
 from groundwork.data.datasets import Dataset, Split, load_dataset, to_float
 from groundwork.entrypoint import stage_cli
@@ -53,6 +47,7 @@ from groundwork.search.policy import read_policy
 from groundwork.serving.package import log_served_model, served_contract
 from groundwork.tracking.runs import NullTracker, Tracker
 from groundwork.training.distributed import resolve_device
+from groundwork.training.jobs import run_jobs, worker_count
 from groundwork.training.loop import loss_and_accuracy
 
 log = logging.getLogger(__name__)
@@ -81,7 +76,6 @@ def run(params: Params, *, transferred: Path, target: Path, policy: Path, out_di
     val = data["val"]
     reference, _ = load_model(transferred)
     searched = read_policy(policy, reference.arch)  # before any work: a bad policy file fails at once
-    tune = fine_tuner(params, data, load_model(transferred)[0], device, tracker)
     calibration = calibration_images(data, cfg.calibration_images)
     checkpoint_params = params.model_dump(mode="json")
 
@@ -96,15 +90,18 @@ def run(params: Params, *, transferred: Path, target: Path, policy: Path, out_di
     quantize_int8(out_dir / "fp32.onnx", out_dir / "int8.onnx", calibration)
     record("int8", "int8.onnx", "onnx", reference, onnx_accuracy(out_dir / "int8.onnx", val))
 
-    trained = {
-        "pruned": magnitude_pruned(load_model(transferred)[0], params, tune),
-        "structured": channel_pruned(load_model(transferred)[0], narrower(params.model, cfg.channels_kept), params,
-                                     tune, "structured"),
-        "searched": channel_pruned(load_model(transferred)[0], searched, params, tune, "searched"),
-        "lowrank": low_rank(load_model(transferred)[0], params, tune),
-    }
-    for name, model in trained.items():
-        model.cpu()
+    jobs = variant_jobs(params, transferred=transferred, target=target, searched=searched)
+    workers = worker_count(cfg.workers, len(jobs), device)
+    log.info("%d variants to fine-tune, in %d process(es)", len(jobs), workers)
+    trained: dict[str, torch.nn.Module] = {}
+    with tqdm(total=len(jobs), desc="fine-tuned variants", unit="variant", disable=None) as bar:
+        for done in run_jobs(train_variant, jobs, workers):
+            for metrics, step in done.logged:  # the rounds' accuracies, logged here: workers have no run
+                tracker.log_metrics(metrics, step=step)
+            trained.update(done.models)
+            bar.update()
+    for name in TRAINED:
+        model = trained[name]
         accuracy = loss_and_accuracy(model, *val.tensors(), device=torch.device("cpu"))["accuracy"]
         save_checkpoint(out_dir / f"{name}.pt", model, stage="compress", params=checkpoint_params,
                         metrics={"val_accuracy": accuracy})
@@ -114,7 +111,7 @@ def run(params: Params, *, transferred: Path, target: Path, policy: Path, out_di
         quantize_int8(out_dir / f"{name}.onnx", out_dir / f"{name}_int8.onnx", calibration)
         record(f"{name}_int8", f"{name}_int8.onnx", "onnx", trained[name],
                onnx_accuracy(out_dir / f"{name}_int8.onnx", val))
-    pack(shared_and_tuned(trained["pruned"], params, tune), out_dir / "packed.gwpk", bits=cfg.packed_bits)
+    pack(trained["packed"], out_dir / "packed.gwpk", bits=cfg.packed_bits)
     unpacked = load_packed(out_dir / "packed.gwpk")
     record("packed", "packed.gwpk", "packed", unpacked,
            loss_and_accuracy(unpacked, *val.tensors(), device=torch.device("cpu"))["accuracy"])

@@ -246,8 +246,7 @@ def test_a_variant_does_not_depend_on_the_variants_made_before_it(tiny_params: P
                                                                    tiny_transferred: dict[str, Any]) -> None:
     """Every fine-tune takes its seed from the seed, the variant and the round: the pruned model comes out the same
     whether or not the low-rank model was fine-tuned first with the same fine-tuner."""
-    from groundwork.compression.finetuning import fine_tuner
-    from tasks.compress import low_rank, magnitude_pruned
+    from groundwork.compression.finetuning import fine_tuner, low_rank, magnitude_pruned
 
     data, _ = load_dataset(tiny_data["target"], splits=("train", "val", "test", "pool"))
 
@@ -261,3 +260,31 @@ def test_a_variant_does_not_depend_on_the_variants_made_before_it(tiny_params: P
     assert alone.keys() == after.keys()
     assert all(torch.equal(alone[key], after[key]) for key in alone)
     assert len({derived_seed(42, variant, step) for variant in ("pruned", "structured") for step in (1, 2)}) == 4
+
+
+@pytest.mark.subprocess
+def test_variants_fine_tuned_in_two_processes_come_out_exactly_as_in_this_one(
+        tiny_params: Params, tiny_data: dict[str, Path], tiny_transferred: dict[str, Any]) -> None:
+    """`compress.workers`: every trained variant (packed too) has the same weights, and its rounds the same logged
+    accuracies, whether the jobs run here one after the other or in two worker processes, at a thread each."""
+    from groundwork.compression.variants import TRAINED, train_variant, variant_jobs
+    from groundwork.training.jobs import run_jobs
+
+    jobs = variant_jobs(tiny_params, transferred=tiny_transferred["model"], target=tiny_data["target"],
+                        searched=narrower(tiny_params.model, 0.75))
+    before = torch.get_num_threads()
+    results = {}
+    try:
+        for workers, threads in ((1, 1), (2, 2)):  # a thread per variant both times: the same arithmetic
+            torch.set_num_threads(threads)
+            results[workers] = list(run_jobs(train_variant, jobs, workers))
+    finally:
+        torch.set_num_threads(before)
+    for here, there in zip(results[1], results[2], strict=True):
+        assert here.logged == there.logged and here.logged  # (metrics, round) of every fine-tune, in order
+        assert here.models.keys() == there.models.keys()
+        for name, model in here.models.items():
+            ours, theirs = model.state_dict(), there.models[name].state_dict()
+            assert ours.keys() == theirs.keys()
+            assert all(torch.equal(ours[key], theirs[key]) for key in ours), name
+    assert {name for result in results[2] for name in result.models} == {*TRAINED, "packed"}
