@@ -42,6 +42,7 @@ from groundwork.data.atomic import write_json
 from groundwork.data.datasets import Dataset, Split, load_dataset, to_float
 from groundwork.entrypoint import stage_cli
 from groundwork.models.checkpoint import load_model, save_checkpoint
+from groundwork.models.digitnet import DigitNet
 from groundwork.params import Params
 from groundwork.search.policy import read_policy
 from groundwork.serving.package import log_served_model, served_contract
@@ -93,7 +94,7 @@ def run(params: Params, *, transferred: Path, target: Path, policy: Path, out_di
     jobs = variant_jobs(params, transferred=transferred, target=target, searched=searched)
     workers = worker_count(cfg.workers, len(jobs), device)
     log.info("%d variants to fine-tune, in %d process(es)", len(jobs), workers)
-    trained: dict[str, torch.nn.Module] = {}
+    trained: dict[str, DigitNet] = {}
     with tqdm(total=len(jobs), desc="fine-tuned variants", unit="variant", disable=None) as bar:
         for done in run_jobs(train_variant, jobs, workers):
             for metrics, step in done.logged:  # the rounds' accuracies, logged here: workers have no run
