@@ -46,10 +46,11 @@ def stage_parser(stage: str, description: str | None) -> argparse.ArgumentParser
     return parser
 
 
-def configure_logging() -> None:
-    """Log lines with time and module on stderr; the libraries' chatter kept to warnings."""
+def configure_logging(marker: str = "") -> None:
+    """Log lines with time and module on stderr, after `marker` where one is given (a worker process's, so that
+    the lines of processes logging at once can be told apart); the libraries' chatter kept to warnings."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format=f"%(asctime)s %(levelname)s {marker}%(name)s: %(message)s")
     for noisy in ("alembic", "mlflow", "urllib3", "matplotlib", "PIL", "onnx_ir", "onnxscript", "torch.onnx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -31,6 +32,11 @@ def fails_on_three(job: int) -> int:
 def records_pid_then_waits(folder: str) -> None:
     Path(folder, str(os.getpid())).touch()
     time.sleep(600)
+
+
+def logs_a_line(job: int) -> int:
+    logging.getLogger("groundwork.training.loop").info("job %d logged", job)
+    return os.getpid()
 
 
 def test_auto_is_one_process_per_thread_on_a_cpu_and_one_on_an_accelerator() -> None:
@@ -88,3 +94,13 @@ def test_workers_stop_when_the_process_they_work_for_is_killed(tmp_path: Path) -
     for worker in alive:
         worker.kill()
     assert not alive, "workers trained on after their parent was gone"
+
+
+@pytest.mark.subprocess
+def test_a_workers_log_lines_reach_stderr_marked_with_its_process(capfd: pytest.CaptureFixture[str]) -> None:
+    """Workers log as a stage does (INFO, on stderr: the stage's log, Prefect's), each line marked with its process,
+    since the lines of two workers interleave."""
+    pids = list(run_jobs(logs_a_line, [0, 1], 2))
+    lines = capfd.readouterr().err.splitlines()
+    for job, pid in enumerate(pids):
+        assert any(f"INFO [worker {pid}] groundwork.training.loop: job {job} logged" in line for line in lines), lines

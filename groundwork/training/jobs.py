@@ -48,7 +48,7 @@ def run_jobs(function: Callable[[Job], Result], jobs: Sequence[Job], workers: in
 def _start_worker(threads: int, parent: int) -> None:
     from groundwork.entrypoint import configure_logging  # a spawned process starts with logging unconfigured
 
-    configure_logging()  # the worker's training logs its epochs on the stage's stderr, as in one process
+    configure_logging(marker=f"[worker {os.getpid()}] ")  # its epochs on the stage's stderr, as in one process
     torch.set_num_threads(threads)
     os.environ["TQDM_DISABLE"] = "1"  # the parent reports progress: bars of several processes would interleave
     threading.Thread(target=_exit_without, args=(parent,), daemon=True).start()

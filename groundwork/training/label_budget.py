@@ -74,6 +74,7 @@ def draws(pretrained: Path, target: Dataset, params: Params) -> list[Draw]:
 
 def train_draw(draw: Draw) -> dict[str, Any]:
     """The draw's labelled set (its size), its three models trained on it, and their test accuracy."""
+    log.info("labels/class %s, draw %d: training its %d models", draw.label, draw.index + 1, len(METHODS))
     train = label_budget(draw.target["pool"], draw.per_class, seed=draw.seed, key="budget.labels_per_class")
     data = {**draw.target, "train": train}
     sized = budget_params(draw.params, len(train))
