@@ -61,10 +61,22 @@ def summary_markdown(root: Path, results: list[StageResult], *, status: str, mlf
                      f"fine-tuning: agent {best.get('agent')}, random search {best.get('random')}, uniform "
                      f"{best.get('uniform')}, global ranking {best.get('global_ranking')}")
     for row in variant_rows(root):
-        lines.append(f"- `{row['variant']}`: accuracy {_percent(row.get('accuracy'))}, "
+        significance = ("significantly different from fp32" if row.get("significant_vs_fp32")
+                        else "no significant difference from fp32")
+        lines.append(f"- `{row['variant']}`: accuracy {_percent(row.get('accuracy'))} "
+                     f"[{_percent(row.get('accuracy_low'))}, {_percent(row.get('accuracy_high'))}] "
+                     f"({significance}, McNemar p = {row.get('vs_fp32_p_value', float('nan')):.3g}), "
                      f"{row.get('bytes', 0):,} bytes ({row.get('times_smaller_than_fp32_state_dict', 0):.1f}x smaller "
                      f"than the fp32 state dict), p50 latency {row.get('latency_p50_ms', 0):.3f} ms, "
-                     f"{row.get('speedup_vs_fastest_fp32', 0):.2f}x the fastest fp32 throughput")
+                     f"{row.get('throughput_vs_fp32_onnx', 0):.2f}x fp32_onnx's throughput "
+                     f"[{row.get('throughput_vs_fp32_onnx_low', 0):.2f}, "
+                     f"{row.get('throughput_vs_fp32_onnx_high', 0):.2f}]")
+    selection = _report(root, "evaluate").get("selection", {})
+    if selection:
+        lines += ["", "## Which model ships", "", f"Rule: {selection['rule']}.", ""]
+        lines += [f"- `{name}`: {why}" for name, why in selection["standings"].items()]
+        if selection.get("dominated_by"):
+            lines.append(f"- warning: `{selection['chosen']}` is dominated by {', '.join(selection['dominated_by'])}")
     if registry.get("registered"):
         verdict = "promoted to `champion`" if registry["promoted"] else "not promoted; the champion stays"
         lines += ["", "## Model Registry", "",

@@ -15,7 +15,8 @@ from groundwork.params import IMAGE_SIDE, Params
 from groundwork.tracking.registry import CHAMPION, GateDecision
 from groundwork.tracking.runs import git_tags
 
-SCORE_COLUMNS = ("accuracy", "precision", "recall", "f1", "bytes", "latency_p50_ms")
+SCORE_COLUMNS = ("accuracy", "accuracy_low", "accuracy_high", "f1", "vs_fp32_loss_upper_points", "vs_fp32_p_value",
+                 "bytes", "throughput_vs_fp32_onnx", "latency_p50_ms")
 
 
 def input_contract(params: Params) -> str:
@@ -35,8 +36,10 @@ def registered_model_description(params: Params) -> str:
     """The registered model's own description: what its versions are and how one becomes the champion."""
     return "\n".join([
         "Digit classifiers from the groundwork pipeline: a CNN pretrained on the source digits, transferred to "
-        "the target digits' label budget, then compressed. The `evaluate` stage registers one candidate variant "
-        f"per pipeline run, and the gate moves the `{CHAMPION}` alias to it only when it beats the champion; the "
+        "the target digits' label budget, then compressed. The `evaluate` stage registers, per pipeline run, the "
+        "variant its selection rule picks (the best on a declared objective of those within an accuracy margin of "
+        f"fp32), and the gate moves the `{CHAMPION}` alias to it only when, on images neither learnt from, it is "
+        "significantly more accurate than the champion, or no worse within the margin and faster beyond noise; the "
         "adaptive loop registers challengers fine-tuned on newly labelled data. Each version's description is "
         "its card: data, scores, the gate's decision, lineage.",
         "",
@@ -69,10 +72,16 @@ def lineage(root: Path, stages: Sequence[str]) -> dict[str, str]:
 
 
 def version_card(*, title: str, params: Params, trained_on: Sequence[str], scores: Mapping[str, Mapping[str, Any]],
-                 columns: Sequence[str], registered: str, decision: GateDecision, lineage: Mapping[str, str]) -> str:
+                 columns: Sequence[str], registered: str, decision: GateDecision, lineage: Mapping[str, str],
+                 selection: tuple[str, Mapping[str, str]] | None = None) -> str:
     """A version's card: `trained_on` (lines on the data), `scores` (a row per variant or model, the `registered`
-    one marked; `columns` of them), the gate's decision and reason, the input contract and `lineage`."""
+    one marked; `columns` of them), the selection rule and why each variant won or lost (`selection`), the gate's
+    decision and
+    reason, the input contract and `lineage`."""
     verdict = f"promoted to `{CHAMPION}`" if decision.promote else f"not promoted (`{CHAMPION}` kept)"
+    chosen = [] if selection is None else [
+        f"**Selection**: {selection[0]}.", "",
+        *(f"- `{name}`: {why}" for name, why in selection[1].items()), ""]
     return "\n".join([
         f"### {title}",
         "",
@@ -84,6 +93,7 @@ def version_card(*, title: str, params: Params, trained_on: Sequence[str], score
         "",
         *_table(scores, columns, registered),
         "",
+        *chosen,
         f"**Gate**: {verdict}. {decision.reason}",
         "",
         f"**Input**: {input_contract(params)}",

@@ -487,8 +487,10 @@ class AskParams(Section):
     strategy: Literal["entropy", "margin", "bald", "random"] = Field(
         description="entropy / margin of the softmax, BALD (MC dropout), or random picks (the baseline)")
     queue_size: int = Field(ge=1, le=10000, description="images picked for training labels per iteration")
-    holdout_size: int = Field(ge=0, le=10000, description="further images drawn at random, labelled to score the "
-                                                         "challenger on the new distribution")
+    holdout_size: int = Field(ge=0, le=10000, description="labelled holdout the loop builds up, drawn at random, to "
+                                                         "score challenger and champion on the new distribution")
+    holdout_per_iteration: int = Field(ge=0, le=10000, description="holdout images queued per iteration until "
+                                                                  "holdout_size are labelled")
     mc_samples: int = Field(ge=2, le=1000, description="dropout samples per image (bald)")
 
 
@@ -500,9 +502,9 @@ class AdaptParams(Section):
     replay_target: int = Field(ge=0, le=100000, description="labelled target training images replayed")
     replay_source: int = Field(ge=0, le=100000, description="source training images replayed")
     finetune: TrainParams
-    min_gain: float = Field(ge=-1.0, le=1.0, description="challenger - champion accuracy needed on the new holdout")
     max_forgetting: float = Field(ge=0.0, le=1.0, description="largest accuracy loss allowed on the original target "
-                                                             "test split")
+                                                             "test split (point estimate; a significant loss blocks "
+                                                             "as well)")
 
 
 class AdaptiveParams(Section):
@@ -515,19 +517,35 @@ class AdaptiveParams(Section):
     adapt: AdaptParams
 
 
+class SelectionParams(Section):
+    """The rule that picks the variant evaluate registers: the best on `objective` of those whose accuracy loss
+    against the fp32 model stays within `max_loss_points` (non-inferiority: the upper end of the loss's one-sided
+    95% interval, paired on the test images), unless `variant` names one outright."""
+
+    objective: Literal["throughput", "latency", "size"] = Field(
+        description="throughput at the large batch or latency of one image (each as an interleaved ratio to "
+                    "fp32_onnx, better only when its 95% interval excludes a tie), or the deployable file's bytes")
+    max_loss_points: float = Field(ge=0.0, le=100.0, description="largest accuracy loss against fp32, in points, "
+                                                                 "that the one-sided 95% upper bound may reach")
+    variant: ServedVariant | None = Field(description="register this ONNX variant whatever the rule says; null: the "
+                                                      "rule chooses")
+
+
 class EvaluateParams(Section):
     """How the variants are timed, which one is registered, and the gate that may make it the champion."""
 
-    latency_runs: int = Field(ge=5, le=10000)
-    warmup_runs: int = Field(ge=0, le=1000)
+    timing_rounds: int = Field(ge=3, le=1000, description="interleaved rounds: each times every variant once, in "
+                                                          "an order rotated each round")
+    latency_runs: int = Field(ge=1, le=10000, description="single-image runs per round; their median is the round's")
+    warmup_runs: int = Field(ge=0, le=1000, description="untimed single-image runs of each variant first")
     throughput_batch: int = Field(ge=1, le=4096, description="batch size of the throughput measurement")
-    throughput_runs: int = Field(ge=3, le=1000, description="timed batches; the median is reported")
+    throughput_runs: int = Field(ge=1, le=1000, description="timed batches per round; the fastest is the round's")
     registered_model: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$",
-                                  description="Model Registry name the candidate is registered under")
-    candidate: ServedVariant = Field(description="the variant to register and serve: one written as ONNX (the fp32 "
-                                             "model is served as fp32_onnx)")
-    gate_metric: Literal["accuracy", "precision", "recall", "f1"]
-    gate_min_gain: float = Field(ge=-1.0, le=1.0, description="candidate - champion needed to promote")
+                                  description="Model Registry name the chosen variant is registered under")
+    selection: SelectionParams
+    gate_metric: Literal["accuracy", "f1"] = Field(
+        description="what the gate compares, paired on images neither model learnt from: accuracy (exact "
+                    "McNemar) or macro F1 (paired bootstrap)")
 
 
 class TrackingParams(Section):

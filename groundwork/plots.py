@@ -103,17 +103,34 @@ def _label_points(axis: plt.Axes, x: pd.Series, y: pd.Series) -> None:
                       fontsize=8)
 
 
-def pareto_plot(path: Path, table: pd.DataFrame, axes_spec: Sequence[tuple[str, str, bool]]) -> None:
-    """Accuracy against each cost column of `table` (one panel per (column, label, log scale)); every variant
-    labelled, the Pareto front joined by a line."""
-    figure, axes = plt.subplots(1, len(axes_spec), figsize=(6.2 * len(axes_spec), 4.4), squeeze=False,
+def _interval(table: pd.DataFrame, column: str) -> np.ndarray | None:
+    """Distances below and above each value of `column` to its interval's ends (`<column>_low` / `_high`)."""
+    if f"{column}_low" not in table or f"{column}_high" not in table:
+        return None
+    return np.vstack([table[column] - table[f"{column}_low"], table[f"{column}_high"] - table[column]]).clip(min=0)
+
+
+def pareto_plot(path: Path, table: pd.DataFrame, axes_spec: Sequence[tuple[str, str, bool]],
+                chosen: str | None = None) -> None:
+    """Accuracy against each (column, label, log scale) of `axes_spec`: a cost (lower is better) or a column
+    ending in a ratio to a baseline (`_vs_...`, higher is better); 95% intervals drawn where the table has them,
+    the Pareto front joined by a line, the `chosen` variant ringed."""
+    figure, axes = plt.subplots(1, len(axes_spec), figsize=(6.2 * len(axes_spec), 4.6), squeeze=False,
                                 gridspec_kw={"wspace": 0.3})  # room for labels of points at a panel's right edge
     for axis, (column, label, log_scale) in zip(axes[0], axes_spec, strict=True):
-        front = pareto_front(table[column], table["accuracy"])
+        higher_is_better = "_vs_" in column
+        cost = -table[column] if higher_is_better else table[column]
+        front = pareto_front(cost, table["accuracy"])
         axis.plot(table.loc[front, column], table.loc[front, "accuracy"], color="tab:green", alpha=0.6,
                   label="Pareto front", zorder=1)
         on_front = table.index.isin(front)
+        axis.errorbar(table[column], table["accuracy"], yerr=_interval(table, "accuracy"),
+                      xerr=_interval(table, column), fmt="none", ecolor="tab:grey", alpha=0.5, capsize=2, zorder=1,
+                      label="95% intervals")
         axis.scatter(table[column], table["accuracy"], c=np.where(on_front, "tab:green", "tab:grey"), zorder=2)
+        if chosen is not None and chosen in table.index:
+            axis.scatter([table.loc[chosen, column]], [table.loc[chosen, "accuracy"]], s=160, facecolors="none",
+                         edgecolors="tab:red", linewidths=1.5, zorder=3, label=f"registered: {chosen}")
         if log_scale:
             axis.set_xscale("log")
         _label_points(axis, table[column], table["accuracy"])
@@ -121,8 +138,9 @@ def pareto_plot(path: Path, table: pd.DataFrame, axes_spec: Sequence[tuple[str, 
         axis.set_ylabel("target test accuracy")
         axis.grid(alpha=0.3)
         axis.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
-        axis.legend(loc="best")
-    figure.suptitle("Compressed variants: accuracy against cost (up and left is better)")
+        axis.legend(loc="lower right", fontsize=8)
+    figure.suptitle("Model variants: accuracy against cost and speed (up, and left for size or right for speed, "
+                    "is better)")
     _save(figure, path)
 
 

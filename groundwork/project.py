@@ -23,9 +23,10 @@ TINY = {
     "budget": {"labels_per_class": [1, 3], "draws": 2, "steps": 3},
     "search": {"episodes": 6, "warmup_episodes": 3, "calibration_images": 32},
     "compress": {"prune_iterations": 2, "finetune": {"epochs": 1}, "calibration_images": 16},
-    "evaluate": {"warmup_runs": 1, "latency_runs": 5, "throughput_batch": 32, "throughput_runs": 3},
+    "evaluate": {"timing_rounds": 3, "warmup_runs": 1, "latency_runs": 3, "throughput_batch": 32, "throughput_runs": 1},
     "adaptive": {"stream": {"windows": 3, "window_size": 60, "shifted_from": 1, "strength": 90},
-                 "monitor": {"permutations": 50}, "ask": {"queue_size": 12, "holdout_size": 10},
+                 "monitor": {"permutations": 50},
+                 "ask": {"queue_size": 12, "holdout_size": 20, "holdout_per_iteration": 10},
                  "adapt": {"min_labels": 10, "replay_target": 20, "replay_source": 20, "finetune": {"epochs": 2}}},
 }
 

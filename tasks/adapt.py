@@ -19,15 +19,17 @@ import torch
 
 from groundwork.adaptive.continual import adapted, replay_buffer
 from groundwork.adaptive.labels import Label, arrivals_and_labels
+from groundwork.adaptive.power import POWER_GAIN_POINTS, promotion_power
 from groundwork.card import lineage, registered_model_description, training_data, version_card
 from groundwork.compression.export import export_onnx, onnx_logits, onnx_session, quantize_int8
 from groundwork.data.atomic import write_json
 from groundwork.data.datasets import Split, load_dataset, to_float
 from groundwork.entrypoint import stage_cli
+from groundwork.evaluation.gate import decide_challenger
+from groundwork.evaluation.statistics import paired_test
 from groundwork.models.checkpoint import load_model, save_checkpoint
 from groundwork.params import Params
 from groundwork.serving.package import log_served_model, served_contract
-from groundwork.tracking.registry import decide_challenger
 from groundwork.tracking.runs import NullTracker, Predict, Tracker
 from groundwork.training.distributed import resolve_device
 from groundwork.training.loop import logits_of
@@ -45,11 +47,16 @@ def labelled(given: dict[str, Label], images: dict[str, np.ndarray], purpose: st
     return Split(np.stack([images[i] for i in ids]), np.array([given[i].label for i in ids], np.int64))
 
 
-def accuracy(predict: Predict, split: Split) -> float | None:
-    """Accuracy of `predict` on a labelled split; None when it is empty."""
+def correct(predict: Predict, split: Split) -> np.ndarray | None:
+    """Which images of a labelled split `predict` gets right; None when it is empty."""
     if not len(split):
         return None
-    return float((predict(torch.from_numpy(split.images)).argmax(1).numpy() == split.labels).mean())
+    return predict(torch.from_numpy(split.images)).argmax(1).numpy() == split.labels
+
+
+def accuracy(right: np.ndarray | None) -> float | None:
+    """The share of True; None for no images."""
+    return None if right is None else float(right.mean())
 
 
 def run(params: Params, *, model: Path, target: Path, source: Path, incoming: Path, labels: Path, out_dir: Path,
@@ -81,17 +88,23 @@ def run(params: Params, *, model: Path, target: Path, source: Path, incoming: Pa
     calibration = to_float(torch.from_numpy(np.concatenate([new.images, target_data["val"].images]))).numpy()
     quantize_int8(fp32_path, int8_path, calibration[:params.compress.calibration_images])
     session = onnx_session(int8_path)
-    challenger_scores = {"holdout_accuracy": accuracy(lambda x: onnx_logits(session, x), holdout),
-                         "original_accuracy": accuracy(lambda x: onnx_logits(session, x), target_data["test"])}
     cpu = torch.device("cpu")
     champion = tracker.champion_predictor(params.evaluate.registered_model)
     incumbent_name = "registered champion" if champion is not None else f"{model} (no registered champion)"
     incumbent = champion or (lambda x: logits_of(base, x, device=cpu))
-    incumbent_scores = {"holdout_accuracy": accuracy(incumbent, holdout),
-                        "original_accuracy": accuracy(incumbent, target_data["test"])}
-    decision = decide_challenger(challenger_scores, incumbent_scores, min_gain=cfg.min_gain,
-                                 max_forgetting=cfg.max_forgetting, champion_version=None)
-    scores = {"challenger": challenger_scores, "incumbent": incumbent_scores, "incumbent_model": incumbent_name}
+    ours = {name: correct(lambda x: onnx_logits(session, x), split)
+            for name, split in (("holdout", holdout), ("original", target_data["test"]))}
+    theirs = {name: correct(incumbent, split) for name, split in (("holdout", holdout), ("original",
+                                                                                         target_data["test"]))}
+    challenger_scores = {f"{name}_accuracy": accuracy(right) for name, right in ours.items()}
+    incumbent_scores = {f"{name}_accuracy": accuracy(right) for name, right in theirs.items()}
+    holdout_test = None if ours["holdout"] is None else paired_test(theirs["holdout"], ours["holdout"])
+    decision = decide_challenger(holdout_test, paired_test(theirs["original"], ours["original"]),
+                                 max_forgetting=cfg.max_forgetting, champion_version=None,
+                                 challenger_holdout=challenger_scores["holdout_accuracy"])
+    power = promotion_power(len(holdout), gain_points=POWER_GAIN_POINTS)
+    scores = {"challenger": challenger_scores, "incumbent": incumbent_scores, "incumbent_model": incumbent_name,
+              "gate": dict(decision.evidence), f"power_at_{POWER_GAIN_POINTS}_points": power}
     save_checkpoint(out_dir / "challenger.pt", challenger, stage="adapt",
                     params=params.model_dump(mode="json"), metrics={k: v for k, v in challenger_scores.items()
                                                                     if v is not None})

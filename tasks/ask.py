@@ -88,7 +88,8 @@ def run(params: Params, *, model: Path, incoming: Path, labels: Path, drift: Pat
     if candidates:
         generator = torch.Generator().manual_seed(derived_seed(params.seed, "ask", len(given)))
         rows = choose(load_model(model)[0], candidates, known, cfg, generator=generator,
-                      holdout_wanted=max(0, cfg.holdout_size - holdout_given))
+                      holdout_wanted=max(0, min(cfg.holdout_per_iteration,
+                                                             cfg.holdout_size - holdout_given)))
     reason = (f"{len(alarmed)} alarmed batch(es), {len(candidates)} unlabelled image(s) in them" if alarmed
               else "no drift alarm: nothing to ask")
     holdout_queued = sum(r["purpose"] == "holdout" for r in rows)

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from groundwork.compression.names import VARIANTS
+from groundwork.compression.names import SERVED, VARIANTS
 from groundwork.params import Params
 from tasks import evaluate
 
@@ -36,12 +36,21 @@ def test_run_scores_every_variant(tmp_path: Path, tiny_params: Params, tiny_data
     assert variants["fp32"]["accuracy_drop_points"] == 0
     for scores in variants.values():
         assert {"accuracy", "precision", "recall", "f1", "params", "nonzero_params", "bytes", "compressed_bytes",
-                "latency_p50_ms", "latency_p95_ms", "throughput_b32", "speedup_vs_fastest_fp32",
-                "times_smaller_than_fp32_state_dict"} <= set(scores)
+                "latency_p50_ms", "latency_p95_ms", "throughput_b32", "throughput_vs_fp32_onnx",
+                "times_smaller_than_fp32_state_dict", "vs_fp32_p_value", "vs_fp32_loss_upper_points"} <= set(scores)
         assert 0 < scores["latency_p50_ms"] <= scores["latency_p95_ms"]
-        assert scores["throughput_b32"] > 0
+        assert scores["accuracy_low"] < scores["accuracy"] < scores["accuracy_high"] or scores["accuracy"] in (0, 1)
+        assert scores["f1_low"] <= scores["f1"] <= scores["f1_high"]
+        assert scores["throughput_vs_fp32_onnx_low"] <= scores["throughput_vs_fp32_onnx"] \
+            <= scores["throughput_vs_fp32_onnx_high"]
         assert 0 < scores["nonzero_params"] <= scores["params"]
-    assert max(variants[name]["speedup_vs_fastest_fp32"] for name in ("fp32", "fp32_onnx")) == 1.0
+    # the reference against itself: no discordant image, and its ratio to itself is exactly 1 in every round
+    assert variants["fp32"]["vs_fp32_losses"] == variants["fp32"]["vs_fp32_wins"] == 0
+    assert variants["fp32_onnx"]["throughput_vs_fp32_onnx"] == pytest.approx(1.0)
+    selection = metrics["selection"]
+    assert selection["chosen"] in variants and set(selection["standings"]) == set(SERVED)
+    assert selection["standings"][selection["chosen"]].startswith("chosen")
+    assert metrics["registry"] == {"registered": False, "variant": selection["chosen"]}
     assert variants["packed"]["times_smaller_than_fp32_state_dict"] > 8
     assert variants["pruned"]["nonzero_params"] < 0.3 * variants["pruned"]["params"]
     table = pd.read_csv(outputs["table_out"], index_col="variant")

@@ -22,64 +22,8 @@ from mlflow import MlflowClient
 
 from groundwork.params import Params
 from groundwork.project import tiny_params_dict
-from groundwork.tracking.registry import CHAMPION, decide, gate, logged_model_id
+from groundwork.tracking.registry import CHAMPION, LEARNT_FROM_TAG, logged_model_id
 from tests.helpers import free_port, stop_server, wait_until_healthy
-
-
-def test_decide_rules() -> None:
-    assert decide(0.9, None, metric="accuracy", min_gain=0.01).promote
-    assert decide(0.95, 0.90, metric="accuracy", min_gain=0.01).promote
-    kept = decide(0.905, 0.90, metric="accuracy", min_gain=0.01)
-    assert not kept.promote and "+0.0050 < 0.01" in kept.reason
-    assert decide(0.90, 0.90, metric="accuracy", min_gain=0.0).promote, "a tie passes a zero minimum gain"
-    assert "has no accuracy score" in decide(0.5, None, metric="accuracy", min_gain=0.0, champion_version="3").reason
-
-
-@pytest.fixture
-def registry(tracking_at: str) -> tuple[MlflowClient, str]:
-    client = MlflowClient(tracking_at)  # the global URI too: MLflow's registry resolves a models:/ source there
-    client.create_registered_model("digits")
-    return client, "digits"
-
-
-def new_version(client: MlflowClient, name: str, scores: dict[str, float], digest: str = "target-1") -> str:
-    """A version backed by a logged model carrying `scores` as model-linked metrics on the dataset `digest`."""
-    experiment = client.get_experiment_by_name("Default").experiment_id
-    run = client.create_run(experiment).info.run_id
-    model = client.create_logged_model(experiment, name="candidate", source_run_id=run)
-    for key, value in scores.items():
-        client.log_metric(run, key, value, model_id=model.model_id, dataset_name="target", dataset_digest=digest)
-    return str(client.create_model_version(name, source=f"models:/{model.model_id}", run_id=run).version)
-
-
-def test_gate_reads_the_champions_model_linked_score(registry: tuple[MlflowClient, str]) -> None:
-    client, name = registry
-    first = new_version(client, name, {"accuracy": 0.95})
-    assert gate(client, name, first, {"accuracy": 0.95}, metric="accuracy", min_gain=0.0).promote
-    assert str(client.get_registered_model(name).aliases[CHAMPION]) == first
-
-    worse = new_version(client, name, {"accuracy": 0.93})
-    decision = gate(client, name, worse, {"accuracy": 0.93}, metric="accuracy", min_gain=0.0,
-                    dataset_digest="target-1")
-    assert not decision.promote and decision.champion == 0.95 and decision.champion_version == first
-    assert str(client.get_registered_model(name).aliases[CHAMPION]) == first
-    assert client.get_model_version(name, worse).tags["gate.decision"] == "kept champion"
-    assert "accuracy" not in client.get_model_version(name, worse).tags  # scores live on the model, not in tags
-
-    better = new_version(client, name, {"accuracy": 0.97})
-    assert gate(client, name, better, {"accuracy": 0.97}, metric="accuracy", min_gain=0.01).promote
-    assert str(client.get_registered_model(name).aliases[CHAMPION]) == better
-    # the champion measured on two datasets: the candidate's dataset is the one compared
-    model_id = logged_model_id(client.get_model_version(name, better))
-    run = client.get_logged_model(model_id).source_run_id
-    client.log_metric(run, "accuracy", 0.50, model_id=model_id, dataset_name="target", dataset_digest="target-2")
-    assert gate(client, name, new_version(client, name, {"accuracy": 0.9}), {"accuracy": 0.9}, metric="accuracy",
-                min_gain=0.0, dataset_digest="target-1").champion == 0.97
-    assert gate(client, name, new_version(client, name, {"accuracy": 0.9}), {"accuracy": 0.9}, metric="accuracy",
-                min_gain=0.0, dataset_digest="target-2").champion == 0.50
-    # a champion without the gate's metric is replaced, and the reason says why
-    decision = gate(client, name, new_version(client, name, {}), {"f1": 0.1}, metric="f1", min_gain=0.0)
-    assert decision.promote and "has no f1 score" in decision.reason
 
 
 @pytest.fixture
@@ -136,31 +80,54 @@ def registered(tmp_path_factory: pytest.TempPathFactory, tiny_params: Params, ti
     return Registered(project, uri, metrics, model_ids)
 
 
+def evaluate_again(registered: Registered, params: Params, tiny_data: dict[str, Path], tiny_transferred: dict[str, Any],
+                   tiny_compressed: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """evaluate run once more on the same files, into the registered store (the champion is version 1's)."""
+    import mlflow
+
+    from groundwork.tracking.runs import MlflowTracker
+    from tasks import evaluate
+
+    mlflow.set_tracking_uri(registered.uri)
+    try:
+        with mlflow.start_run(experiment_id=mlflow.get_experiment_by_name("gate").experiment_id):
+            return evaluate.run(params, transferred=tiny_transferred["model"], compressed=tiny_compressed["dir"],
+                                target=tiny_data["target"], table_out=folder / "e.csv", confusion_out=folder / "c.png",
+                                pareto_out=folder / "pareto.png", predictions_dir=folder / "p",
+                                tracker=MlflowTracker(mlflow))
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
 @pytest.mark.subprocess
 def test_champion_from_a_pipeline_run_loads_in_a_fresh_process(registered: Registered, tiny_params: Params) -> None:
-    """evaluate scores each logged variant on its own model and registers the int8 candidate's, no copy;
-    `models:/<name>@champion` then predicts in another process, from the model's own code."""
-    from mlflow import MlflowClient
-
+    """evaluate scores each logged variant on its own model and registers the one its rule chose, no copy, with the
+    rule and the images it learnt from; `models:/<name>@champion` then predicts in another process, from the
+    model's own code."""
     metrics, model_ids = registered.metrics, registered.model_ids
     registry = metrics["registry"]
-    assert registry["promoted"] and registry["version"] == 1 and registry["variant"] == "int8"
+    chosen = metrics["selection"]["chosen"]
+    assert registry["promoted"] and registry["version"] == 1 and registry["variant"] == chosen
     name = tiny_params.evaluate.registered_model
     client = MlflowClient(registered.uri)
-    # the cards: the version's (every variant's scores, this one marked, the gate's reason) and the model's
+    # the cards: the version's (every variant's scores, this one marked, the rule, the gate's reason) and the model's
     card = client.get_model_version(name, "1").description
-    assert "**int8** (this version)" in card and f"**Gate**: promoted to `champion`. {registry['reason']}" in card
-    assert all(f"| {variant} |" in card for variant in metrics["variants"] if variant != "int8")
+    assert f"**{chosen}** (this version)" in card and f"**Gate**: promoted to `champion`. {registry['reason']}" in card
+    assert all(f"| {variant} |" in card for variant in metrics["variants"] if variant != chosen)
+    assert f"**Selection**: {metrics['selection']['rule']}" in card
     assert "**Input**: images as a client has them" in card and "target data digest" in card
     assert "**Input**" in client.get_registered_model(name).description
     # the version is the model compress logged (no second copy), carrying its own scores and no other variant's
     version = client.get_model_version(name, "1")
-    assert logged_model_id(version) == model_ids["int8"] == registry["model_id"]
-    scores = {m.key: m for m in client.get_logged_model(model_ids["int8"]).metrics}
-    assert scores["accuracy"].value == metrics["variants"]["int8"]["accuracy"]
+    assert logged_model_id(version) == model_ids[chosen] == registry["model_id"]
+    assert version.tags["selection.variant"] == chosen and version.tags[LEARNT_FROM_TAG].startswith("runs:/")
+    scores = {m.key: m for m in client.get_logged_model(model_ids[chosen]).metrics}
+    assert scores["accuracy"].value == metrics["variants"][chosen]["accuracy"]
+    assert scores["vs_fp32_p_value"].value == metrics["variants"][chosen]["vs_fp32_p_value"]
     assert scores["accuracy"].dataset_name == "target" and scores["accuracy"].dataset_digest
-    structured = client.get_logged_model(model_ids["structured_int8"]).metrics
-    assert {m.key: m.value for m in structured}["accuracy"] == metrics["variants"]["structured_int8"]["accuracy"]
+    other = next(variant for variant in model_ids if variant != chosen)
+    assert {m.key: m.value for m in client.get_logged_model(model_ids[other]).metrics}["accuracy"] \
+        == metrics["variants"][other]["accuracy"]
     # in a fresh process, through the registry alias, without the project's code on the path
     script = (f"import mlflow, numpy as np; mlflow.set_tracking_uri({registered.uri!r}); "
               f"model = mlflow.pyfunc.load_model('models:/{name}@champion'); "
@@ -173,7 +140,79 @@ def test_champion_from_a_pipeline_run_loads_in_a_fresh_process(registered: Regis
     classes, sums = result.stdout.strip().splitlines()[-1].split("] [")
     assert len(classes.strip("[").split(",")) == 3 and sums.rstrip("]") == "1.0, 1.0, 1.0"
     assert "/artifacts/" in result.stderr.splitlines()[-1], "the model's own copy of the code, not the project's"
-    assert np.isclose(registry["candidate_score"], metrics["variants"]["int8"]["accuracy"])
+    assert np.isclose(registry["candidate_score"], metrics["variants"][chosen]["accuracy"])
+
+
+def test_the_same_model_again_is_a_tie_and_the_champion_stays(registered: Registered, tiny_params: Params,
+                                                                tiny_data: dict[str, Path],
+                                                                tiny_transferred: dict[str, Any],
+                                                                tiny_compressed: dict[str, Any],
+                                                                tmp_path: Path) -> None:
+    """evaluate again on the same files, naming version 1's variant and judging on file size: the champion is
+    loaded from the registry and scored on the test images it did not learn from (all of them: same split), the
+    two agree on every image and neither file is smaller, so the alias stays; the test and its numbers are
+    recorded on the new version. Then a champion said to have learnt from half the test images is scored on the
+    other half only."""
+    chosen = registered.metrics["selection"]["chosen"]
+    params = tiny_params.model_copy(update={"evaluate": tiny_params.evaluate.model_copy(update={
+        "selection": tiny_params.evaluate.selection.model_copy(update={"variant": chosen, "objective": "size"})})})
+    again = evaluate_again(registered, params, tiny_data, tiny_transferred, tiny_compressed, tmp_path / "a")
+    registry = again["registry"]
+    assert registry["registered"] and not registry["promoted"] and registry["champion_version"] == "1"
+    evidence = registry["evidence"]
+    assert evidence["test"] == "exact McNemar" and evidence["losses"] == evidence["wins"] == "0"
+    assert int(evidence["images"]) == again["test_images"] and evidence["p_value"] == "1"
+    assert "not better on size" in registry["reason"]
+    name = tiny_params.evaluate.registered_model
+    client = MlflowClient(registered.uri)
+    assert str(client.get_registered_model(name).aliases[CHAMPION]) == "1"
+    tags = client.get_model_version(name, str(registry["version"])).tags
+    assert tags["gate.decision"] == "kept champion" and tags["gate.p_value"] == "1" and tags["gate.margin_points"]
+
+    # version 1 now says it learnt from half of this run's test images: the gate scores the other half only
+    import mlflow
+
+    from groundwork.data.datasets import load_dataset
+    from groundwork.evaluation.champion import image_ids
+
+    test_ids = image_ids(load_dataset(tiny_data["target"], splits=("test",))[0]["test"].images)
+    seen = sorted(set(test_ids[: len(test_ids) // 2]))
+    mlflow.set_tracking_uri(registered.uri)
+    try:
+        with mlflow.start_run(experiment_id=mlflow.get_experiment_by_name("gate").experiment_id) as run:
+            mlflow.log_text("\n".join(seen), "learnt.txt")
+        client.set_model_version_tag(name, "1", LEARNT_FROM_TAG, f"runs:/{run.info.run_id}/learnt.txt")
+    finally:
+        mlflow.set_tracking_uri(None)
+    half = evaluate_again(registered, params, tiny_data, tiny_transferred, tiny_compressed, tmp_path / "b")
+    unseen = sum(image_id not in set(seen) for image_id in test_ids)
+    assert int(half["registry"]["evidence"]["images"]) == unseen < len(test_ids)
+
+
+def test_a_champion_that_cannot_be_opened_stays_and_the_stage_says_why(registered: Registered, tiny_params: Params,
+                                                                        tiny_data: dict[str, Path],
+                                                                        tiny_transferred: dict[str, Any],
+                                                                        tiny_compressed: dict[str, Any],
+                                                                        tmp_path: Path) -> None:
+    """The champion's ONNX file damaged in the artifact store: evaluate still scores and registers its own
+    choice, the gate keeps the champion (it cannot compare), and the reason names the failure."""
+    name = tiny_params.evaluate.registered_model
+    client = MlflowClient(registered.uri)
+    champion = client.get_model_version_by_alias(name, CHAMPION)
+    model_id = logged_model_id(champion)
+    stored = Path(client.get_logged_model(model_id).artifact_location.removeprefix("file://"))
+    files = sorted(stored.rglob("*.onnx"))
+    assert files, f"no ONNX file under {stored}"
+    original = files[0].read_bytes()
+    files[0].write_bytes(b"not an onnx file")
+    try:
+        again = evaluate_again(registered, tiny_params, tiny_data, tiny_transferred, tiny_compressed, tmp_path)
+    finally:
+        files[0].write_bytes(original)
+    registry = again["registry"]
+    assert registry["registered"] and not registry["promoted"]
+    assert "could not be opened" in registry["reason"] and f"version {champion.version}" in registry["reason"]
+    assert str(client.get_registered_model(name).aliases[CHAMPION]) == str(champion.version)
 
 
 def _post(url: str, body: dict[str, Any]) -> tuple[int, Any]:
@@ -218,7 +257,9 @@ def test_the_champion_served_over_http_answers_as_it_does_in_process(registered:
     finally:
         mlflow.set_tracking_uri(None)
     # the served model prepares 28x28 uint8 images exactly as the training data: the ONNX file's own answer
-    session = onnx_session(tiny_compressed["dir"] / "int8.onnx")
+    chosen = registered.metrics["selection"]["chosen"]
+    session = onnx_session(tiny_compressed["dir"] / json.loads((tiny_compressed["dir"] / "variants.json").read_text())[
+        chosen]["file"])
     assert list(expected["class"]) == onnx_logits(session, torch.from_numpy(images)).argmax(1).tolist()
 
     url, log = f"http://127.0.0.1:{free_port()}", tmp_path / "serve.log"

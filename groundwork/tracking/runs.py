@@ -21,7 +21,16 @@ import torch
 
 from groundwork.data.untrusted import read_npz
 from groundwork.params import TrackingParams
-from groundwork.tracking.registry import CHAMPION, GateDecision, challenge, gate
+from groundwork.tracking.registry import (
+    CHAMPION,
+    LEARNT_FROM_FILE,
+    LEARNT_FROM_TAG,
+    Champion,
+    GateDecision,
+    apply_gate,
+    challenge,
+    champion_version,
+)
 
 log = logging.getLogger(__name__)
 Predict = Callable[[torch.Tensor], torch.Tensor]  # uint8 images (N, 28, 28) -> logits (N, classes)
@@ -63,8 +72,10 @@ class Tracker(Protocol):
     def register_model(self, model_id: str, registered_name: str) -> str | None: ...
     def set_tags(self, tags: Mapping[str, str]) -> None: ...
     def log_dataset(self, name: str, path: Path | str, digest: str, context: str) -> None: ...
-    def gate(self, registered_name: str, version: str, scores: Mapping[str, float], *, metric: str,
-             min_gain: float, dataset: str) -> GateDecision | None: ...
+    def champion(self, registered_name: str, into: Path) -> Champion | None: ...
+    def record_learnt_from(self, registered_name: str, version: str, image_ids: Sequence[str]) -> None: ...
+    def apply_gate(self, registered_name: str, version: str, decision: GateDecision) -> None: ...
+    def set_version_tags(self, registered_name: str, version: str, tags: Mapping[str, str]) -> None: ...
     def champion_predictor(self, registered_name: str) -> Predict | None: ...
     def challenge(self, registered_name: str, version: str, decision: GateDecision) -> None: ...
     def describe(self, registered_name: str, version: str, model_card: str, version_card: str) -> None: ...
@@ -106,10 +117,18 @@ class NullTracker:
     def log_dataset(self, name: str, path: Path | str, digest: str, context: str) -> None:
         """Ignore a dataset."""
 
-    def gate(self, registered_name: str, version: str, scores: Mapping[str, float], *, metric: str,
-             min_gain: float, dataset: str) -> GateDecision | None:
-        """No registry, no gate."""
+    def champion(self, registered_name: str, into: Path) -> Champion | None:
+        """No registry, no champion."""
         return None
+
+    def record_learnt_from(self, registered_name: str, version: str, image_ids: Sequence[str]) -> None:
+        """No registry: nothing to record."""
+
+    def apply_gate(self, registered_name: str, version: str, decision: GateDecision) -> None:
+        """No registry: nothing to move."""
+
+    def set_version_tags(self, registered_name: str, version: str, tags: Mapping[str, str]) -> None:
+        """No registry: nothing to tag."""
 
     def champion_predictor(self, registered_name: str) -> Predict | None:
         """No registry, no champion."""
@@ -303,15 +322,42 @@ class MlflowTracker:
         self._mlflow.set_tag(f"data_digest.{name}", digest)
         self._datasets[name] = logged
 
-    def gate(self, registered_name: str, version: str, scores: Mapping[str, float], *, metric: str,
-             min_gain: float, dataset: str) -> GateDecision | None:
-        """Run the champion gate on a registered version, against the champion's score on `dataset` (a name
-        this run logged) where it has one; record the decision on this run too."""
-        logged = self._datasets.get(dataset)
-        decision = gate(self._mlflow.MlflowClient(), registered_name, version, scores, metric=metric,
-                        min_gain=min_gain, dataset_digest=None if logged is None else logged.digest)
+    def champion(self, registered_name: str, into: Path) -> Champion | None:
+        """The champion's ONNX file, downloaded into `into`, and the ids of the images it learnt from where its
+        version records them; None when there is no champion."""
+        client = self._mlflow.MlflowClient()
+        version = champion_version(client, registered_name)
+        if version is None:
+            return None
+        local = Path(self._mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{registered_name}/{version}", dst_path=str(into / "model")))
+        found = sorted(local.rglob("*.onnx"))
+        if not found:
+            raise FileNotFoundError(f"models:/{registered_name}/{version}: no ONNX file among its artifacts")
+        listed = client.get_model_version(registered_name, version).tags.get(LEARNT_FROM_TAG)
+        learnt = None if not listed else frozenset(Path(self._mlflow.artifacts.download_artifacts(
+            artifact_uri=listed, dst_path=str(into / "learnt_from"))).read_text().split())
+        return Champion(version, found[0], learnt)
+
+    def record_learnt_from(self, registered_name: str, version: str, image_ids: Sequence[str]) -> None:
+        """Log the ids of the images a registered version learnt from as this run's artifact, and point the
+        version's LEARNT_FROM_TAG at it: a later gate scores both models only on images neither learnt from."""
+        artifact = f"registry/{registered_name}-{version}-{LEARNT_FROM_FILE}"
+        self._mlflow.log_text("\n".join(image_ids) + "\n", artifact)
+        run_id = self._mlflow.active_run().info.run_id
+        self._mlflow.MlflowClient().set_model_version_tag(registered_name, version, LEARNT_FROM_TAG,
+                                                          f"runs:/{run_id}/{artifact}")
+
+    def apply_gate(self, registered_name: str, version: str, decision: GateDecision) -> None:
+        """Tag the version with the gate's decision and move the alias if it promotes; tag this run too."""
+        apply_gate(self._mlflow.MlflowClient(), registered_name, version, decision)
         self.set_tags({**decision.as_tags(), "gate.version": version})
-        return decision
+
+    def set_version_tags(self, registered_name: str, version: str, tags: Mapping[str, str]) -> None:
+        """Tag a registered version (MLflow keeps at most 5,000 characters of a version tag's value)."""
+        client = self._mlflow.MlflowClient()
+        for key, value in tags.items():
+            client.set_model_version_tag(registered_name, version, key, value[:5000])
 
     def champion_predictor(self, registered_name: str) -> Predict | None:
         """The registered champion as a function of uint8 images (N, 28, 28) -> log-probabilities (logits up to
