@@ -409,6 +409,16 @@ class Distillation(Section):
     unlabelled: bool = Field(description="also distil on the target's training pool, its labels unused")
 
 
+class QuantizationParams(Section):
+    """How ONNX Runtime's static int8 quantization calibrates and which layers it quantizes."""
+
+    method: Literal["minmax", "entropy", "percentile"] = Field(
+        description="how activation ranges are calibrated: observed min / max, entropy (KL) or the 99.999th "
+                    "percentile")
+    per_channel: bool = Field(description="one scale per output channel of a weight (false: one per tensor)")
+    keep_ends_fp32: bool = Field(description="leave the first and last weighted layers in fp32")
+
+
 class CompressParams(Section):
     """How each compressed variant is made from the transferred model."""
 
@@ -419,7 +429,9 @@ class CompressParams(Section):
     packed_bits: int = Field(ge=1, le=8, description="2**bits - 1 shared values plus zero per layer (packed)")
     distillation: Distillation
     finetune: TrainParams
-    calibration_images: int = Field(ge=8, le=10000)
+    calibration_images: int = Field(ge=8, le=10000, description="unlabelled target images (training pool first, "
+                                                                "then validation) that calibrate int8 activations")
+    quantization: QuantizationParams
     workers: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = Field(
         description="processes fine-tuning variants at once (pruned and packed, structured, searched, lowrank), "
                     "torch's threads shared among them; auto: one per thread on a CPU, one on an accelerator")

@@ -86,7 +86,7 @@ def run(params: Params, *, model: Path, target: Path, source: Path, incoming: Pa
     fp32_path, int8_path = out_dir / "challenger.onnx", out_dir / "challenger_int8.onnx"
     export_onnx(challenger, fp32_path)
     calibration = to_float(torch.from_numpy(np.concatenate([new.images, target_data["val"].images]))).numpy()
-    quantize_int8(fp32_path, int8_path, calibration[:params.compress.calibration_images])
+    quantize_int8(fp32_path, int8_path, calibration[:params.compress.calibration_images], params.compress.quantization)
     session = onnx_session(int8_path)
     cpu = torch.device("cpu")
     champion = tracker.champion_predictor(params.evaluate.registered_model)

@@ -20,12 +20,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from groundwork.compression.export import (
     MANIFEST,
+    calibration_images,
     export_onnx,
     onnx_logits,
     onnx_session,
@@ -39,7 +39,7 @@ from groundwork.compression.packing import load_packed, pack
 from groundwork.compression.pruning import sparsity
 from groundwork.compression.variants import TRAINED, train_variant, variant_jobs
 from groundwork.data.atomic import write_json
-from groundwork.data.datasets import Dataset, Split, load_dataset, to_float
+from groundwork.data.datasets import Split, load_dataset
 from groundwork.entrypoint import stage_cli
 from groundwork.models.checkpoint import load_model, save_checkpoint
 from groundwork.models.digitnet import DigitNet
@@ -52,12 +52,6 @@ from groundwork.training.jobs import run_jobs, worker_count
 from groundwork.training.loop import loss_and_accuracy
 
 log = logging.getLogger(__name__)
-
-
-def calibration_images(data: Dataset, count: int) -> np.ndarray:
-    """Unlabelled target images (train, then val) in the models' input format, for int8 calibration."""
-    images = torch.cat([data["train"].tensors()[0], data["val"].tensors()[0]])[:count]
-    return to_float(images).numpy()
 
 
 def onnx_accuracy(path: Path, val: Split) -> float:
@@ -88,7 +82,7 @@ def run(params: Params, *, transferred: Path, target: Path, policy: Path, out_di
 
     export_onnx(reference, out_dir / "fp32.onnx")
     record("fp32_onnx", "fp32.onnx", "onnx", reference, onnx_accuracy(out_dir / "fp32.onnx", val))
-    quantize_int8(out_dir / "fp32.onnx", out_dir / "int8.onnx", calibration)
+    quantize_int8(out_dir / "fp32.onnx", out_dir / "int8.onnx", calibration, cfg.quantization)
     record("int8", "int8.onnx", "onnx", reference, onnx_accuracy(out_dir / "int8.onnx", val))
 
     jobs = variant_jobs(params, transferred=transferred, target=target, searched=searched)
@@ -109,7 +103,7 @@ def run(params: Params, *, transferred: Path, target: Path, policy: Path, out_di
         export_onnx(model, out_dir / f"{name}.onnx")
         record(name, f"{name}.onnx", "onnx", model, onnx_accuracy(out_dir / f"{name}.onnx", val))
     for name in ("structured", "searched"):
-        quantize_int8(out_dir / f"{name}.onnx", out_dir / f"{name}_int8.onnx", calibration)
+        quantize_int8(out_dir / f"{name}.onnx", out_dir / f"{name}_int8.onnx", calibration, cfg.quantization)
         record(f"{name}_int8", f"{name}_int8.onnx", "onnx", trained[name],
                onnx_accuracy(out_dir / f"{name}_int8.onnx", val))
     pack(trained["packed"], out_dir / "packed.gwpk", bits=cfg.packed_bits)

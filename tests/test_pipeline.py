@@ -158,7 +158,9 @@ def test_first_run_executes_every_stage_and_records_them(first_run: FirstRun) ->
     assert by_stage["evaluate"].data.tags["gate.decision"] == "promoted"
     # lineage: from the champion's version back to the run, its commit, data, DVC stage and flow run
     version = client.get_model_version(name, "1")
-    assert logged_model_id(version) == served[tiny_params_dict()["evaluate"]["candidate"]].model_id
+    chosen = json.loads((project / "reports" / "evaluate.json").read_text())["selection"]["chosen"]
+    assert logged_model_id(version) == served[chosen].model_id
+    assert version.tags["selection.variant"] == chosen and "selection.rule" in version.tags
     source_run = client.get_run(version.run_id)
     assert source_run.data.tags["stage"] == "compress" and source_run.data.tags["git_dirty"] == "false"
     assert len(source_run.data.tags["dvc_lock_hash"]) == 64

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from groundwork.data.atomic import atomic_path
-from groundwork.data.datasets import to_float
+from groundwork.data.datasets import Dataset, to_float
+from groundwork.params import QuantizationParams
 
 log = logging.getLogger(__name__)
 INPUT_NAME = "images"
@@ -51,17 +52,45 @@ class _Calibration:
         return None if batch is None else {INPUT_NAME: batch}
 
 
-def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray) -> None:
-    """Static int8 quantization (QDQ, per-channel weights, activations calibrated on real images)."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+def calibration_images(data: Dataset, count: int) -> np.ndarray:
+    """Unlabelled target images (the training pool, then val) in the models' input format, for int8
+    calibration: never the test split."""
+    images = torch.cat([data["pool"].tensors()[0], data["val"].tensors()[0]])[:count]
+    return to_float(images).numpy()
+
+
+def end_nodes(path: Path) -> list[str]:
+    """Names of the first Conv / Gemm / MatMul node and the last one of an ONNX graph: the layers that see raw
+    pixels and that write the logits, the two most sensitive to int8 rounding."""
+    import onnx
+
+    weighted = [node.name for node in onnx.load(str(path)).graph.node if node.op_type in ("Conv", "Gemm", "MatMul")]
+    return sorted({weighted[0], weighted[-1]}) if weighted else []
+
+
+def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, quantization: QuantizationParams) -> None:
+    """Static int8 quantization (QDQ, activations calibrated on real images) as `quantization` says: the
+    calibration method, per-channel or per-tensor weights, and the first and last layers kept in fp32 or not."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
     CalibrationDataReader.register(_Calibration)
     with tempfile.TemporaryDirectory() as scratch, atomic_path(out_path) as tmp:
         prepared = Path(scratch) / "prepared.onnx"
         quant_pre_process(str(fp32_path), str(prepared))  # shape inference and graph fusions first
+        excluded = end_nodes(prepared) if quantization.keep_ends_fp32 else []
         quantize_static(str(prepared), str(tmp), _Calibration(calibration), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                        per_channel=quantization.per_channel, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, calibrate_method=methods[quantization.method],
+                        nodes_to_exclude=excluded)
 
 
 def onnx_session(path: Path, threads: int = 2) -> Any:
