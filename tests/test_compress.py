@@ -288,3 +288,42 @@ def test_variants_fine_tuned_in_two_processes_come_out_exactly_as_in_this_one(
             assert ours.keys() == theirs.keys()
             assert all(torch.equal(ours[key], theirs[key]) for key in ours), name
     assert {name for result in results[2] for name in result.models} == {*TRAINED, "packed"}
+
+
+def test_int8_options_change_the_quantized_graph_as_asked(tmp_path: Path, tiny_data: dict[str, Path],
+                                                        tiny_compressed: dict[str, Any]) -> None:
+    """compress.quantization: per-tensor weights have one scale each, the kept ends stay fp32 (their weights are
+    not quantized), and every calibration method gives a file that predicts as fp32 mostly does."""
+    from groundwork.compression.export import calibration_images, end_nodes, quantize_int8
+    from groundwork.params import QuantizationParams
+
+    fp32 = tiny_compressed["dir"] / "fp32.onnx"
+    data, _ = load_dataset(tiny_data["target"], splits=("val", "test", "pool"))
+    calibration = calibration_images(data, 64)
+    images = data["test"].tensors()[0]
+    reference = onnx_logits(onnx_session(fp32), images).argmax(1)
+
+    def quantized(name: str, **options: Any) -> onnx.ModelProto:
+        settings = {"method": "minmax", "per_channel": True, "keep_ends_fp32": False, **options}
+        quantize_int8(fp32, tmp_path / f"{name}.onnx", calibration, QuantizationParams(**settings))
+        agree = (onnx_logits(onnx_session(tmp_path / f"{name}.onnx"), images).argmax(1) == reference).float().mean()
+        assert agree > 0.8, f"{name}: int8 agrees with fp32 on only {agree:.0%} of the test images"
+        return onnx.load(str(tmp_path / f"{name}.onnx"))
+
+    def weight_scales(model: onnx.ModelProto) -> list[int]:
+        sizes = {init.name: int(np.prod(init.dims)) for init in model.graph.initializer}
+        weights = {node.input[1] for node in model.graph.node if node.op_type in ("Conv", "Gemm", "MatMul")}
+        return [sizes[node.input[1]] for node in model.graph.node
+                if node.op_type == "DequantizeLinear" and node.output[0] in weights]
+
+    assert max(weight_scales(quantized("per_channel"))) > 1
+    assert set(weight_scales(quantized("per_tensor", per_channel=False))) == {1}
+    for method in ("entropy", "percentile"):
+        quantized(method, method=method)
+    kept = quantized("kept", keep_ends_fp32=True)
+    first, last = end_nodes(fp32)
+    by_name = {node.name: node for node in kept.graph.node}
+    producers = {output: node.op_type for node in kept.graph.node for output in node.output}
+    for name in (first, last):
+        assert producers.get(by_name[name].input[1]) != "DequantizeLinear", f"{name}: its weight was quantized"
+    assert len(weight_scales(kept)) == len(weight_scales(quantized("all"))) - 2
