@@ -54,6 +54,14 @@ def test_project_params_file_is_valid() -> None:
         ({"model": {"arch": "lenet5", "channels": [20, 50, 64]}}, "model",
          "channels [20, 50, 64]: 3 5x5 convs with 2x2 pools do not fit 28x28 images"),
         ({"model": {"arch": "lenet5", "inner_channels": [8, 16]}}, "model", "needs arch cnn"),
+        ({"evaluate": {"selection": {"max_loss_points": -0.5}}}, "evaluate.selection.max_loss_points",
+         "greater than or equal to 0"),
+        ({"evaluate": {"selection": {"objective": "accuracy"}}}, "evaluate.selection.objective",
+         "'throughput', 'latency' or 'size'"),
+        ({"evaluate": {"selection": {"variant": "packed"}}}, "evaluate.selection.variant", "'searched_int8'"),
+        ({"evaluate": {"candidate": "int8"}}, "evaluate.candidate", "Extra inputs are not permitted"),
+        ({"compress": {"quantization": {"method": "kl"}}}, "compress.quantization.method",
+         "'minmax', 'entropy' or 'percentile'"),
     ],
 )
 def test_bad_param_names_key_and_reason(changes: dict, key: str, reason: str) -> None:

@@ -288,3 +288,29 @@ def test_the_champion_served_over_http_answers_as_it_does_in_process(registered:
         assert status == 200 and len(answer["predictions"]) == 2, "the server keeps serving after bad requests"
     finally:
         stop_server(process)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "missing"])
+def test_a_damaged_variant_fails_evaluate_naming_it_and_registers_nothing(registered: Registered, tiny_params: Params,
+                                                                          tiny_data: dict[str, Path],
+                                                                          tiny_transferred: dict[str, Any],
+                                                                          tiny_compressed: dict[str, Any],
+                                                                          tmp_path: Path, damage: str) -> None:
+    import shutil
+
+    from groundwork.errors import DataError
+
+    copy = shutil.copytree(tiny_compressed["dir"], tmp_path / "compressed")
+    victim = copy / "structured_int8.onnx"
+    if damage == "missing":
+        victim.unlink()
+    else:
+        victim.write_bytes(victim.read_bytes()[:200])
+    name = tiny_params.evaluate.registered_model
+    client = MlflowClient(registered.uri)
+    versions = len(client.search_model_versions(f"name = '{name}'"))
+    champion = str(client.get_registered_model(name).aliases[CHAMPION])
+    with pytest.raises(DataError, match=r"structured_int8\.onnx: variant 'structured_int8'"):
+        evaluate_again(registered, tiny_params, tiny_data, tiny_transferred, {"dir": copy}, tmp_path / "out")
+    assert len(client.search_model_versions(f"name = '{name}'")) == versions
+    assert str(client.get_registered_model(name).aliases[CHAMPION]) == champion

@@ -12,6 +12,7 @@ import torch
 from groundwork.compression.export import MANIFEST, onnx_logits, onnx_session, parameter_counts
 from groundwork.compression.names import REFERENCE
 from groundwork.compression.packing import load_packed
+from groundwork.errors import DataError
 from groundwork.models.checkpoint import load_model
 from groundwork.tracking.runs import Predict
 from groundwork.training.loop import logits_of
@@ -46,10 +47,15 @@ def load_variants(transferred: Path, compressed: Path) -> dict[str, Variant]:
         raise FileNotFoundError(f"{manifest_path}: no variant manifest (run the compress stage)") from None
     for name, entry in manifest.items():
         path = compressed / entry["file"]
+        if not path.is_file():
+            raise DataError(f"{path}: variant '{name}' listed in {manifest_path} is missing (run the compress stage)")
         if entry["runtime"] == "packed":
             found[name] = _torch_variant(path, load_packed(path))
         else:
-            session = onnx_session(path)
+            try:
+                session = onnx_session(path)
+            except Exception as error:  # ONNX Runtime raises its own types for a damaged file
+                raise DataError(f"{path}: variant '{name}' is not a loadable ONNX model ({error})") from None
             found[name] = Variant(path, lambda x, session=session: onnx_logits(session, x),
                                   entry["params"], entry["nonzero_params"])
     return found
