@@ -27,11 +27,20 @@ def mlflow_address(tracking_uri: str, experiment_id: str, run_id: str) -> str:
     return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
+# The model-variants table's columns: what a reader compares (the CSV and MLflow keep every figure)
+VARIANT_COLUMNS = ("accuracy", "accuracy_low", "accuracy_high", "f1", "vs_fp32_losses", "vs_fp32_wins",
+                   "vs_fp32_p_value", "vs_fp32_loss_upper_points", "bytes", "throughput_vs_fp32_onnx",
+                   "throughput_vs_fp32_onnx_low", "throughput_vs_fp32_onnx_high", "latency_p50_ms")
+
+
 def variant_rows(root: Path) -> list[dict[str, Any]]:
-    """One row per model variant from reports/evaluate.json (empty before evaluate has run)."""
-    variants = _report(root, "evaluate").get("variants", {})
-    return [{"variant": name, **{k: round(v, 4) if isinstance(v, float) else v for k, v in scores.items()}}
-            for name, scores in variants.items()]
+    """One row per model variant from reports/evaluate.json (empty before evaluate has run), the chosen one
+    marked."""
+    report = _report(root, "evaluate")
+    chosen = report.get("selection", {}).get("chosen")
+    return [{"variant": f"{name} (registered)" if name == chosen else name,
+             **{k: round(v, 4) if isinstance(v, float) else v for k, v in scores.items() if k in VARIANT_COLUMNS}}
+            for name, scores in report.get("variants", {}).items()]
 
 
 def summary_markdown(root: Path, results: list[StageResult], *, status: str, mlflow_url: str,
@@ -60,10 +69,10 @@ def summary_markdown(root: Path, results: list[StageResult], *, status: str, mlf
                      f"{_percent(search.get('budget_macs_kept'))} of the multiply-adds), validation accuracy before "
                      f"fine-tuning: agent {best.get('agent')}, random search {best.get('random')}, uniform "
                      f"{best.get('uniform')}, global ranking {best.get('global_ranking')}")
-    for row in variant_rows(root):
+    for name, row in _report(root, "evaluate").get("variants", {}).items():
         significance = ("significantly different from fp32" if row.get("significant_vs_fp32")
                         else "no significant difference from fp32")
-        lines.append(f"- `{row['variant']}`: accuracy {_percent(row.get('accuracy'))} "
+        lines.append(f"- `{name}`: accuracy {_percent(row.get('accuracy'))} "
                      f"[{_percent(row.get('accuracy_low'))}, {_percent(row.get('accuracy_high'))}] "
                      f"({significance}, McNemar p = {row.get('vs_fp32_p_value', float('nan')):.3g}), "
                      f"{row.get('bytes', 0):,} bytes ({row.get('times_smaller_than_fp32_state_dict', 0):.1f}x smaller "

@@ -102,7 +102,10 @@ def test_first_run_executes_every_stage_and_records_them(first_run: FirstRun) ->
     assert all(f"| {stage} | ran |" in summary for stage in STAGES)
     assert "promoted to `champion`" in summary and "/#/experiments/" in summary and "`groundwork serve`" in summary
     assert "- policy search (ddpg, " in summary and "random search n/a" not in summary
-    assert [row["variant"] for row in json.loads(artifacts["model-variants"])] == list(VARIANTS)
+    chosen = json.loads((project / "reports" / "evaluate.json").read_text())["selection"]["chosen"]
+    assert [row["variant"] for row in json.loads(artifacts["model-variants"])] == [
+        f"{name} (registered)" if name == chosen else name for name in VARIANTS]
+    assert "## Which model ships" in summary and f"- `{chosen}`: chosen" in summary
     declared = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
     for stage, spec in declared.items():
         for out in [*spec["outs"], *spec["metrics"]]:
