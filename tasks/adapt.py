@@ -25,6 +25,7 @@ from groundwork.compression.export import export_onnx, onnx_logits, onnx_session
 from groundwork.data.atomic import write_json
 from groundwork.data.datasets import Split, load_dataset, to_float
 from groundwork.entrypoint import stage_cli
+from groundwork.evaluation.champion import image_ids, learnt_from
 from groundwork.evaluation.gate import decide_challenger
 from groundwork.evaluation.statistics import paired_test
 from groundwork.models.checkpoint import load_model, save_checkpoint
@@ -74,7 +75,7 @@ def run(params: Params, *, model: Path, target: Path, source: Path, incoming: Pa
         return {"adapted": False, "reason": reason, **counts}
 
     base, _ = load_model(model)
-    target_data, target_digest = load_dataset(target, splits=("train", "val", "test"))
+    target_data, target_digest = load_dataset(target, splits=("train", "val", "test", "pool"))
     source_data, source_digest = load_dataset(source, splits=("train",))
     tracker.log_dataset("target", target, target_digest, context="replay")
     tracker.log_dataset("source", source, source_digest, context="replay")
@@ -121,6 +122,9 @@ def run(params: Params, *, model: Path, target: Path, source: Path, incoming: Pa
             tracker.log_model_metrics(model_id, {"holdout_accuracy": challenger_scores["holdout_accuracy"]},
                                       dataset=None)
         tracker.challenge(params.evaluate.registered_model, version, decision)
+        # what a later gate must not score it on: the pipeline model's images, and the new labels it learnt
+        tracker.record_learnt_from(params.evaluate.registered_model, version,
+                                   sorted({*learnt_from(target_data), *image_ids(new.images)}))
         card = version_card(
             title=f"{params.evaluate.registered_model} version {version}: a challenger from the adaptive loop",
             params=params, scores={"challenger": challenger_scores, incumbent_name: incumbent_scores},

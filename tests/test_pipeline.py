@@ -412,6 +412,7 @@ def test_the_adaptive_loop_notices_drift_asks_for_labels_and_gates_a_challenger(
     assert (str(aliases["champion"]) == version) is adapted["promoted"]
     tags = client.get_model_version(name, version).tags
     assert tags["gate.decision"] == ("promoted" if adapted["promoted"] else "kept champion")
+    assert tags["learnt_from"].startswith("runs:/") and tags["gate.test"] == "exact McNemar"
     card = client.get_model_version(name, version).description
     assert "a challenger from the adaptive loop" in card and adapted["reason"] in card
     assert "| **challenger** (this version) |" in card and "| registered champion |" in card
