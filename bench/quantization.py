@@ -19,11 +19,12 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from groundwork.compression.export import calibration_images, onnx_logits, onnx_session, quantize_int8
 from groundwork.data.datasets import load_dataset
 from groundwork.evaluation.statistics import paired_test
-from groundwork.params import QuantizationParams, load_params
+from groundwork.params import QuantizationParams
 
 MODELS = {"int8": "fp32.onnx", "structured_int8": "structured.onnx"}
 # (method, calibration images, per-channel, first and last layers in fp32)
@@ -57,7 +58,8 @@ def main() -> None:
                         help="finished cells, so that a rerun resumes (default bench/.quantization-cache.json)")
     args = parser.parse_args()
     cache = json.loads(args.cache.read_text()) if args.cache.exists() else {}
-    seeds = {project: load_params(project / "params.yaml").seed for project in args.projects}
+    # read as plain YAML: a run made before a params change still names its seed
+    seeds = {project: yaml.safe_load((project / "params.yaml").read_text())["seed"] for project in args.projects}
     for config in CONFIGS:
         for model in MODELS:
             for project in args.projects:

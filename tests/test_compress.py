@@ -299,7 +299,7 @@ def test_int8_options_change_the_quantized_graph_as_asked(tmp_path: Path, tiny_d
 
     fp32 = tiny_compressed["dir"] / "fp32.onnx"
     data, _ = load_dataset(tiny_data["target"], splits=("val", "test", "pool"))
-    calibration = calibration_images(data, 64)
+    calibration = calibration_images(data, 70)  # more than one batch, and not a multiple of 64
     images = data["test"].tensors()[0]
     reference = onnx_logits(onnx_session(fp32), images).argmax(1)
 

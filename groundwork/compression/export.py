@@ -44,7 +44,9 @@ def export_onnx(model: torch.nn.Module, path: Path) -> None:
 class _Calibration:
     """Feeds calibration batches to ONNX Runtime's quantizer (its CalibrationDataReader protocol)."""
 
-    def __init__(self, images: np.ndarray, batch: int = 64) -> None:
+    def __init__(self, images: np.ndarray, largest: int = 64) -> None:
+        # batches of one size: ONNX Runtime's histogram calibrators (entropy, percentile) stack them into one array
+        batch = max(size for size in range(1, min(largest, len(images)) + 1) if len(images) % size == 0)
         self._batches = iter([images[i:i + batch] for i in range(0, len(images), batch)])
 
     def get_next(self) -> dict[str, np.ndarray] | None:
