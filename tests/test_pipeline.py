@@ -128,7 +128,10 @@ def test_first_run_executes_every_stage_and_records_them(first_run: FirstRun) ->
     logged = {stage: run.data.params for stage, run in by_stage.items()}
     assert "transfer.lr" in logged["budget"] and "transfer.nproc" not in logged["budget"]
     assert "augment.rotation.degrees" in logged["pretrain"] and "augment.preview_images" not in logged["pretrain"]
-    assert set(logged["evaluate"]) == {f"evaluate.{key}" for key in tiny_params_dict()["evaluate"]} | {
+    evaluate_keys = {f"evaluate.{key}.{sub}" if isinstance(value, dict) else f"evaluate.{key}"
+                     for key, value in tiny_params_dict()["evaluate"].items()
+                     for sub in (value if isinstance(value, dict) else [None])}
+    assert set(logged["evaluate"]) == evaluate_keys | {
         "ingest.target.size", "ingest.target.color"}  # the served contract, for a candidate compress did not log
     pretrain_history = client.get_metric_history(by_stage["pretrain"].info.run_id, "val_accuracy")
     assert [m.step for m in pretrain_history] == list(range(1, tiny_params_dict()["pretrain"]["epochs"] + 1))

@@ -251,11 +251,16 @@ def test_the_champion_served_over_http_answers_as_it_does_in_process(registered:
         images = stored["test_images"][:32]
     photos = [_as_photo(image) for image in images[:8]]
     mlflow.set_tracking_uri(registered.uri)
+    # loading puts the model's copy of the served code first on sys.path and drops the project's modules of the
+    # same names from sys.modules: both restored after, or later tests' spawned workers import the copy
+    path, modules = list(sys.path), dict(sys.modules)
     try:
         in_process = mlflow.pyfunc.load_model(f"models:/{tiny_params.evaluate.registered_model}@champion")
         expected, expected_photos = in_process.predict(images), in_process.predict(photos)
     finally:
         mlflow.set_tracking_uri(None)
+        sys.path[:] = path
+        sys.modules.update(modules)
     # the served model prepares 28x28 uint8 images exactly as the training data: the ONNX file's own answer
     chosen = registered.metrics["selection"]["chosen"]
     session = onnx_session(tiny_compressed["dir"] / json.loads((tiny_compressed["dir"] / "variants.json").read_text())[
