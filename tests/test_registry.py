@@ -260,6 +260,8 @@ def test_the_champion_served_over_http_answers_as_it_does_in_process(registered:
     finally:
         mlflow.set_tracking_uri(None)
         sys.path[:] = path
+        for name in [name for name in sys.modules if name.startswith("groundwork") and name not in modules]:
+            del sys.modules[name]
         sys.modules.update(modules)
     # the served model prepares 28x28 uint8 images exactly as the training data: the ONNX file's own answer
     chosen = registered.metrics["selection"]["chosen"]
