@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from groundwork.data.datasets import NUM_CLASSES, load_dataset
 from groundwork.entrypoint import stage_cli
 from groundwork.evaluation.champion import image_ids, learnt_from, unseen_mask
 from groundwork.evaluation.gate import decide
-from groundwork.evaluation.selection import BASELINE, Selection, dominated_by, select
+from groundwork.evaluation.selection import BASELINE, Gain, Selection, dominated_by, select
 from groundwork.evaluation.statistics import (
     PairedTest,
     Ratio,
@@ -76,7 +76,7 @@ def scores_with_intervals(labels: np.ndarray, predicted: np.ndarray, reference: 
             "significant_vs_fp32": float(test.significant), **test.as_metrics("vs_fp32")}, test
 
 
-def objective_gain(objective: str, timings: Timings, sizes: dict[str, int]) -> Any:
+def objective_gain(objective: str, timings: Timings, sizes: dict[str, int]) -> Gain:
     """gain(a, b): how many times better a is than b on the objective (sizes: exact byte ratios)."""
     def gain(name: str, other: str) -> Ratio:
         if objective == "size":
@@ -147,7 +147,8 @@ def gate_decision(params: Params, *, champion: Champion | None, unscored: str, l
 
 
 def register_chosen(params: Params, selection: Selection, model_ids: dict[str, str],
-                    results: dict[str, dict[str, float]], *, decision_for: Any, seen: list[str], digest: str,
+                    results: dict[str, dict[str, float]], *, decision_for: Callable[[str], GateDecision],
+                    seen: list[str], digest: str,
                     tracker: Tracker) -> dict[str, Any]:
     """Register the chosen variant's logged model as a new version, record what it learnt from, gate it against
     the champion and give it its card (every variant's scores, the rule and why each runner-up lost)."""
