@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from groundwork.data import canvas
 from groundwork.data.canvas import to_source_format
 from groundwork.data.corpus import build_datasets
 from groundwork.data.datasets import NUM_CLASSES, Split, load_dataset
@@ -34,6 +35,19 @@ def test_target_is_resized_and_centred_like_mnist() -> None:
     assert images[:, :4, :].max() == 0 and images[:, -4:, :].max() == 0  # 4-pixel empty border, as MNIST
     assert images[:, :, :4].max() == 0 and images[:, :, -4:].max() == 0
     assert images.max() > 200  # full ink reaches near 255 after scaling 0..16 to 0..255
+
+
+@pytest.mark.parametrize("width", [canvas.SEQUENTIAL_TAPS * 10, canvas.TAP_BLOCK * 3 + 7])
+def test_a_shrink_past_the_sequential_taps_resamples_in_blocks_to_the_same_pixels(
+        width: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a file may declare 1 x millions of pixels: those taps are summed in blocks, not one Python step each
+    pixels = np.random.default_rng(0).random((2, 3, width), dtype=np.float32)
+    blocked = canvas.resample_last_axis(pixels, 20)
+    monkeypatch.setattr(canvas, "SEQUENTIAL_TAPS", width)
+    monkeypatch.setattr(canvas, "_resample_in_blocks", None)  # fails if the sequential path were not taken
+    sequential = canvas.resample_last_axis(pixels, 20)
+    np.testing.assert_allclose(blocked, sequential, rtol=0, atol=1e-4)  # 1/40 of a uint8 level
+    assert not np.array_equal(pixels[..., :20], blocked)
 
 
 def test_splits_are_stratified_disjoint_and_seeded(tiny_params: Params) -> None:

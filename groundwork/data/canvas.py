@@ -25,29 +25,66 @@ def to_gray(pixels: np.ndarray, color: str) -> np.ndarray:
     return pixels @ LUMINANCE
 
 
-def resampling_taps(source: int, target: int) -> tuple[np.ndarray, np.ndarray]:
-    """For each of `target` output pixels, the first input pixel it reads and its (target, taps) weights:
-    output pixel i is centred at scale * (i + 0.5) in input pixels, the triangle's support widened to the scale
-    when shrinking, each row normalised to sum to one. float32 throughout, in the order torch computes them, so
-    both give the same pixels (to the last bit, on every dataset the tests compare)."""
+def _tap_span(source: int, target: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.float32]:
+    """Each output pixel's first input pixel, its number of taps, its centre (in input pixels) and the
+    triangle's half-width."""
     f32 = np.float32
     scale = f32(source) / f32(target)
     support = max(scale, f32(1.0))
     centres = scale * (np.arange(target, dtype=f32) + f32(0.5))
     first = np.maximum((centres - support + f32(0.5)).astype(np.int64), 0)
     count = np.minimum((centres + support + f32(0.5)).astype(np.int64), source) - first
-    offsets = np.arange(count.max())
+    return first, count, centres, support
+
+
+def _triangle(span: tuple[np.ndarray, np.ndarray, np.ndarray, np.float32], offsets: np.ndarray) -> np.ndarray:
+    """The unnormalised (target, len(offsets)) weights of taps `offsets`, zero past each output's last tap."""
+    f32 = np.float32
+    first, count, centres, support = span
     distance = ((first[:, None] + offsets).astype(f32) - centres[:, None] + f32(0.5)) / support
-    weights = np.where(offsets < count[:, None], np.maximum(f32(1.0) - np.abs(distance), f32(0.0)), f32(0.0))
-    totals = np.zeros(target, f32)
+    return np.where(offsets < count[:, None], np.maximum(f32(1.0) - np.abs(distance), f32(0.0)), f32(0.0))
+
+
+def resampling_taps(source: int, target: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each of `target` output pixels, the first input pixel it reads and its (target, taps) weights:
+    output pixel i is centred at scale * (i + 0.5) in input pixels, the triangle's support widened to the scale
+    when shrinking, each row normalised to sum to one. float32 throughout, in the order torch computes them, so
+    both give the same pixels (to the last bit, on every dataset the tests compare)."""
+    span = _tap_span(source, target)
+    weights = _triangle(span, np.arange(span[1].max()))
+    totals = np.zeros(target, np.float32)
     for tap in weights.T:  # summed tap by tap, as torch does, before normalising
         totals += tap
-    return first, (weights / totals[:, None]).astype(f32)
+    return span[0], (weights / totals[:, None]).astype(np.float32)
+
+
+# Beyond this many taps per output pixel (a shrink by more than 128x, e.g. a 1 x 3,000,000 image a file declares)
+# one Python step per tap would take seconds and the (target, taps) weights could take gigabytes: the taps are
+# then weighed and summed a block at a time in float64 and rounded once, which differs from torch in the last bit
+# only, on images no dataset or request of digits holds.
+SEQUENTIAL_TAPS = 256
+TAP_BLOCK = 1 << 16
+
+
+def _resample_in_blocks(pixels: np.ndarray, target: int) -> np.ndarray:
+    span = _tap_span(pixels.shape[-1], target)
+    first, taps = span[0], int(span[1].max())
+    weighed = np.zeros((*pixels.shape[:-1], target), np.float64)
+    totals = np.zeros(target, np.float64)
+    for start in range(0, taps, TAP_BLOCK):  # one block's gathered pixels and weights held at a time
+        offsets = np.arange(start, min(start + TAP_BLOCK, taps))
+        weights = _triangle(span, offsets)
+        index = np.minimum(first[:, None] + offsets, pixels.shape[-1] - 1)  # padded taps have weight zero
+        weighed += np.einsum("...tk,tk->...t", pixels[..., index], weights.astype(np.float64))
+        totals += weights.sum(axis=1, dtype=np.float64)
+    return (weighed / totals).astype(np.float32)
 
 
 def resample_last_axis(pixels: np.ndarray, target: int) -> np.ndarray:
     """Float32 (..., W) -> (..., target): each output a weighted sum of its taps, accumulated tap by tap with a
     fused multiply-add (the product exact in float64, rounded once), as torch's vectorised kernel does."""
+    if _tap_span(pixels.shape[-1], target)[1].max() > SEQUENTIAL_TAPS:
+        return _resample_in_blocks(pixels, target)
     first, weights = resampling_taps(pixels.shape[-1], target)
     index = np.minimum(first[:, None] + np.arange(weights.shape[1]), pixels.shape[-1] - 1)
     gathered = pixels[..., index]  # (..., target, taps); padded taps have weight zero
