@@ -16,12 +16,21 @@ from groundwork.params import Params, parse_params
 from groundwork.project import tiny_params_dict
 from tasks import ingest
 
+# `make fuzz` sets it: more cases, each run with a new seed
+RANDOM_SEEDS_ENV = "GROUNDWORK_FUZZ_CASES"
+
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Hypothesis keeps its caches in a temporary folder, not in the project (tests write nothing there)."""
+    """Hypothesis keeps its caches in a temporary folder, not in the project (tests write nothing there), and
+    draws every property's cases from a fixed seed: CI runs the same cases each time, unless `make fuzz` asks for
+    new ones."""
+    from hypothesis import settings
     from hypothesis.configuration import set_hypothesis_home_dir
 
     set_hypothesis_home_dir(tempfile.mkdtemp(prefix="groundwork-hypothesis-"))
+    settings.register_profile("fixed-seed", derandomize=True, database=None)
+    if RANDOM_SEEDS_ENV not in os.environ:
+        settings.load_profile("fixed-seed")
     if hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None):
         _share_the_cores()  # in each test process, not in the controller of xdist's workers
 

@@ -1,12 +1,11 @@
 """A tracking server that dies in the middle of a stage, with a real `mlflow server`: the stage ends within the
 bounded retry window (groundwork.tracking.runs.HTTP_DEFAULTS), naming the server, DVC records nothing, the resume
-file stays; once the server is back, the rerun continues from it and closes the killed attempt's run. And the
-flow's parent run that a dead server left RUNNING is closed by the project's next flow run."""
+file stays; once the server is back, the rerun continues from it and closes the killed attempt's run. (The flow's side,
+a parent run a dead server left RUNNING, is in tests/test_pipeline.py, beside its Prefect test server.)"""
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import signal
@@ -20,13 +19,11 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from flows import pipeline
-from flows.parent_run import start_parent_run
-from flows.repro import StageFailed, stage_environment
+from flows.repro import stage_environment
 from groundwork.forkserver import SERVER_ENV
 from groundwork.project import copy_project, tiny_params_dict
-from groundwork.tracking.runs import CLOSED_LATE_TAG, HTTP_DEFAULTS, PROJECT_TAG, project_key
-from tests.helpers import free_port, parent_runs, start_tracking_server, stop_server, wait_until_healthy
+from groundwork.tracking.runs import CLOSED_LATE_TAG, PROJECT_TAG, project_key
+from tests.helpers import start_tracking_server, stop_server, wait_until_healthy
 
 pytestmark = [pytest.mark.subprocess, pytest.mark.server]
 
@@ -124,51 +121,3 @@ def test_a_server_killed_mid_pretrain_fails_the_stage_in_time_and_the_rerun_resu
     assert "pretrain" in yaml.safe_load((project / "dvc.lock").read_text())["stages"]
     assert all((project / name).exists() for name in PRETRAIN_OUTPUTS)
     assert not (project / ".resume" / "pretrain.pt").exists(), "a finished run leaves no resume state"
-
-
-def test_a_parent_run_a_dead_server_left_running_is_closed_by_the_next_flow_run(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    """The stage's failure stays the flow's when the tracking server is gone by the time the flow closes its
-    parent run; the project's next flow run (holding the project lock) closes that run as FAILED, and leaves a
-    RUNNING run of another project in the same store alone."""
-    project, other = tmp_path / "project", tmp_path / "other"
-    project.mkdir()
-    other.mkdir()
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"  # one store for both projects, as a shared server is
-    for name, value in HTTP_DEFAULTS.items():
-        monkeypatch.setenv(name, value)  # set here, so that they are restored after the test
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # a refused connection fails at once
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
-    # run_tracked_stages outside a Prefect flow run: its logger, and DVC's answer on what to run
-    monkeypatch.setattr(pipeline, "get_run_logger", lambda: logging.getLogger("test-flow"))
-    elsewhere = start_parent_run(run_name="pipeline · elsewhere", tags={}, root=other)
-
-    def stage_fails_as_the_server_dies(root: Path, env: dict[str, str], dvc_file: str) -> list[str]:
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")  # nothing listens there
-        raise StageFailed("stage 'pretrain' failed (dvc repro exited 1): the stage's own error", transient=False)
-
-    monkeypatch.setattr(pipeline, "stages_to_run", stage_fails_as_the_server_dies)
-    published: list[str] = []
-    with caplog.at_level(logging.INFO, logger="test-flow"), pytest.raises(StageFailed, match="the stage's own error"):
-        pipeline.run_tracked_stages(project, ["pretrain"], kind="pipeline",
-                                    publish=lambda results, status, parent: published.append(status))
-    assert "closing MLflow parent run" in caplog.text and published == []
-
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)  # the server is back
-    client = MlflowClient(store)
-    [stale] = [run for run in parent_runs(client) if run.data.tags[PROJECT_TAG] == project_key(project)]
-    assert stale.info.status == "RUNNING"
-    monkeypatch.setattr(pipeline, "stages_to_run", lambda root, env, dvc_file: [])
-    caplog.clear()
-    with caplog.at_level(logging.INFO, logger="test-flow"):
-        pipeline.run_tracked_stages(project, [], kind="pipeline",
-                                    publish=lambda results, status, parent: published.append(status))
-    assert published == ["FINISHED"]
-    assert f"MLflow parent run {stale.info.run_id} of an earlier flow run was still RUNNING" in caplog.text
-    runs = {run.info.run_id: run for run in parent_runs(client)}
-    assert runs[stale.info.run_id].info.status == "FAILED"
-    assert "next pipeline flow run" in runs[stale.info.run_id].data.tags[CLOSED_LATE_TAG]
-    assert runs[elsewhere].info.status == "RUNNING" and CLOSED_LATE_TAG not in runs[elsewhere].data.tags
-    [latest] = [run for run_id, run in runs.items() if run_id not in {stale.info.run_id, elsewhere}]
-    assert latest.info.status == "FINISHED"

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from mlflow import MlflowClient
@@ -394,10 +395,14 @@ def test_the_adaptive_loop_notices_drift_asks_for_labels_and_gates_a_challenger(
     watched = json.loads((project / "reports/adaptive/monitor.json").read_text())
     assert (watched["batches"], watched["alarms"], watched["latest_alarm"]) == (3, 2, True)
     asked = json.loads((project / "reports/adaptive/ask.json").read_text())
-    assert asked["queued"] == 22 and asked["alarmed_batches"] == 2
+    # what the reports and the summary say, against the queue file the annotator is handed
+    queue = pd.read_csv(project / "reports/adaptive/queue/queue.csv")
+    purposes = queue["purpose"].value_counts().to_dict()
+    assert queue["image_id"].is_unique and set(purposes) == {"train", "holdout"}
+    assert asked["queued"] == len(queue) and asked["alarmed_batches"] == watched["alarms"]
     assert not json.loads((project / "reports/adaptive/adapt.json").read_text())["adapted"]
     summary = flow_artifacts(first.state_details.flow_run_id)["adaptive-summary"]
-    assert "| monitor | ran |" in summary and "22 image(s) queued (10 holdout" in summary
+    assert "| monitor | ran |" in summary and f"{len(queue)} image(s) queued ({purposes['holdout']} holdout" in summary
     assert "not adapted: 0 training label(s)" in summary
 
     assert "labelled the queue" in simulate(project, "annotate")
@@ -405,7 +410,8 @@ def test_the_adaptive_loop_notices_drift_asks_for_labels_and_gates_a_challenger(
     assert second.is_completed(), second
     assert statuses(second.result()) == {ADAPTIVE[0]: SKIPPED, ADAPTIVE[1]: RAN, ADAPTIVE[2]: RAN}
     adapted = json.loads((project / "reports/adaptive/adapt.json").read_text())
-    assert adapted["adapted"] and adapted["train_labels"] == 12 and adapted["holdout_labels"] == 10
+    assert adapted["adapted"] and adapted["train_labels"] == purposes["train"]
+    assert adapted["holdout_labels"] == purposes["holdout"]
     assert adapted["incumbent_model"] == "registered champion"
     client = MlflowClient(tracking_uri(project))
     name = tiny_params_dict()["evaluate"]["registered_model"]
@@ -475,3 +481,71 @@ def test_a_loop_run_is_refused_while_another_run_holds_the_project(project: Path
         with pytest.raises(PipelineBusy, match=rf"\(pid {holder}\)"):
             state.result()
     assert not (project / "data" / "incoming.dvc").exists() and not (project / "reports" / "adaptive").exists()
+
+
+def test_a_parent_run_a_dead_server_left_running_is_closed_by_the_next_flow_run(
+        prefect_server: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real `mlflow server` killed while the flow's pretrain logs to it: the stage fails, the flow fails with the
+    stage's error (closing its parent run fails too, and does not replace it), the parent run stays RUNNING.
+    With the server back, the project's next flow run closes that run as FAILED before its own stages start, and
+    leaves a RUNNING run of another project in the same store alone."""
+    import threading
+
+    from flows.parent_run import start_parent_run
+    from groundwork.tracking.runs import CLOSED_LATE_TAG, HTTP_DEFAULTS, PROJECT_TAG, project_key
+    from tests.helpers import start_tracking_server, stop_server, wait_until_healthy
+
+    folder = tmp_path / "server"
+    folder.mkdir()
+    process, server = start_tracking_server(folder)
+    project = copy_project(tmp_path / "project", tiny_params_dict(pretrain={"epochs": 20}))
+    for name, value in HTTP_DEFAULTS.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # a refused connection fails at once, stage and flow
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
+    client = MlflowClient(server.url)
+    killed = threading.Event()
+
+    def kill_once_pretrain_logs() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                          "tags.stage = 'pretrain'")
+                if runs and client.get_metric_history(runs[0].info.run_id, "val_accuracy"):
+                    os.killpg(process.pid, signal.SIGKILL)  # the server and its workers, at once
+                    killed.set()
+                    return
+            except Exception:  # the server may be starting, or already gone: ask again
+                pass
+            time.sleep(0.2)
+
+    try:
+        wait_until_healthy(process, server.url, folder / "server.log")
+        (tmp_path / "other").mkdir()
+        elsewhere = start_parent_run(run_name="pipeline · elsewhere", tags={}, root=tmp_path / "other")
+        killer = threading.Thread(target=kill_once_pretrain_logs, daemon=True)
+        killer.start()
+        state = pipeline(project_dir=str(project), return_state=True)
+        killer.join()
+        assert killed.is_set() and state.is_failed()
+        with pytest.raises(StageFailed, match=r"stage 'pretrain' failed[\s\S]*MLflow tracking at .* unreachable"):
+            state.result()
+        process.wait()
+        process, _ = start_tracking_server(folder, port=int(server.url.rsplit(":", 1)[1]))  # the same server again
+        wait_until_healthy(process, server.url, folder / "server.log")
+        [stale] = [run for run in parent_runs(client) if run.data.tags[PROJECT_TAG] == project_key(project)]
+        assert stale.info.status == "RUNNING", "the flow could not close its run: the server was down"
+
+        change_params(project, "ingest", labels_per_class=500)  # the next run fails at once, in ingest
+        state = pipeline(project_dir=str(project), return_state=True)
+        with pytest.raises(StageFailed, match=r"stage 'ingest' failed"):
+            state.result()
+        runs = {run.info.run_id: run for run in parent_runs(client)}
+        assert runs[stale.info.run_id].info.status == "FAILED"
+        assert "next pipeline flow run" in runs[stale.info.run_id].data.tags[CLOSED_LATE_TAG]
+        assert runs[elsewhere].info.status == "RUNNING" and CLOSED_LATE_TAG not in runs[elsewhere].data.tags
+        [latest] = [run for run_id, run in runs.items() if run_id not in {stale.info.run_id, elsewhere}]
+        assert latest.info.status == "FAILED" and CLOSED_LATE_TAG not in latest.data.tags, "closed by its own run"
+    finally:
+        stop_server(process)

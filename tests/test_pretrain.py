@@ -93,7 +93,11 @@ def test_contrastive_pretraining_is_label_free_and_probed(tmp_path: Path, tiny_d
                            model_out=tmp_path / "a.pt", history_out=tmp_path / "a.csv")
     pretrain.run(params, train=tmp_path / "unused.npz", source=scrambled, model_out=tmp_path / "b.pt",
                  history_out=tmp_path / "b.csv")
-    assert metrics["objective"] == "contrastive" and 0.0 <= metrics["linear_probe_accuracy"] <= 1.0
+    assert metrics["objective"] == "contrastive"
+    probed, _ = load_model(tmp_path / "a.pt")  # the probe's score is the saved model's on the source test split
+    test = source["test"].tensors()
+    assert metrics["linear_probe_accuracy"] == pytest.approx(
+        loss_and_accuracy(probed, *test, device=torch.device("cpu"))["accuracy"])
     history = pd.read_csv(tmp_path / "a.csv")
     assert {"train_loss", "val_loss", "val_accuracy"} <= set(history.columns)
     pd.testing.assert_frame_equal(history, pd.read_csv(tmp_path / "b.csv"))  # the labels played no part

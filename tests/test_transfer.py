@@ -64,7 +64,6 @@ def test_discriminative_groups_scale_the_backbone_lr(tiny_pretrained: dict[str, 
 def test_reports_transfer_scratch_and_gain(tiny_params: Params, tiny_data: dict[str, Path],
                                            tiny_transferred: dict[str, Any]) -> None:
     metrics = tiny_transferred["metrics"]
-    assert metrics["gain_points"] == round(100 * (metrics["transfer_accuracy"] - metrics["scratch_accuracy"]), 2)
     assert metrics["train_images"] == 10 * tiny_params.ingest.labels_per_class
     model, _ = load_model(tiny_transferred["model"])
     target, _ = load_dataset(tiny_data["target"], splits=("test",))
