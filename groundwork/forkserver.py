@@ -37,6 +37,7 @@ from contextlib import contextmanager, suppress
 from typing import Any, NoReturn
 
 SERVER_ENV = "GROUNDWORK_STAGE_SERVER"
+STARTED_WARM_ENV = "GROUNDWORK_STARTED_WARM"  # set in a forked stage: its MLflow run says how it started
 STAGE_PACKAGE = "tasks"
 # Imported by the server before it forks: every heavy third-party module a stage uses. The project's own packages
 # are never preloaded (a forked stage imports them from its command's sys.path).
@@ -297,6 +298,7 @@ def _adopt(request: dict[str, Any], fds: list[int]) -> None:
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
+    os.environ[STARTED_WARM_ENV] = "1"
     time.tzset()
     os.umask(request["umask"])
     for name, wanted in request["limits"].items():

@@ -38,7 +38,7 @@ from groundwork.compression.names import SERVED
 from groundwork.compression.packing import load_packed, pack
 from groundwork.compression.pruning import sparsity
 from groundwork.compression.variants import TRAINED, train_variant, variant_jobs
-from groundwork.data.atomic import write_json
+from groundwork.data.atomic import atomic_folder, write_json
 from groundwork.data.datasets import Split, load_dataset
 from groundwork.entrypoint import stage_cli
 from groundwork.models.checkpoint import load_model, save_checkpoint
@@ -60,30 +60,22 @@ def onnx_accuracy(path: Path, val: Split) -> float:
     return float((onnx_logits(onnx_session(path), images).argmax(1) == labels).float().mean())
 
 
-def run(params: Params, *, transferred: Path, target: Path, policy: Path, out_dir: Path,
-        tracker: Tracker | None = None) -> dict[str, Any]:
-    """Write every variant into `out_dir` with its manifest; return sizes, sparsity and accuracies."""
-    tracker = tracker or NullTracker()
+def _write_variants(params: Params, reference: DigitNet, searched: Any, calibration: Any, val: Split, folder: Path,
+                    tracker: Tracker, *, transferred: Path, target: Path, device: torch.device
+                    ) -> tuple[dict[str, dict[str, Any]], dict[str, DigitNet]]:
+    """Every variant's file and the manifest, written into `folder`; the manifest and the fine-tuned models."""
     cfg = params.compress
-    data, digest = load_dataset(target, splits=("train", "val", "test", "pool"))
-    tracker.log_dataset("target", target, digest, context="input")
-    device = resolve_device(params.device)
-    val = data["val"]
-    reference, _ = load_model(transferred)
-    searched = read_policy(policy, reference.arch)  # before any work: a bad policy file fails at once
-    calibration = calibration_images(data, cfg.calibration_images)
     checkpoint_params = params.model_dump(mode="json")
-
     manifest: dict[str, dict[str, Any]] = {}
 
     def record(name: str, file: str, runtime: str, model: torch.nn.Module, accuracy: float) -> None:
         manifest[name] = {"file": file, "runtime": runtime, **parameter_counts(model), "val_accuracy": accuracy}
-        log.info("%-15s val accuracy %.4f, %s", name, accuracy, out_dir / file)
+        log.info("%-15s val accuracy %.4f, %s", name, accuracy, file)
 
-    export_onnx(reference, out_dir / "fp32.onnx")
-    record("fp32_onnx", "fp32.onnx", "onnx", reference, onnx_accuracy(out_dir / "fp32.onnx", val))
-    quantize_int8(out_dir / "fp32.onnx", out_dir / "int8.onnx", calibration, cfg.quantization)
-    record("int8", "int8.onnx", "onnx", reference, onnx_accuracy(out_dir / "int8.onnx", val))
+    export_onnx(reference, folder / "fp32.onnx")
+    record("fp32_onnx", "fp32.onnx", "onnx", reference, onnx_accuracy(folder / "fp32.onnx", val))
+    quantize_int8(folder / "fp32.onnx", folder / "int8.onnx", calibration, cfg.quantization)
+    record("int8", "int8.onnx", "onnx", reference, onnx_accuracy(folder / "int8.onnx", val))
 
     jobs = variant_jobs(params, transferred=transferred, target=target, searched=searched)
     workers = worker_count(cfg.workers, len(jobs), device)
@@ -98,19 +90,36 @@ def run(params: Params, *, transferred: Path, target: Path, policy: Path, out_di
     for name in TRAINED:
         model = trained[name]
         accuracy = loss_and_accuracy(model, *val.tensors(), device=torch.device("cpu"))["accuracy"]
-        save_checkpoint(out_dir / f"{name}.pt", model, stage="compress", params=checkpoint_params,
+        save_checkpoint(folder / f"{name}.pt", model, stage="compress", params=checkpoint_params,
                         metrics={"val_accuracy": accuracy})
-        export_onnx(model, out_dir / f"{name}.onnx")
-        record(name, f"{name}.onnx", "onnx", model, onnx_accuracy(out_dir / f"{name}.onnx", val))
+        export_onnx(model, folder / f"{name}.onnx")
+        record(name, f"{name}.onnx", "onnx", model, onnx_accuracy(folder / f"{name}.onnx", val))
     for name in ("structured", "searched"):
-        quantize_int8(out_dir / f"{name}.onnx", out_dir / f"{name}_int8.onnx", calibration, cfg.quantization)
+        quantize_int8(folder / f"{name}.onnx", folder / f"{name}_int8.onnx", calibration, cfg.quantization)
         record(f"{name}_int8", f"{name}_int8.onnx", "onnx", trained[name],
-               onnx_accuracy(out_dir / f"{name}_int8.onnx", val))
-    pack(trained["packed"], out_dir / "packed.gwpk", bits=cfg.packed_bits)
-    unpacked = load_packed(out_dir / "packed.gwpk")
+               onnx_accuracy(folder / f"{name}_int8.onnx", val))
+    pack(trained["packed"], folder / "packed.gwpk", bits=cfg.packed_bits)
+    unpacked = load_packed(folder / "packed.gwpk")
     record("packed", "packed.gwpk", "packed", unpacked,
            loss_and_accuracy(unpacked, *val.tensors(), device=torch.device("cpu"))["accuracy"])
-    write_json(out_dir / MANIFEST, manifest)
+    write_json(folder / MANIFEST, manifest)
+    return manifest, trained
+
+
+def run(params: Params, *, transferred: Path, target: Path, policy: Path, out_dir: Path,
+        tracker: Tracker | None = None) -> dict[str, Any]:
+    """Write every variant into `out_dir` with its manifest; return sizes, sparsity and accuracies."""
+    tracker = tracker or NullTracker()
+    data, digest = load_dataset(target, splits=("train", "val", "test", "pool"))
+    tracker.log_dataset("target", target, digest, context="input")
+    device = resolve_device(params.device)
+    val = data["val"]
+    reference, _ = load_model(transferred)
+    searched = read_policy(policy, reference.arch)  # before any work: a bad policy file fails at once
+    calibration = calibration_images(data, params.compress.calibration_images)
+    with atomic_folder(out_dir) as staging:  # killed or failed mid-way: no part of a new set of variants
+        manifest, trained = _write_variants(params, reference, searched, calibration, val, staging, tracker,
+                                            transferred=transferred, target=target, device=device)
 
     # every ONNX variant as the classifier a client calls: evaluate scores these models and registers one
     for name in SERVED:

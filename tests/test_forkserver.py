@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from mlflow import MlflowClient
 
 from groundwork.forkserver import READY, SERVER_ENV
 from groundwork.project import ROOT, tiny_params_dict
@@ -93,6 +94,10 @@ def test_a_forked_stage_writes_what_a_cold_one_writes_and_fails_as_it_fails(
         assert (tmp_path / "warm" / name).read_bytes() == (tmp_path / "cold" / name).read_bytes(), name
     assert json.loads((tmp_path / "warm" / "ingest.json").read_text()) == json.loads(
         (tmp_path / "cold" / "ingest.json").read_text())
+    for folder in ("cold", "warm"):  # each run says how its stage started
+        client = MlflowClient(f"sqlite:///{tmp_path / folder / 'mlflow.db'}")
+        [run] = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        assert run.data.tags["stage_start"] == folder
     # bad params: the same one-line message and exit code 2, and nothing written
     bad = tiny_params_dict()
     bad["ingest"]["target"]["size"] = -1

@@ -124,6 +124,7 @@ def test_first_run_executes_every_stage_and_records_them(first_run: FirstRun) ->
         assert run.data.tags["git_commit"] == parent.data.tags["git_commit"]
         assert run.data.tags["prefect_flow_run_id"] == parent.data.tags["prefect_flow_run_id"]
         assert any(tag.startswith("data_digest.") for tag in run.data.tags)
+        assert run.data.tags["stage_start"] == "warm", f"{run.info.run_name} was not forked from the stage server"
     by_stage = {run.data.tags["stage"]: run for run in children}
     # each stage logs the params dvc.yaml declares for it, key by key where it reads part of a section
     logged = {stage: run.data.params for stage, run in by_stage.items()}
@@ -285,7 +286,10 @@ def test_transfer_param_change_reruns_exactly_the_stages_that_read_it(project: P
 
 def test_a_key_a_stage_does_not_read_never_reruns_it(project: Path) -> None:
     """Params are declared key by key where a stage reads part of a section: the preview size is the augment
-    stage's alone, and the number of processes is transfer's, not the budget sweep's."""
+    stage's alone, and the number of processes is transfer's, not the budget sweep's. No stage reads the tracking
+    section: turning system metrics on reruns nothing."""
+    change_params(project, "tracking", system_metrics=True, system_metrics_interval=5.0)
+    assert json.loads(dvc(project, "status", "--json", "dvc.yaml")) == {}
     change_params(project, "transfer", nproc=2)
     assert set(json.loads(dvc(project, "status", "--json", "dvc.yaml"))) == {"transfer"}
     change_params(project, "transfer", nproc=1)
@@ -293,6 +297,54 @@ def test_a_key_a_stage_does_not_read_never_reruns_it(project: Path) -> None:
     assert set(json.loads(dvc(project, "status", "--json", "dvc.yaml"))) == {"augment"}
     results = pipeline(project_dir=str(project))
     assert [stage for stage, status in statuses(results).items() if status == RAN] == ["augment"]
+
+
+def test_groundwork_repro_starts_the_stages_that_run_warm(project: Path) -> None:
+    change_params(project, "augment", preview_images=tiny_params_dict()["augment"]["preview_images"] + 1)
+    env = {k: v for k, v in os.environ.items() if k != "GROUNDWORK_STAGE_SERVER"}  # not the suite's own server
+    done = subprocess.run([str(Path(sys.executable).parent / "groundwork"), "repro", "--project-dir", str(project)],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = MlflowClient(tracking_uri(project))
+    experiment = client.get_experiment_by_name(DEFAULT_EXPERIMENT).experiment_id
+    [latest, *_] = client.search_runs([experiment], "tags.stage = 'augment'", order_by=["start_time DESC"])
+    assert latest.info.status == "FINISHED" and latest.data.tags["stage_start"] == "warm"
+    assert "pipeline" not in latest.data.tags.get("mlflow.parentRunId", ""), "no flow: a run of its own"
+
+
+# Measured, not reproduced: evaluate's timings throughout its reports, and the seconds (and rates) other stages
+# report beside their results.
+MEASURED_EACH_RUN = ("reports/evaluate", "reports/variants", "reports/model_card", "reports/pareto")
+MEASURED_KEYS = frozenset({"seconds", "images_per_second"})
+
+
+def without_measured(value: Any) -> Any:
+    """A report's JSON with its measured keys dropped, at any depth."""
+    if isinstance(value, dict):
+        return {key: without_measured(item) for key, item in value.items() if key not in MEASURED_KEYS}
+    return [without_measured(item) for item in value] if isinstance(value, list) else value
+
+
+def test_every_stage_started_cold_writes_what_the_flow_s_warm_stages_wrote(first_run: FirstRun,
+                                                                          tmp_path: Path) -> None:
+    project = clone_ran_project(first_run.project, tmp_path / "project")
+    warm = output_digests(project)
+    # as the flow starts DVC (its PATH, the project's store), without a stage server: every stage its own process
+    env = {k: v for k, v in stage_environment({"MLFLOW_TRACKING_URI": tracking_uri(project)}).items()
+           if k != "GROUNDWORK_STAGE_SERVER"}
+    done = subprocess.run([sys.executable, "-m", "dvc", "repro", "--force", "dvc.yaml"], cwd=project, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = MlflowClient(tracking_uri(project))
+    experiment = client.get_experiment_by_name(DEFAULT_EXPERIMENT).experiment_id
+    cold_runs = client.search_runs([experiment], "tags.stage_start = 'cold'")
+    assert sorted(run.data.tags["stage"] for run in cold_runs) == sorted(STAGES)
+    cold = output_digests(project)
+    assert set(cold) == set(warm)
+    differ = sorted(name for name in warm if cold[name] != warm[name] and not name.startswith(MEASURED_EACH_RUN)
+                    and not (name.endswith(".json") and without_measured(json.loads((project / name).read_text()))
+                             == without_measured(json.loads((first_run.project / name).read_text()))))
+    assert differ == [], f"started cold, these stage outputs differ from the warm run's: {differ}"
 
 
 def test_transient_failure_is_retried_by_prefect(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -471,6 +523,32 @@ def test_a_loop_killed_mid_adapt_leaves_the_champion_and_no_challenger(project: 
     aliases = client.get_registered_model(name).aliases
     assert aliases["champion"] == champion and "challenger" not in aliases
     assert not (project / "adaptive" / "dvc.lock").exists(), "DVC recorded nothing of the killed stage"
+
+
+def test_compress_killed_mid_way_leaves_no_part_of_a_new_set_of_variants(project: Path) -> None:
+    lock = (project / "dvc.lock").read_text()
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["compress"]["finetune"]["epochs"] = 500  # long enough to be killed inside
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = stage_environment({"MLFLOW_TRACKING_URI": tracking_uri(project)})
+    victim = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "--single-item", "compress"], cwd=project,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                              env=env)
+    lines = []
+    try:
+        assert victim.stdout is not None
+        for line in victim.stdout:
+            lines.append(line)
+            if "variants to fine-tune" in line:  # fp32 and int8 are written by now, the fine-tunes under way
+                os.killpg(victim.pid, signal.SIGKILL)  # dvc and the stage with it, as an OOM kill or a lost node
+                break
+    finally:
+        victim.wait(timeout=60)
+    assert victim.returncode == -signal.SIGKILL, "".join(lines[-30:])
+    variants = project / "models" / "compressed"
+    written = sorted(path.name for path in variants.iterdir()) if variants.exists() else []
+    assert written == [], f"a killed compress left part of a new set of variants: {written}"
+    assert (project / "dvc.lock").read_text() == lock, "DVC recorded nothing of the killed stage"
 
 
 def test_a_loop_run_is_refused_while_another_run_holds_the_project(project: Path) -> None:

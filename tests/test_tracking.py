@@ -33,3 +33,20 @@ def test_system_metrics_are_sampled_only_when_the_params_ask(store: str) -> None
     recorded = {wanted: set(MlflowClient(store).get_run(run_id).data.metrics) for wanted, run_id in runs.items()}
     assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= recorded[True]
     assert not {name for name in recorded[False] if name.startswith("system/")}
+
+
+def test_mlflow_experiment_name_chooses_the_experiment_of_the_flow_and_its_stages(
+        store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.parent_run import start_parent_run
+    from groundwork.tracking.runs import DEFAULT_EXPERIMENT, PARENT_RUN_ENV
+
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "team-digits")
+    parent = start_parent_run(run_name="pipeline · named", tags={}, root=tmp_path)
+    monkeypatch.setenv(PARENT_RUN_ENV, parent)
+    with stage_run("pretrain", {}):
+        stage = mlflow.active_run().info.run_id
+    client = MlflowClient(store)
+    chosen = client.get_experiment_by_name("team-digits")
+    assert chosen is not None and client.get_experiment_by_name(DEFAULT_EXPERIMENT) is None
+    assert {run.info.run_id for run in client.search_runs([chosen.experiment_id])} == {parent, stage}
+    assert client.get_run(stage).data.tags["mlflow.parentRunId"] == parent

@@ -6,6 +6,7 @@ import errno
 import io
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,3 +52,24 @@ def write_torch(path: Path | str, payload: Any) -> None:
     torch.save(payload, buffer)
     with atomic_path(path) as tmp:
         tmp.write_bytes(buffer.getbuffer())
+
+
+@contextmanager
+def atomic_folder(path: Path | str) -> Iterator[Path]:
+    """Yield an empty temporary folder beside `path`; it replaces `path` as a whole only if the block succeeds, so a
+    killed or failed writer leaves the previous folder (or none), never part of a new set of files. A temporary
+    folder a killed writer left is removed at the next start."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{target.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    staging, previous = (target.with_name(f".{target.name}.{kind}-{os.getpid()}") for kind in ("tmp", "old"))
+    staging.mkdir()
+    try:
+        yield staging
+        if target.exists():
+            os.replace(target, previous)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(previous, ignore_errors=True)

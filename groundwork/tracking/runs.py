@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from groundwork.data.untrusted import read_npz
+from groundwork.forkserver import STARTED_WARM_ENV
 from groundwork.params import TrackingParams
 from groundwork.tracking.registry import (
     CHAMPION,
@@ -47,6 +48,7 @@ STORE_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
 PROJECT_TAG = "project"  # this machine and the project's folder (project_key): which runs are one project's
 CLOSED_LATE_TAG = "closed_late"  # on a run closed as FAILED by a later run (close_stale_runs): why
+STAGE_START_TAG = "stage_start"  # warm: forked from the stage server (groundwork.forkserver); cold: its own process
 
 # MLflow's HTTP client retries a failed request 7 times with exponential backoff (waits of 0, 4, 8, ... capped at
 # 120 s) and waits up to 120 s for each answer: once a tracking server is gone, each call takes about 4 minutes to
@@ -406,7 +408,8 @@ def stage_run(stage: str, params: Mapping[str, Any],
     parent = os.environ.get(PARENT_RUN_ENV) or None
     flow = flow_tags()
     name = f"{stage} · {flow['prefect_flow_run_name']}" if "prefect_flow_run_name" in flow else stage
-    tags = {"stage": stage, "dvc_stage": stage, PROJECT_TAG: project_key(), **git_tags(), **flow}
+    tags = {"stage": stage, "dvc_stage": stage, PROJECT_TAG: project_key(), **git_tags(), **flow,
+            STAGE_START_TAG: "warm" if os.environ.get(STARTED_WARM_ENV) else "cold"}
     system_metrics = recording is not None and recording.system_metrics
     if system_metrics:
         mlflow.set_system_metrics_sampling_interval(recording.system_metrics_interval)

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from groundwork.forkserver import SERVER_ENV
+from groundwork.forkserver import SERVER_ENV, STARTED_WARM_ENV
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,8 @@ def relaunch(module: str, nproc: int, argv: Sequence[str]) -> int:
                "-m", module, *argv]
     log.info("starting %d processes: %s", nproc, " ".join(command))
     # the ranks start cold, each its own process: torchrun watches and signals them by pid
-    child = subprocess.Popen(command, env={k: v for k, v in os.environ.items() if k != SERVER_ENV})
+    child = subprocess.Popen(command, env={k: v for k, v in os.environ.items()
+                                           if k not in (SERVER_ENV, STARTED_WARM_ENV)})
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signum))
     try:
         return child.wait()
