@@ -287,7 +287,10 @@ def test_transfer_param_change_reruns_exactly_the_stages_that_read_it(project: P
 def test_a_key_a_stage_does_not_read_never_reruns_it(project: Path) -> None:
     """Params are declared key by key where a stage reads part of a section: the preview size is the augment
     stage's alone, and the number of processes is transfer's, not the budget sweep's. No stage reads the tracking
-    section: turning system metrics on reruns nothing."""
+    section: turning system metrics on reruns nothing. Nor does Python writing byte-code next to the code."""
+    subprocess.run([sys.executable, "-m", "compileall", "-q", "groundwork", "tasks", "flows"], cwd=project,
+                   check=True, env={k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"})
+    assert any((project / "groundwork").rglob("*.pyc"))
     change_params(project, "tracking", system_metrics=True, system_metrics_interval=5.0)
     assert json.loads(dvc(project, "status", "--json", "dvc.yaml")) == {}
     change_params(project, "transfer", nproc=2)
