@@ -163,3 +163,12 @@ def test_the_schema_flags_what_the_models_refuse(changes: dict[str, Any], path: 
         parse_params(raw)
     schema = json.loads((ROOT / SCHEMA_FILE).read_text())
     assert [list(error.absolute_path) for error in Draft202012Validator(schema).iter_errors(raw)] == [path]
+
+
+def test_the_project_gives_prefect_s_temporary_server_time_to_start() -> None:
+    # prefect.toml is read from the folder a flow starts in: a fresh clone's first start migrates Prefect's database
+    read = subprocess.run([sys.executable, "-c", "from prefect.settings import get_current_settings as s; "
+                           "print(s().server.ephemeral.startup_timeout_seconds)"], cwd=ROOT, capture_output=True,
+                          text=True, check=True,
+                          env={k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")})
+    assert int(read.stdout) == 120
