@@ -97,3 +97,21 @@ def test_pickled_payload_is_refused(tmp_path: Path) -> None:
     np.savez(tmp_path / "p.npz", digest=np.array("x"), train_images=np.array([object()], dtype=object))
     with pytest.raises(DataError, match=r"p\.npz: corrupt"):
         load_dataset(tmp_path / "p.npz")
+
+
+def test_a_folder_written_atomically_replaces_the_old_one_whole_or_not_at_all(tmp_path: Path) -> None:
+    from groundwork.data.atomic import atomic_folder
+
+    target = tmp_path / "variants"
+    target.mkdir()
+    (target / "old.onnx").write_text("old")
+    (tmp_path / ".variants.tmp-1").mkdir()  # left by a killed writer
+    (tmp_path / ".variants.old-1").mkdir()
+    with pytest.raises(RuntimeError), atomic_folder(target) as staging:
+        (staging / "new.onnx").write_text("new")
+        raise RuntimeError("the writer fails half-way")
+    assert [p.name for p in target.iterdir()] == ["old.onnx"]
+    with atomic_folder(target) as staging:
+        (staging / "new.onnx").write_text("new")
+    assert [p.name for p in target.iterdir()] == ["new.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["variants"], "no hidden folder left behind"

@@ -57,11 +57,11 @@ def write_torch(path: Path | str, payload: Any) -> None:
 @contextmanager
 def atomic_folder(path: Path | str) -> Iterator[Path]:
     """Yield an empty temporary folder beside `path`; it replaces `path` as a whole only if the block succeeds, so a
-    killed or failed writer leaves the previous folder (or none), never part of a new set of files. A temporary
-    folder a killed writer left is removed at the next start."""
+    killed or failed writer leaves the previous folder (or none), never part of a new set of files. The hidden
+    folders a killed writer left are removed at the next start."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    for stale in target.parent.glob(f".{target.name}.tmp-*"):
+    for stale in [*target.parent.glob(f".{target.name}.tmp-*"), *target.parent.glob(f".{target.name}.old-*")]:
         shutil.rmtree(stale, ignore_errors=True)
     staging, previous = (target.with_name(f".{target.name}.{kind}-{os.getpid()}") for kind in ("tmp", "old"))
     staging.mkdir()

@@ -66,9 +66,9 @@ SEQUENTIAL_TAPS = 256
 TAP_BLOCK = 1 << 16
 
 
-def _resample_in_blocks(pixels: np.ndarray, target: int) -> np.ndarray:
-    span = _tap_span(pixels.shape[-1], target)
-    first, taps = span[0], int(span[1].max())
+def _resample_in_blocks(pixels: np.ndarray, span: tuple[np.ndarray, np.ndarray, np.ndarray, np.float32]
+                        ) -> np.ndarray:
+    first, target, taps = span[0], len(span[0]), int(span[1].max())
     weighed = np.zeros((*pixels.shape[:-1], target), np.float64)
     totals = np.zeros(target, np.float64)
     for start in range(0, taps, TAP_BLOCK):  # one block's gathered pixels and weights held at a time
@@ -83,8 +83,9 @@ def _resample_in_blocks(pixels: np.ndarray, target: int) -> np.ndarray:
 def resample_last_axis(pixels: np.ndarray, target: int) -> np.ndarray:
     """Float32 (..., W) -> (..., target): each output a weighted sum of its taps, accumulated tap by tap with a
     fused multiply-add (the product exact in float64, rounded once), as torch's vectorised kernel does."""
-    if _tap_span(pixels.shape[-1], target)[1].max() > SEQUENTIAL_TAPS:
-        return _resample_in_blocks(pixels, target)
+    span = _tap_span(pixels.shape[-1], target)
+    if span[1].max() > SEQUENTIAL_TAPS:
+        return _resample_in_blocks(pixels, span)
     first, weights = resampling_taps(pixels.shape[-1], target)
     index = np.minimum(first[:, None] + np.arange(weights.shape[1]), pixels.shape[-1] - 1)
     gathered = pixels[..., index]  # (..., target, taps); padded taps have weight zero
