@@ -16,9 +16,10 @@ import pandas as pd
 from groundwork.data.atomic import atomic_path
 
 
-def _save(figure: plt.Figure, path: Path) -> None:
+def _save(figure: plt.Figure, path: Path, *, tight: bool = True) -> None:
+    """Write the figure as a PNG; `tight` trims its margins (which draws it twice)."""
     with atomic_path(path) as tmp:
-        figure.savefig(tmp, dpi=110, bbox_inches="tight")
+        figure.savefig(tmp, dpi=110, bbox_inches="tight" if tight else None)
     plt.close(figure)
 
 
@@ -40,21 +41,30 @@ def image_grid(path: Path, rows: Sequence[np.ndarray], row_titles: Sequence[str]
     _save(figure, path)
 
 
-def confusion_grid(path: Path, matrices: Mapping[str, np.ndarray], scores: Mapping[str, float]) -> None:
-    """One confusion matrix (rows: true class, columns: predicted) per model variant, side by side."""
-    figure, axes = plt.subplots(1, len(matrices), figsize=(3.6 * len(matrices), 3.6), squeeze=False)
-    for axis, (name, matrix) in zip(axes[0], matrices.items(), strict=True):
+def confusion_grid(path: Path, matrices: Mapping[str, np.ndarray], scores: Mapping[str, float],
+                   columns: int = 5) -> None:
+    """One confusion matrix (rows: true class, columns: predicted) per model variant, `columns` to a row, so that
+    ten variants fit a screen (about 1,650 x 750 pixels) instead of one strip 3,100 pixels wide."""
+    rows = -(-len(matrices) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.0 * columns, 3.3 * rows), squeeze=False)
+    for axis, (name, matrix) in zip(axes.flat, matrices.items(), strict=False):  # a last row may have blanks
         axis.imshow(matrix, cmap="Blues")
         for (i, j), count in np.ndenumerate(matrix):
             if count:
                 colour = "white" if count > matrix.max() / 2 else "black"
                 axis.text(j, i, str(count), ha="center", va="center", fontsize=6, color=colour)
-        axis.set_title(f"{name} (accuracy {scores[name]:.2%})", fontsize=9)
-        axis.set_xlabel("predicted")
-        axis.set_ylabel("true")
+        axis.set_title(f"{name}\naccuracy {scores[name]:.2%}", fontsize=9)
+        axis.set_xlabel("predicted", fontsize=8)
+        axis.set_ylabel("true", fontsize=8)
         axis.set_xticks(range(matrix.shape[1]))
         axis.set_yticks(range(matrix.shape[0]))
-    _save(figure, path)
+        axis.tick_params(labelsize=7)
+    for axis in list(axes.flat)[len(matrices):]:
+        axis.axis("off")
+    # margins set by hand: trimming them (bbox "tight") or a constrained layout draws the 1,000 counts again
+    figure.subplots_adjust(left=0.04, right=0.99, bottom=0.12 / rows, top=1 - 0.14 / rows, wspace=0.3,
+                           hspace=0.45)
+    _save(figure, path, tight=False)
 
 
 def budget_curve(path: Path, summary: pd.DataFrame) -> None:

@@ -4,12 +4,18 @@ datasets and models the stages make from them, built once per session for the te
 from __future__ import annotations
 
 import os
+import pickle
+import shutil
+import subprocess
+import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
+from filelock import FileLock
 
 from groundwork import forkserver
 from groundwork.params import Params, parse_params
@@ -76,6 +82,55 @@ def warm_stages_for_modules_that_start_them(request: pytest.FixtureRequest) -> N
         request.getfixturevalue("warm_stages")
 
 
+Built = TypeVar("Built")
+
+
+def built_once(factory: pytest.TempPathFactory, name: str, build: Callable[[Path], Built]) -> Built:
+    """`build(folder)`'s result, built by the first test process of the session that asks for it, under a file lock,
+    and read back by the others: `make test`'s workers share one tiny train-and-compress chain and one migrated
+    Prefect database instead of each building its own. `build` writes only into `folder`; its result is pickled."""
+    # under xdist each worker has its own base folder, all in one folder of this session
+    shared = factory.getbasetemp().parent if os.environ.get("PYTEST_XDIST_WORKER") else factory.getbasetemp()
+    folder, result = shared / f"shared-{name}", shared / f"shared-{name}.pickle"
+    with FileLock(shared / f"shared-{name}.lock"):
+        if not result.exists():  # a build that failed left no result: the next process to ask builds again
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            written = result.with_suffix(".tmp")
+            written.write_bytes(pickle.dumps(build(folder)))
+            written.replace(result)
+        return pickle.loads(result.read_bytes())
+
+
+def _migrated_prefect_database(folder: Path) -> Path:
+    """An empty Prefect server database with every migration applied, as `prefect server database upgrade` does."""
+    database = folder / "prefect-test.db"
+    env = {**os.environ, "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{database}"}
+    subprocess.run([sys.executable, "-m", "prefect", "server", "database", "upgrade", "-y"], env=env, check=True,
+                   capture_output=True)
+    return database
+
+
+@pytest.fixture(scope="session")
+def prefect_test_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """One Prefect test server (prefect_test_harness) per test process, for every module that runs flows or deploys
+    them, started on a copy of a database migrated once for the session: a start took 22 CPU-seconds, 9 of them
+    migrating, and each module used to start its own. Its telemetry is off (no network to send it to)."""
+    from prefect.testing import utilities
+    from prefect.testing.utilities import prefect_test_harness
+
+    template = built_once(tmp_path_factory, "prefect-database", _migrated_prefect_database)
+    with pytest.MonkeyPatch.context() as patch, ExitStack() as stack:
+        patch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        with pytest.MonkeyPatch.context() as while_starting:
+            # the harness puts its database in a folder it makes with mkdtemp: the copy is made there instead
+            copy = tmp_path_factory.mktemp("prefect-server")
+            shutil.copy2(template, copy / template.name)
+            while_starting.setattr(utilities, "mkdtemp", lambda: str(copy))
+            stack.enter_context(prefect_test_harness(server_startup_timeout=60))
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_params() -> Params:
     """Validated tiny params."""
@@ -85,59 +140,74 @@ def tiny_params() -> Params:
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory: pytest.TempPathFactory, tiny_params: Params) -> dict[str, Path]:
     """Source and target datasets written by the ingest stage with tiny params."""
-    folder = tmp_path_factory.mktemp("data")
-    paths = {"source": folder / "source.npz", "target": folder / "target.npz"}
-    ingest.run(tiny_params, source_out=paths["source"], target_out=paths["target"])
-    return paths
+
+    def build(folder: Path) -> dict[str, Path]:
+        paths = {"source": folder / "source.npz", "target": folder / "target.npz"}
+        ingest.run(tiny_params, source_out=paths["source"], target_out=paths["target"])
+        return paths
+
+    return built_once(tmp_path_factory, "data", build)
 
 
 @pytest.fixture(scope="session")
 def tiny_pretrained(tmp_path_factory: pytest.TempPathFactory, tiny_params: Params,
                     tiny_data: dict[str, Path]) -> dict[str, Any]:
     """augment then pretrain on the tiny source: the checkpoint, history and metrics."""
-    from tasks import augment, pretrain
 
-    folder = tmp_path_factory.mktemp("pretrain")
-    augment.run(tiny_params, source=tiny_data["source"], out=folder / "aug.npz", preview=folder / "preview.png")
-    paths = {"model": folder / "pretrained.pt", "history": folder / "history.csv"}
-    metrics = pretrain.run(tiny_params, train=folder / "aug.npz", source=tiny_data["source"],
-                           model_out=paths["model"], history_out=paths["history"])
-    return {**paths, "metrics": metrics}
+    def build(folder: Path) -> dict[str, Any]:
+        from tasks import augment, pretrain
+
+        augment.run(tiny_params, source=tiny_data["source"], out=folder / "aug.npz", preview=folder / "preview.png")
+        paths = {"model": folder / "pretrained.pt", "history": folder / "history.csv"}
+        metrics = pretrain.run(tiny_params, train=folder / "aug.npz", source=tiny_data["source"],
+                               model_out=paths["model"], history_out=paths["history"])
+        return {**paths, "metrics": metrics}
+
+    return built_once(tmp_path_factory, "pretrain", build)
 
 
 @pytest.fixture(scope="session")
 def tiny_transferred(tmp_path_factory: pytest.TempPathFactory, tiny_params: Params, tiny_data: dict[str, Path],
                      tiny_pretrained: dict[str, Any]) -> dict[str, Any]:
     """transfer on the tiny target: the checkpoint, history and metrics."""
-    from tasks import transfer
 
-    folder = tmp_path_factory.mktemp("transfer")
-    paths = {"model": folder / "transfer.pt", "history": folder / "history.csv"}
-    metrics = transfer.run(tiny_params, pretrained=tiny_pretrained["model"], target=tiny_data["target"],
-                           model_out=paths["model"], history_out=paths["history"])
-    return {**paths, "metrics": metrics}
+    def build(folder: Path) -> dict[str, Any]:
+        from tasks import transfer
+
+        paths = {"model": folder / "transfer.pt", "history": folder / "history.csv"}
+        metrics = transfer.run(tiny_params, pretrained=tiny_pretrained["model"], target=tiny_data["target"],
+                               model_out=paths["model"], history_out=paths["history"])
+        return {**paths, "metrics": metrics}
+
+    return built_once(tmp_path_factory, "transfer", build)
 
 
 @pytest.fixture(scope="session")
 def tiny_searched(tmp_path_factory: pytest.TempPathFactory, tiny_params: Params, tiny_data: dict[str, Path],
                   tiny_transferred: dict[str, Any]) -> dict[str, Any]:
     """search per-layer widths for the tiny transferred model: the policy, table, plot and metrics."""
-    from tasks import search
 
-    folder = tmp_path_factory.mktemp("search")
-    paths = {"policy": folder / "policy.json", "table": folder / "search.csv", "plot": folder / "search.png"}
-    metrics = search.run(tiny_params, transferred=tiny_transferred["model"], target=tiny_data["target"],
-                         policy_out=paths["policy"], table_out=paths["table"], plot_out=paths["plot"])
-    return {**paths, "metrics": metrics}
+    def build(folder: Path) -> dict[str, Any]:
+        from tasks import search
+
+        paths = {"policy": folder / "policy.json", "table": folder / "search.csv", "plot": folder / "search.png"}
+        metrics = search.run(tiny_params, transferred=tiny_transferred["model"], target=tiny_data["target"],
+                             policy_out=paths["policy"], table_out=paths["table"], plot_out=paths["plot"])
+        return {**paths, "metrics": metrics}
+
+    return built_once(tmp_path_factory, "search", build)
 
 
 @pytest.fixture(scope="session")
 def tiny_compressed(tmp_path_factory: pytest.TempPathFactory, tiny_params: Params, tiny_data: dict[str, Path],
                     tiny_transferred: dict[str, Any], tiny_searched: dict[str, Any]) -> dict[str, Any]:
     """compress the tiny transferred model: the output folder and metrics."""
-    from tasks import compress
 
-    folder = tmp_path_factory.mktemp("compressed")
-    metrics = compress.run(tiny_params, transferred=tiny_transferred["model"], target=tiny_data["target"],
-                           policy=tiny_searched["policy"], out_dir=folder)
-    return {"dir": folder, "metrics": metrics, "policy": tiny_searched["policy"]}
+    def build(folder: Path) -> dict[str, Any]:
+        from tasks import compress
+
+        metrics = compress.run(tiny_params, transferred=tiny_transferred["model"], target=tiny_data["target"],
+                               policy=tiny_searched["policy"], out_dir=folder)
+        return {"dir": folder, "metrics": metrics, "policy": tiny_searched["policy"]}
+
+    return built_once(tmp_path_factory, "compressed", build)

@@ -15,7 +15,6 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.settings import PREFECT_API_URL
-from prefect.testing.utilities import prefect_test_harness
 from prefect.workers.utilities import get_default_base_job_template_for_infrastructure_type
 
 from groundwork.project import copy_project, tiny_params_dict
@@ -29,10 +28,11 @@ DEPLOY_ENV = {"GROUNDWORK_GIT_URL": "https://git.example.com/ml/groundwork.git",
 
 
 @pytest.fixture(scope="module")
-def deployments(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, Any]]]:
-    """Every deployment of prefect.yaml, deployed from a copy of the project to a test server, by name."""
+def deployments(tmp_path_factory: pytest.TempPathFactory,
+                prefect_test_server: None) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """Every deployment of prefect.yaml, deployed from a copy of the project to the test server, by name."""
     project = copy_project(tmp_path_factory.mktemp("project"), tiny_params_dict())
-    with prefect_test_harness(server_startup_timeout=60), get_client(sync_client=True) as client:
+    with get_client(sync_client=True) as client:
         for pool, kind in POOLS.items():  # as `prefect work-pool create <pool> --type <kind>` makes them
             template = asyncio.run(get_default_base_job_template_for_infrastructure_type(kind))
             client.create_work_pool(WorkPoolCreate(name=pool, type=kind, base_job_template=template))

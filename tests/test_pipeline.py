@@ -22,7 +22,6 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 from mlflow.artifacts import download_artifacts
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.adaptive import adaptive_loop
 from flows.lock import PipelineBusy
@@ -58,13 +57,12 @@ STAGES = ["ingest", "augment", "pretrain", "transfer", "budget", "search", "comp
 
 
 @pytest.fixture(scope="module")
-def prefect_server() -> Iterator[None]:
-    """A Prefect test server for the module's flow runs, with no MLflow settings leaking in from outside."""
+def prefect_server(prefect_test_server: None) -> Iterator[None]:
+    """The Prefect test server for the module's flow runs, with no MLflow settings leaking in from outside."""
     with pytest.MonkeyPatch.context() as patch:
         for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
             patch.delenv(name, raising=False)
-        with prefect_test_harness(server_startup_timeout=60):
-            yield
+        yield
 
 
 @dataclass(frozen=True)

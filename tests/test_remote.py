@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 import yaml
 from mlflow import MlflowClient
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.pipeline import pipeline
 from flows.repro import RAN, PushFailed
@@ -42,19 +41,20 @@ STAGES = ["ingest", "augment", "pretrain"]
 
 
 @pytest.fixture(scope="module")
-def tracking_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrackingServer]:
-    """A tracking server named by MLFLOW_TRACKING_URI, with a Prefect test server for the flows (started while
-    the tracking server starts: both take seconds)."""
+def tracking_server(tmp_path_factory: pytest.TempPathFactory,
+                    request: pytest.FixtureRequest) -> Iterator[TrackingServer]:
+    """A tracking server named by MLFLOW_TRACKING_URI, with the Prefect test server for the flows (started while
+    the tracking server starts, when this process has none yet: both take seconds)."""
     folder = tmp_path_factory.mktemp("mlflow-server")
     process, server = start_tracking_server(folder)
     try:
+        request.getfixturevalue("prefect_test_server")
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv("MLFLOW_TRACKING_URI", server.url)
             for name in ("MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
                 patch.delenv(name, raising=False)
-            with prefect_test_harness(server_startup_timeout=60):
-                wait_until_healthy(process, server.url, folder / "server.log")
-                yield server
+            wait_until_healthy(process, server.url, folder / "server.log")
+            yield server
     finally:
         stop_server(process)
 
