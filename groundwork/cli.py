@@ -162,6 +162,25 @@ def serve(args: argparse.Namespace) -> int:
     return EXIT_OK if subprocess.run(command, cwd=args.project_dir, env=environment).returncode == 0 else EXIT_FAILED
 
 
+def rollback(args: argparse.Namespace) -> int:
+    """Give the `champion` alias back to the version that held it before the current one (the gate records it on
+    each version it promotes), with the reason and the time tagged on both versions. Exit 2, saying why, when
+    there is no earlier champion. A running `groundwork serve` keeps its model until it is started again."""
+    name = _checked_params(args.project_dir, {}).evaluate.registered_model
+    from mlflow import MlflowClient
+
+    from groundwork.tracking.registry import NothingToRollBack, roll_back
+    from groundwork.tracking.runs import tracking_uri
+
+    store = tracking_uri(args.project_dir.resolve())
+    try:
+        done = roll_back(MlflowClient(store, registry_uri=store), name, args.reason)
+    except NothingToRollBack as exc:
+        raise BadInput(f"{exc} (in {store})") from None
+    print(f"{name}: champion is version {done.restored} again (was version {done.replaced}); reason: {done.reason}")
+    return EXIT_OK
+
+
 def schedule(args: argparse.Namespace) -> int:
     """Serve a deployment of prefect.yaml from this process: its schedule, one run at a time; Ctrl-C stops."""
     from flows import serve
@@ -209,6 +228,8 @@ def parser() -> argparse.ArgumentParser:
     serve_parser.add_argument("--host", default="127.0.0.1", help="the address to bind (this machine only by default)")
     serve_parser.add_argument("--port", type=int, default=SERVE_PORT, help="the port to listen on")
     serve_parser.add_argument("--workers", type=int, default=1, help="server processes answering requests")
+    rollback_parser = command("rollback", rollback, "give the champion alias back to the version that held it before")
+    rollback_parser.add_argument("--reason", required=True, help="why, recorded on both versions")
     schedule_parser = command("schedule", schedule, "serve a deployment of prefect.yaml on its schedule")
     schedule_parser.add_argument("--deployment", default="nightly", help="nightly (the pipeline) or hourly-adaptive")
     command("schema", schema, "write params.schema.json from the params models")

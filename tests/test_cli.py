@@ -16,7 +16,7 @@ from tests.helpers import dvc
 
 pytestmark = [pytest.mark.subprocess]
 GROUNDWORK = Path(sys.executable).parent / "groundwork"  # the console script pyproject.toml installs
-COMMANDS = ("run", "stage", "repro", "loop", "stream", "annotate", "ui", "serve", "schedule", "schema")
+COMMANDS = ("run", "stage", "repro", "loop", "stream", "annotate", "ui", "serve", "rollback", "schedule", "schema")
 
 
 def groundwork(*args: str, cwd: Path | None = None, timeout: int = 120) -> subprocess.CompletedProcess[str]:

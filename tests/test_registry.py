@@ -321,3 +321,49 @@ def test_a_damaged_variant_fails_evaluate_naming_it_and_registers_nothing(regist
         evaluate_again(registered, tiny_params, tiny_data, tiny_transferred, {"dir": copy}, tmp_path / "out")
     assert len(client.search_model_versions(f"name = '{name}'")) == versions
     assert str(client.get_registered_model(name).aliases[CHAMPION]) == champion
+
+
+@pytest.mark.subprocess
+def test_rollback_gives_the_champion_back_to_the_version_before_and_refuses_past_the_first(
+        registered: Registered, tiny_params: Params, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`groundwork rollback` on a copy of the store: a version the gate promotes records the champion it replaced;
+    rolling back gives the alias back to that version, with the reason and the time on both; rolling back past
+    the first champion exits 2 with one line and moves nothing."""
+    import shutil
+
+    from groundwork.tracking.registry import PREVIOUS_CHAMPION_TAG, GateDecision, apply_gate
+
+    project = shutil.copytree(registered.project, tmp_path / "project")
+    store = f"sqlite:///{project / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)  # the registry looks a version's logged model up in it
+    client = MlflowClient(store)
+    name = tiny_params.evaluate.registered_model
+    first = client.get_model_version_by_alias(name, CHAMPION)
+    assert str(first.version) == "1", "the fixture's champion is its first version"
+    second = client.create_model_version(name, first.source, model_id=logged_model_id(first))
+    second_version = str(second.version)
+    apply_gate(client, name, second_version, GateDecision(promote=True, reason="more accurate", metric="accuracy",
+                                                          candidate=0.9, champion=0.8, champion_version="1"))
+    promoted = client.get_model_version(name, second_version)
+    assert promoted.aliases == [CHAMPION] and promoted.tags[PREVIOUS_CHAMPION_TAG] == "1" and promoted.tags["gate.time"]
+
+    back = subprocess.run([str(Path(sys.executable).parent / "groundwork"), "rollback", "--project-dir", str(project),
+                           "--reason", "slower in production"], capture_output=True, text=True, timeout=120)
+    assert back.returncode == 0, back.stderr
+    assert back.stdout.strip() == (f"{name}: champion is version 1 again (was version {second_version}); "
+                                   "reason: slower in production")
+    assert str(client.get_model_version_by_alias(name, CHAMPION).version) == "1"
+    replaced, restored = client.get_model_version(name, second_version).tags, client.get_model_version(name, "1").tags
+    assert replaced["rollback.decision"] == "champion given back to version 1"
+    assert restored["rollback.decision"] == f"champion again, taken back from version {second_version}"
+    assert replaced["rollback.reason"] == restored["rollback.reason"] == "slower in production"
+    assert replaced["rollback.time"] == restored["rollback.time"] and replaced["rollback.time"].endswith("+00:00")
+
+    again = subprocess.run([str(Path(sys.executable).parent / "groundwork"), "rollback", "--project-dir", str(project),
+                            "--reason", "once more"], capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2 and again.stdout == ""
+    assert again.stderr.strip().splitlines() == [
+        f"groundwork rollback: {name} version 1 is its first champion: no earlier version held the alias "
+        f"(in sqlite:///{project.resolve() / 'mlflow.db'})"]
+    assert str(client.get_model_version_by_alias(name, CHAMPION).version) == "1"
+    assert client.get_model_version(name, "1").tags["rollback.reason"] == "slower in production", "nothing moved"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ log = logging.getLogger(__name__)
 CHAMPION = "champion"
 LEARNT_FROM_TAG = "learnt_from"  # on a model version: runs:/<run>/<file> listing the ids of the images it learnt from
 LEARNT_FROM_FILE = "learnt_from.txt"  # one image id a line
+# on a version the gate promoted: the version that held `champion` before it, where `groundwork rollback` goes back to
+PREVIOUS_CHAMPION_TAG = "champion.previous"
 
 
 @dataclass(frozen=True)
@@ -39,8 +42,9 @@ class GateDecision:
     evidence: Mapping[str, str] = field(default_factory=dict)  # the test, its p-value, the margin, the images
 
     def as_tags(self) -> dict[str, str]:
-        """The decision as MLflow tags, for the run and the model version."""
+        """The decision as MLflow tags, for the run and the model version, with the time it was taken (UTC)."""
         return {"gate.decision": "promoted" if self.promote else "kept champion", "gate.reason": self.reason,
+                "gate.time": _now(),
                 "gate.metric": self.metric, "gate.candidate": f"{self.candidate:.6f}",
                 "gate.champion": "none" if self.champion is None else f"{self.champion:.6f}",
                 **{f"gate.{key}": value for key, value in self.evidence.items()}}
@@ -51,9 +55,54 @@ def apply_gate(client: Any, name: str, version: str, decision: GateDecision) -> 
     for key, value in decision.as_tags().items():
         client.set_model_version_tag(name, version, key, value)
     if decision.promote:
-        client.set_registered_model_alias(name, CHAMPION, version)
+        _make_champion(client, name, version)
     log.info("gate for %s version %s: %s (%s)", name, version,
              "promoted to champion" if decision.promote else "champion kept", decision.reason)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _make_champion(client: Any, name: str, version: str) -> None:
+    """Move `champion` to `version`, recording on it the version that held the alias before (if any)."""
+    previous = champion_version(client, name)
+    if previous is not None and previous != version:
+        client.set_model_version_tag(name, version, PREVIOUS_CHAMPION_TAG, previous)
+    client.set_registered_model_alias(name, CHAMPION, version)
+
+
+class NothingToRollBack(Exception):
+    """The registered model has no champion, or its champion was the first: no earlier version held the alias."""
+
+
+@dataclass(frozen=True)
+class Rollback:
+    name: str
+    replaced: str  # the version that held `champion` until now
+    restored: str  # the version that holds it again
+    reason: str
+    time: str  # ISO 8601, UTC
+
+
+def roll_back(client: Any, name: str, reason: str) -> Rollback:
+    """Give `champion` back to the version that held it before the current one, as the gate recorded when it
+    promoted that one; tag both versions with the reason and the time, as the gate tags its decisions.
+    NothingToRollBack when there is no champion or no earlier one."""
+    current = champion_version(client, name)
+    if current is None:
+        raise NothingToRollBack(f"{name} has no {CHAMPION} to roll back")
+    previous = client.get_model_version(name, current).tags.get(PREVIOUS_CHAMPION_TAG)
+    if previous is None:
+        raise NothingToRollBack(f"{name} version {current} is its first {CHAMPION}: no earlier version held the alias")
+    done = Rollback(name=name, replaced=current, restored=previous, reason=reason, time=_now())
+    for version, tags in ((current, {"rollback.decision": f"{CHAMPION} given back to version {previous}"}),
+                          (previous, {"rollback.decision": f"{CHAMPION} again, taken back from version {current}"})):
+        for key, value in {**tags, "rollback.reason": reason, "rollback.time": done.time}.items():
+            client.set_model_version_tag(name, version, key, value)
+    client.set_registered_model_alias(name, CHAMPION, previous)
+    log.info("%s: %s moved back from version %s to version %s (%s)", name, CHAMPION, current, previous, reason)
+    return done
 
 
 def champion_version(client: Any, name: str) -> str | None:
@@ -86,5 +135,5 @@ def challenge(client: Any, name: str, version: str, decision: GateDecision) -> N
         client.set_model_version_tag(name, version, key, str(value))
     client.set_registered_model_alias(name, CHALLENGER, version)
     if decision.promote:
-        client.set_registered_model_alias(name, CHAMPION, version)
+        _make_champion(client, name, version)
     log.info("challenger %s version %s: %s", name, version, decision.reason)
