@@ -8,6 +8,10 @@ trained on) is reported beside its speed, so a faster loop that learns less show
 to the naive loop and the held-out accuracy, medians over `--repeats` interleaved epochs.
 With `--compile`, a fourth loop: ours in fp32 with the model wrapped in `torch.compile` (the default inductor
 backend), its compile time (the warm-up's first batches) printed beside its speed.
+
+Against the machine, not only the naive loop: the training step's arithmetic per image (forward and backward, counted
+by torch's FlopCounterMode on one batch) times each loop's images/second is its achieved FLOP/s, printed beside the
+machine's matrix-multiply peak measured on the same threads (a square matmul, fp32 and bf16), and their ratio.
 Usage: python bench/train_throughput.py [--images N] [--repeats R] [--compile]
 """
 
@@ -23,6 +27,7 @@ import torch
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 
 from groundwork.data.embedded import load_source_raw
@@ -106,6 +111,30 @@ def our_epoch(params: Params, images: np.ndarray, labels: np.ndarray, held_out: 
     return time.perf_counter() - started, held_out_accuracy(model, held_out)
 
 
+def training_flops_per_image(params: Params, batch: int) -> float:
+    """Floating-point operations of one training step's forward and backward passes, per image (a multiply-add
+    counts two), as torch's FlopCounterMode counts them on one batch of the default model."""
+    model = DigitNet(params.model)
+    images = torch.rand(batch, 1, 28, 28)
+    with FlopCounterMode(display=False) as counter:
+        nn.functional.cross_entropy(model(images), torch.zeros(batch, dtype=torch.long)).backward()
+    return counter.get_total_flops() / batch
+
+
+def matmul_peak(dtype: torch.dtype, size: int = 1024, repeats: int = 20) -> float:
+    """FLOP/s of a square matrix multiply in `dtype` on torch's threads: the best of `repeats` (a peak, not a
+    typical rate)."""
+    a, b = torch.rand(size, size, dtype=dtype), torch.rand(size, size, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - started)
+    return 2 * size**3 / best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=4000, help="source images per epoch")
@@ -144,6 +173,15 @@ def main() -> None:
         accuracy = statistics.median(a for _, a in epochs)
         print(f"{name:32s} {rates[name]:7.0f} images/s  {rates[name] / naive:5.2f}x naive   "
               f"held-out accuracy {100 * accuracy:.2f}%  (medians of {args.repeats} epochs)")
+    flops = training_flops_per_image(params, params.pretrain.batch_size)
+    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    print(f"training step: {flops / 1e6:.2f} MFLOP per image (forward and backward); matrix-multiply peak on "
+          f"{torch.get_num_threads()} threads: fp32 {peaks['fp32'] / 1e9:.1f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.1f} "
+          "GFLOP/s (1024 x 1024, best of 20)")
+    for name, dtype in (("ours, fp32", "fp32"), ("ours, bf16 autocast", "bf16")):
+        achieved = flops * rates[name]
+        print(f"{name:32s} {achieved / 1e9:7.1f} GFLOP/s achieved = {achieved / peaks[dtype]:.0%} of the {dtype} "
+              f"matmul peak")
     if args.compile:
         name = "ours, fp32, torch.compile"
         print(f"torch.compile: warm-up epoch of 512 images {warm_up[name]:.1f} s against {warm_up['ours, fp32']:.1f} s "

@@ -19,6 +19,7 @@ from groundwork.params import DEFAULT_PARAMS_PATH, Params, ParamsError, declared
 from groundwork.tracking.outcome import Kind, Outcome, record_outcome
 from groundwork.tracking.runs import NullTracker, Tracker, numeric, stage_run, tracking_uri
 from groundwork.training.distributed import is_main_process, process_group, relaunch, resolve_device, under_torchrun
+from groundwork.training.precision import precision_used
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +130,12 @@ def _ended(stage: str, kind: Kind, exit_code: int, message: str = "") -> int:
 
 def _record(stage: str, params: Params, args: argparse.Namespace, work: StageWork) -> None:
     dvc_file = graph_file(stage, Path(args.params).parent)  # the graph beside the params file declares what it reads
-    with stage_run(stage, declared_params(stage, params, dvc_file), params.tracking) as tracker:
-        metrics = work(params, args, tracker)
+    declared = declared_params(stage, params, dvc_file)
+    used = {}
+    if "precision" in declared:  # a stage that trains: the arithmetic `precision` gave on this device
+        used = {"training_precision": precision_used(params.precision, resolve_device(params.device))}
+    with stage_run(stage, declared | used, params.tracking) as tracker:
+        metrics = work(params, args, tracker) | used
         write_json(args.metrics, metrics)
         tracker.log_metrics(numeric(metrics))
         tracker.log_artifact(args.metrics)

@@ -133,6 +133,12 @@ def test_first_run_executes_every_stage_and_records_them(first_run: FirstRun) ->
                      for sub in (value if isinstance(value, dict) else [None])}
     assert set(logged["evaluate"]) == evaluate_keys | {
         "ingest.target.size", "ingest.target.color"}  # the served contract, for a candidate compress did not log
+    # the stages that train record the arithmetic they used (fp32 here: tiny params say fp32), the others do not
+    trained = {"pretrain", "transfer", "budget", "compress"}
+    assert {stage for stage, run_params in logged.items() if "training_precision" in run_params} == trained
+    assert {logged[stage]["training_precision"] for stage in trained} == {"fp32"}
+    assert {stage: json.loads((project / "reports" / f"{stage}.json").read_text()).get("training_precision")
+            for stage in STAGES} == {stage: "fp32" if stage in trained else None for stage in STAGES}
     pretrain_history = client.get_metric_history(by_stage["pretrain"].info.run_id, "val_accuracy")
     assert [m.step for m in pretrain_history] == list(range(1, tiny_params_dict()["pretrain"]["epochs"] + 1))
     experiment = client.get_experiment_by_name(DEFAULT_EXPERIMENT)

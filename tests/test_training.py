@@ -23,7 +23,7 @@ from groundwork.training.loop import (
     supervised,
     validation,
 )
-from groundwork.training.precision import autocast, autocast_dtype, bf16_native
+from groundwork.training.precision import autocast, autocast_dtype, bf16_native, precision_used
 from groundwork.training.transforms import augment_batch, online_augmentation
 
 
@@ -176,6 +176,9 @@ def test_precision_auto_takes_bf16_only_where_it_is_native() -> None:
     assert autocast_dtype("fp32", cpu) is None
     assert autocast_dtype("bf16", cpu) == torch.bfloat16
     assert autocast_dtype("auto", cpu) == (torch.bfloat16 if bf16_native(cpu) else None)
+    # what a training stage records: the arithmetic it got, not the param's word
+    assert (precision_used("fp32", cpu), precision_used("bf16", cpu)) == ("fp32", "bf16")
+    assert precision_used("auto", cpu) == ("bf16" if bf16_native(cpu) else "fp32")
 
 
 def test_bf16_training_steps_autocast_the_model_and_learn_as_fp32_does() -> None:

@@ -27,6 +27,13 @@ def autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16
 
 
+def precision_used(name: str, device: torch.device) -> str:
+    """What training steps compute in for the `precision` param on `device`: "bf16" or "fp32". Stages that train
+    record it in their metrics and MLflow run params, since `auto` gives different arithmetic on different
+    hardware for the same params."""
+    return "fp32" if autocast_dtype(name, device) is None else "bf16"
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager[object]:
     """The forward pass of a training step under `dtype` (no-op for None)."""
     return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
