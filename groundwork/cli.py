@@ -119,14 +119,25 @@ def simulate(args: argparse.Namespace) -> int:
 
 
 def ui(args: argparse.Namespace) -> int:
-    """The MLflow UI on the project's tracking store (or MLFLOW_TRACKING_URI's), on this machine only."""
+    """The MLflow UI on the project's tracking store (or MLFLOW_TRACKING_URI's), on this machine only. SIGTERM or
+    Ctrl-C stops it and every process it started."""
     from groundwork.tracking.runs import tracking_uri
 
     store = tracking_uri(args.project_dir.resolve())
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store, "--host", args.host,
                "--port", str(args.port)]
-    return EXIT_OK if subprocess.run(command, cwd=args.project_dir, env=without_job_runners()).returncode == 0 \
-        else EXIT_FAILED
+    return _hand_over(command, args.project_dir, without_job_runners())
+
+
+def _hand_over(command: list[str], cwd: Path, env: Mapping[str, str]) -> int:
+    """Replace this process (same id, same signals) with groundwork.supervise running the server `command`: it
+    holds none of what the checks before imported, and stops the server's whole process tree on SIGTERM or
+    SIGINT. Returns only if the exec fails."""
+    os.chdir(cwd)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, "-m", "groundwork.supervise", "--", *command], dict(env))
+    return EXIT_FAILED
 
 
 def without_job_runners() -> dict[str, str]:
@@ -139,7 +150,8 @@ def without_job_runners() -> dict[str, str]:
 def serve(args: argparse.Namespace) -> int:
     """The champion as an HTTP service (MLflow's scoring server, in this environment), on this machine only by
     default. POST /invocations with {"inputs": [...]}: image arrays of any size and range, or PNG / JPEG files in
-    base64; each image's class and probabilities come back. GET /ping answers once it is ready."""
+    base64; each image's class and probabilities come back. GET /ping answers once it is ready. SIGTERM or
+    Ctrl-C stops the server and every worker it started."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -158,8 +170,7 @@ def serve(args: argparse.Namespace) -> int:
         model = f"models:/{name}@{CHAMPION}"
     command = [sys.executable, "-m", "mlflow", "models", "serve", "--model-uri", model, "--env-manager", "local",
                "--host", args.host, "--port", str(args.port), "--workers", str(args.workers)]
-    environment = {**_environment(), "MLFLOW_TRACKING_URI": store}
-    return EXIT_OK if subprocess.run(command, cwd=args.project_dir, env=environment).returncode == 0 else EXIT_FAILED
+    return _hand_over(command, args.project_dir, {**_environment(), "MLFLOW_TRACKING_URI": store})
 
 
 def rollback(args: argparse.Namespace) -> int:

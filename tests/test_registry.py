@@ -367,3 +367,44 @@ def test_rollback_gives_the_champion_back_to_the_version_before_and_refuses_past
         f"(in sqlite:///{project.resolve() / 'mlflow.db'})"]
     assert str(client.get_model_version_by_alias(name, CHAMPION).version) == "1"
     assert client.get_model_version(name, "1").tags["rollback.reason"] == "slower in production", "nothing moved"
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("command", ["serve", "ui"])
+def test_sigterm_to_the_command_stops_every_server_process_and_frees_the_port(registered: Registered,
+                                                                             tmp_path: Path, command: str) -> None:
+    """As systemd, Docker or Kubernetes stop a service: SIGTERM to the command's own process, not its group. The
+    command has handed over to groundwork.supervise (same process id, neither numpy nor torch loaded), and the
+    server's whole tree ends with it, leaving the port free."""
+    import signal
+    import socket
+    import time
+
+    import psutil
+
+    port = free_port()
+    url, log = f"http://127.0.0.1:{port}", tmp_path / f"{command}.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen([str(Path(sys.executable).parent / "groundwork"), command, "--project-dir",
+                                    str(registered.project), "--port", str(port)], stdout=output,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_until_healthy(process, url, log)
+        launcher = psutil.Process(process.pid)
+        tree = [launcher, *launcher.children(recursive=True)]
+        assert launcher.cmdline()[1:4] == ["-m", "groundwork.supervise", "--"], launcher.cmdline()
+        heavy = [mapped.path for mapped in launcher.memory_maps() if "/numpy" in mapped.path or "/torch" in mapped.path]
+        assert heavy == [], f"the process left waiting still holds {heavy[:3]}"
+        assert len(tree) >= 3, f"the supervisor, MLflow's command and its server: {[p.cmdline()[:4] for p in tree]}"
+        signalled = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 128 + signal.SIGTERM
+        _, alive = psutil.wait_procs(tree, timeout=30)
+        print(f"groundwork {command}: every process gone {time.monotonic() - signalled:.1f} s after SIGTERM")
+        assert alive == [], f"left running: {[p.cmdline()[:4] for p in alive]}"
+        with socket.socket() as probe:  # as a restarted server binds: allowed beside closed connections, not a listener
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(("127.0.0.1", port))
+            probe.listen()
+    finally:
+        stop_server(process)
