@@ -115,13 +115,12 @@ def _migrated_prefect_database(folder: Path) -> Path:
 def prefect_test_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """One Prefect test server (prefect_test_harness) per test process, for every module that runs flows or deploys
     them, started on a copy of a database migrated once for the session: a start took 22 CPU-seconds, 9 of them
-    migrating, and each module used to start its own. Its telemetry is off (no network to send it to)."""
+    migrating, and each module used to start its own."""
     from prefect.testing import utilities
     from prefect.testing.utilities import prefect_test_harness
 
     template = built_once(tmp_path_factory, "prefect-database", _migrated_prefect_database)
-    with pytest.MonkeyPatch.context() as patch, ExitStack() as stack:
-        patch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    with ExitStack() as stack:
         with pytest.MonkeyPatch.context() as while_starting:
             # the harness puts its database in a folder it makes with mkdtemp: the copy is made there instead
             copy = tmp_path_factory.mktemp("prefect-server")

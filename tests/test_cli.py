@@ -3,6 +3,7 @@ starts (no Prefect server, no DVC), as the installed console script runs it."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -102,3 +103,36 @@ def test_one_stage_runs_through_dvc_and_is_recorded(project: Path) -> None:
     assert "ingest" not in dvc(project, "status", "dvc.yaml:ingest")
     failed = groundwork("stage", "pretrain", "--project-dir", str(project), timeout=300)
     assert failed.returncode == 1, "its input (augment's output) is missing: DVC refuses, the command fails"
+
+
+@pytest.mark.server
+def test_sigterm_stops_schedule_and_the_temporary_prefect_server_it_started(project: Path, tmp_path: Path) -> None:
+    """`groundwork schedule` with no Prefect server configured starts a temporary one; SIGTERM to the command (what
+    a service manager sends) stops the runner and that server: no process of its tree is left."""
+    import signal
+    import time
+
+    import psutil
+
+    env = {name: value for name, value in os.environ.items() if not name.startswith("PREFECT_")}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect")  # its database here, not in the home folder
+    log = tmp_path / "schedule.log"
+    with log.open("w") as output:
+        process = subprocess.Popen([str(GROUNDWORK), "schedule", "--project-dir", str(project)], stdout=output,
+                                   stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while "is being served" not in log.read_text():
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        tree = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+        assert any("uvicorn" in " ".join(child.cmdline()) for child in tree[1:]), "its temporary Prefect server"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0, log.read_text()[-3000:]
+        _, alive = psutil.wait_procs(tree, timeout=30)
+        assert alive == [], f"left running: {[child.cmdline()[:4] for child in alive]}"
+        assert "Stopping temporary server" in log.read_text()
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()

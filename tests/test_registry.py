@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import signal
 import subprocess
 import sys
 import urllib.error
@@ -370,13 +371,12 @@ def test_rollback_gives_the_champion_back_to_the_version_before_and_refuses_past
 
 
 @pytest.mark.server
-@pytest.mark.parametrize("command", ["serve", "ui"])
-def test_sigterm_to_the_command_stops_every_server_process_and_frees_the_port(registered: Registered,
-                                                                             tmp_path: Path, command: str) -> None:
-    """As systemd, Docker or Kubernetes stop a service: SIGTERM to the command's own process, not its group. The
-    command has handed over to groundwork.supervise (same process id, neither numpy nor torch loaded), and the
-    server's whole tree ends with it, leaving the port free."""
-    import signal
+@pytest.mark.parametrize(("command", "signum"), [("serve", signal.SIGTERM), ("ui", signal.SIGINT)])
+def test_sigterm_to_the_command_stops_every_server_process_and_frees_the_port(registered: Registered, tmp_path: Path,
+                                                                             command: str, signum: int) -> None:
+    """As systemd, Docker or Kubernetes stop a service (SIGTERM), or Ctrl-C (SIGINT), to the command's own process,
+    not its group. The command has handed over to groundwork.supervise (same process id, neither numpy nor torch
+    loaded), and the server's whole tree ends with it, leaving the port free."""
     import socket
     import time
 
@@ -397,10 +397,10 @@ def test_sigterm_to_the_command_stops_every_server_process_and_frees_the_port(re
         assert heavy == [], f"the process left waiting still holds {heavy[:3]}"
         assert len(tree) >= 3, f"the supervisor, MLflow's command and its server: {[p.cmdline()[:4] for p in tree]}"
         signalled = time.monotonic()
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=60) == 128 + signal.SIGTERM
+        process.send_signal(signum)
+        assert process.wait(timeout=60) == 128 + signum
         _, alive = psutil.wait_procs(tree, timeout=30)
-        print(f"groundwork {command}: every process gone {time.monotonic() - signalled:.1f} s after SIGTERM")
+        print(f"groundwork {command}: every process gone {time.monotonic() - signalled:.1f} s after {signum!r}")
         assert alive == [], f"left running: {[p.cmdline()[:4] for p in alive]}"
         with socket.socket() as probe:  # as a restarted server binds: allowed beside closed connections, not a listener
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
