@@ -243,7 +243,8 @@ def test_the_champion_served_over_http_answers_as_it_does_in_process(registered:
                                                                      tmp_path: Path) -> None:
     """`groundwork serve` starts MLflow's scoring server on the champion; real HTTP requests (a JSON array of
     images, encoded PNGs of digits, a table of them) get each image's class and probabilities, as the same model
-    loaded in this process answers them; bad requests get a 400 with the reason, and the server keeps serving."""
+    loaded in this process answers them; bad requests get a 400 with the reason, and the server keeps serving.
+    SIGTERM then stops it, every process of it."""
     import mlflow
 
     from groundwork.compression.export import onnx_logits, onnx_session
@@ -294,6 +295,7 @@ def test_the_champion_served_over_http_answers_as_it_does_in_process(registered:
             assert status == 400 and reason in answer["message"], (status, answer)
         status, answer = _post(url, {"inputs": images[:2].tolist()})
         assert status == 200 and len(answer["predictions"]) == 2, "the server keeps serving after bad requests"
+        assert_the_signal_stops_the_whole_tree(process, int(url.rsplit(":", 1)[1]), signal.SIGTERM)
     finally:
         stop_server(process)
 
@@ -370,41 +372,44 @@ def test_rollback_gives_the_champion_back_to_the_version_before_and_refuses_past
     assert client.get_model_version(name, "1").tags["rollback.reason"] == "slower in production", "nothing moved"
 
 
-@pytest.mark.server
-@pytest.mark.parametrize(("command", "signum"), [("serve", signal.SIGTERM), ("ui", signal.SIGINT)])
-def test_sigterm_to_the_command_stops_every_server_process_and_frees_the_port(registered: Registered, tmp_path: Path,
-                                                                             command: str, signum: int) -> None:
+def assert_the_signal_stops_the_whole_tree(process: subprocess.Popen[bytes], port: int, signum: int) -> None:
     """As systemd, Docker or Kubernetes stop a service (SIGTERM), or Ctrl-C (SIGINT), to the command's own process,
-    not its group. The command has handed over to groundwork.supervise (same process id, neither numpy nor torch
+    not its group: the command has handed over to groundwork.supervise (same process id, neither numpy nor torch
     loaded), and the server's whole tree ends with it, leaving the port free."""
     import socket
     import time
 
     import psutil
 
+    launcher = psutil.Process(process.pid)
+    tree = [launcher, *launcher.children(recursive=True)]
+    assert launcher.cmdline()[1:4] == ["-m", "groundwork.supervise", "--"], launcher.cmdline()
+    heavy = [mapped.path for mapped in launcher.memory_maps() if "/numpy" in mapped.path or "/torch" in mapped.path]
+    assert heavy == [], f"the process left waiting still holds {heavy[:3]}"
+    assert len(tree) >= 3, f"the supervisor, MLflow's command and its server: {[p.cmdline()[:4] for p in tree]}"
+    signalled = time.monotonic()
+    process.send_signal(signum)
+    assert process.wait(timeout=60) == 128 + signum
+    _, alive = psutil.wait_procs(tree, timeout=30)
+    print(f"{launcher.pid}: every process gone {time.monotonic() - signalled:.1f} s after {signum!r}")
+    assert alive == [], f"left running: {[p.cmdline()[:4] for p in alive]}"
+    with socket.socket() as probe:  # as a restarted server binds: allowed beside closed connections, not a listener
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.1", port))
+        probe.listen()
+
+
+@pytest.mark.server
+def test_ctrl_c_to_groundwork_ui_stops_every_server_process_and_frees_the_port(registered: Registered,
+                                                                              tmp_path: Path) -> None:
     port = free_port()
-    url, log = f"http://127.0.0.1:{port}", tmp_path / f"{command}.log"
+    url, log = f"http://127.0.0.1:{port}", tmp_path / "ui.log"
     with log.open("wb") as output:
-        process = subprocess.Popen([str(Path(sys.executable).parent / "groundwork"), command, "--project-dir",
+        process = subprocess.Popen([str(Path(sys.executable).parent / "groundwork"), "ui", "--project-dir",
                                     str(registered.project), "--port", str(port)], stdout=output,
                                    stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_until_healthy(process, url, log)
-        launcher = psutil.Process(process.pid)
-        tree = [launcher, *launcher.children(recursive=True)]
-        assert launcher.cmdline()[1:4] == ["-m", "groundwork.supervise", "--"], launcher.cmdline()
-        heavy = [mapped.path for mapped in launcher.memory_maps() if "/numpy" in mapped.path or "/torch" in mapped.path]
-        assert heavy == [], f"the process left waiting still holds {heavy[:3]}"
-        assert len(tree) >= 3, f"the supervisor, MLflow's command and its server: {[p.cmdline()[:4] for p in tree]}"
-        signalled = time.monotonic()
-        process.send_signal(signum)
-        assert process.wait(timeout=60) == 128 + signum
-        _, alive = psutil.wait_procs(tree, timeout=30)
-        print(f"groundwork {command}: every process gone {time.monotonic() - signalled:.1f} s after {signum!r}")
-        assert alive == [], f"left running: {[p.cmdline()[:4] for p in alive]}"
-        with socket.socket() as probe:  # as a restarted server binds: allowed beside closed connections, not a listener
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind(("127.0.0.1", port))
-            probe.listen()
+        assert_the_signal_stops_the_whole_tree(process, port, signal.SIGINT)
     finally:
         stop_server(process)
