@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -196,7 +197,15 @@ def schedule(args: argparse.Namespace) -> int:
     """Serve a deployment of prefect.yaml from this process: its schedule, one run at a time; Ctrl-C stops."""
     from flows import serve
 
+    # Prefect's runner stops gracefully on SIGTERM once it runs; before that (while the flow is imported and the
+    # temporary server starts), Python's default would end the process on the spot and leave that server running
+    signal.signal(signal.SIGTERM, _interrupt)
     return serve.main(["--project-dir", str(args.project_dir), "--deployment", args.deployment])
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    """SIGTERM taken as Ctrl-C: the process unwinds, and Prefect stops the temporary server it started."""
+    raise KeyboardInterrupt
 
 
 def schema(args: argparse.Namespace) -> int:

@@ -107,8 +107,9 @@ def test_one_stage_runs_through_dvc_and_is_recorded(project: Path) -> None:
 
 @pytest.mark.server
 def test_sigterm_stops_schedule_and_the_temporary_prefect_server_it_started(project: Path, tmp_path: Path) -> None:
-    """`groundwork schedule` with no Prefect server configured starts a temporary one; SIGTERM to the command (what
-    a service manager sends) stops the runner and that server: no process of its tree is left."""
+    """`groundwork schedule` with no Prefect server configured starts a temporary one. SIGTERM (what a service
+    manager sends), sent as soon as that server's process exists, before the runner takes signals over, stops the
+    command and the server: no process of its tree is left."""
     import signal
     import time
 
@@ -121,17 +122,16 @@ def test_sigterm_stops_schedule_and_the_temporary_prefect_server_it_started(proj
         process = subprocess.Popen([str(GROUNDWORK), "schedule", "--project-dir", str(project)], stdout=output,
                                    stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
-        deadline = time.monotonic() + 180
-        while "is being served" not in log.read_text():
+        command, deadline = psutil.Process(process.pid), time.monotonic() + 180
+        while not any("uvicorn" in " ".join(child.cmdline()) for child in command.children(recursive=True)):
             assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.5)
-        tree = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
-        assert any("uvicorn" in " ".join(child.cmdline()) for child in tree[1:]), "its temporary Prefect server"
+            time.sleep(0.1)
+        tree = [command, *command.children(recursive=True)]
         process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=60) == 0, log.read_text()[-3000:]
+        # 130: unwound as Ctrl-C (before the runner took over); 0: the runner's own graceful shutdown
+        assert process.wait(timeout=60) in (0, 130), log.read_text()[-3000:]
         _, alive = psutil.wait_procs(tree, timeout=30)
         assert alive == [], f"left running: {[child.cmdline()[:4] for child in alive]}"
-        assert "Stopping temporary server" in log.read_text()
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
