@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -105,6 +106,16 @@ def test_one_stage_runs_through_dvc_and_is_recorded(project: Path) -> None:
     assert failed.returncode == 1, "its input (augment's output) is missing: DVC refuses, the command fails"
 
 
+def command_line(process: Any) -> str:
+    """A process's command line; empty for one that ended while it was being looked at (git, a short helper)."""
+    import psutil
+
+    try:
+        return " ".join(process.cmdline())
+    except psutil.NoSuchProcess:
+        return ""
+
+
 @pytest.mark.server
 def test_sigterm_stops_schedule_and_the_temporary_prefect_server_it_started(project: Path, tmp_path: Path) -> None:
     """`groundwork schedule` with no Prefect server configured starts a temporary one. SIGTERM (what a service
@@ -123,7 +134,7 @@ def test_sigterm_stops_schedule_and_the_temporary_prefect_server_it_started(proj
                                    stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
         command, deadline = psutil.Process(process.pid), time.monotonic() + 180
-        while not any("uvicorn" in " ".join(child.cmdline()) for child in command.children(recursive=True)):
+        while not any("uvicorn" in command_line(child) for child in command.children(recursive=True)):
             assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.1)
         tree = [command, *command.children(recursive=True)]
