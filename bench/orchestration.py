@@ -74,7 +74,7 @@ def main() -> None:
     ways = ["direct", *(way for way in WAYS[1:] if way in args.ways)]
     params = tiny_params_dict() if args.params == "tiny" else project_params_dict()
     commands = {"dvc": [sys.executable, "-m", "dvc", "repro"],
-                "warm": [sys.executable, "-m", "groundwork.cli", "repro"],
+                "warm": [sys.executable, "-m", "flows.cli", "repro"],
                 "flow": [sys.executable, "-m", "flows.pipeline"]}
     with tempfile.TemporaryDirectory() as scratch:
         roots = {}

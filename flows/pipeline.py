@@ -211,7 +211,7 @@ def publish_artifacts(root: Path, results: list[StageResult], *, status: str, pa
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m flows.pipeline [options]` is `groundwork run [options]`."""
-    from groundwork.cli import main as cli
+    from flows.cli import main as cli
 
     return cli(["run", *(sys.argv[1:] if argv is None else argv)])
 

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 from mlflow import MlflowClient
 
-from groundwork.cli import without_job_runners
+from flows.cli import without_job_runners
 from groundwork.tracking.runs import DEFAULT_EXPERIMENT
 
 

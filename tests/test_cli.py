@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from groundwork.cli import EXIT_BAD_INPUT, parser
+from flows.cli import EXIT_BAD_INPUT, parser
 from groundwork.project import copy_project, tiny_params_dict
 from tests.helpers import dvc
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from flows.cli import without_job_runners
 from flows.parent_run import start_parent_run
 from groundwork.card import lineage, registered_model_description, training_data, version_card
-from groundwork.cli import without_job_runners
 from groundwork.params import parse_params
 from groundwork.project import tiny_params_dict
 from groundwork.tracking.registry import GateDecision

@@ -3,6 +3,9 @@
 Exit codes, the same for every subcommand: 0 done, 1 it ran and failed, 2 bad input (an unknown option, stage or
 param), reported in one message before anything starts. Heavy imports (Prefect, MLflow, torch) happen inside the
 subcommand that needs them, so `--help` and bad input answer at once.
+
+The command lives with the flows, not in the library: its subcommands start them, and groundwork/ imports
+nothing of flows/ or tasks/ (tests/test_layout.py).
 """
 
 from __future__ import annotations
