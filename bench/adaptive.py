@@ -34,7 +34,8 @@ from groundwork.adaptive.shifts import apply_shift, class_prior_weights
 from groundwork.adaptive.simulate import unseen_images
 from groundwork.data.datasets import Split, load_dataset
 from groundwork.models.checkpoint import load_model
-from groundwork.params import AdaptParams, Params, load_params
+from groundwork.params import Params, load_params
+from groundwork.params.adaptive import AdaptParams
 from groundwork.training.loop import derived_seed, logits_of
 
 CPU = torch.device("cpu")

@@ -24,7 +24,7 @@ import torch
 
 from groundwork.compression.export import INPUT_NAME, OUTPUT_NAME, export_onnx, onnx_session
 from groundwork.models.digitnet import DigitNet
-from groundwork.params import ModelParams
+from groundwork.params.training import ModelParams
 from groundwork.project import project_params_dict
 
 ARCHITECTURES = ("cnn", "mlp", "lenet5")

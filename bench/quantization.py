@@ -24,7 +24,7 @@ import yaml
 from groundwork.compression.export import calibration_images, onnx_logits, onnx_session, quantize_int8
 from groundwork.data.datasets import load_dataset
 from groundwork.evaluation.statistics import paired_test
-from groundwork.params import QuantizationParams
+from groundwork.params.compression import QuantizationParams
 
 MODELS = {"int8": "fp32.onnx", "structured_int8": "structured.onnx"}
 # (method, calibration images, per-channel, first and last layers in fp32)

@@ -22,7 +22,8 @@ from pathlib import Path
 import yaml
 
 from groundwork import forkserver
-from groundwork.params import GRAPH_FILES, Params, ParamsError, read_raw_params, with_overrides
+from groundwork.dvc_graph import GRAPH_FILES
+from groundwork.params import Params, ParamsError, read_raw_params, with_overrides
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 UI_PORT = 5000

@@ -11,7 +11,8 @@ from typing import Any
 
 import yaml
 
-from groundwork.params import IMAGE_SIDE, Params
+from groundwork.data.canvas import IMAGE_SIDE
+from groundwork.params import Params
 from groundwork.tracking.registry import CHAMPION, GateDecision
 from groundwork.tracking.runs import git_tags
 

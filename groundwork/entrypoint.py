@@ -14,8 +14,9 @@ from typing import Any
 from mlflow.exceptions import MlflowException
 
 from groundwork.data.atomic import write_json
+from groundwork.dvc_graph import declared_params, graph_file
 from groundwork.errors import CheckpointError, DataError, OutputNotWritten, TrainingDiverged
-from groundwork.params import DEFAULT_PARAMS_PATH, Params, ParamsError, declared_params, graph_file, load_params
+from groundwork.params import DEFAULT_PARAMS_PATH, Params, ParamsError, load_params
 from groundwork.tracking.outcome import Kind, Outcome, record_outcome
 from groundwork.tracking.runs import NullTracker, Tracker, numeric, stage_run, tracking_uri
 from groundwork.training.distributed import is_main_process, process_group, relaunch, resolve_device, under_torchrun

@@ -1,4 +1,4 @@
-"""params.yaml's JSON Schema, generated from the params models (groundwork/params.py) so that an editor with a
+"""params.yaml's JSON Schema, generated from the params models (groundwork/params/) so that an editor with a
 YAML language server completes keys, shows each key's description and flags a wrong type or range while typing.
 params.yaml points to it on its first line (`# yaml-language-server: $schema=params.schema.json`).
 

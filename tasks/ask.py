@@ -22,7 +22,8 @@ from groundwork.adaptive.selection import informativeness, pick
 from groundwork.data.atomic import atomic_path
 from groundwork.entrypoint import stage_cli
 from groundwork.models.checkpoint import load_model
-from groundwork.params import AskParams, Params
+from groundwork.params import Params
+from groundwork.params.adaptive import AskParams
 from groundwork.plots import contact_sheet
 from groundwork.tracking.runs import NullTracker, Tracker
 from groundwork.training.loop import derived_seed, logits_of

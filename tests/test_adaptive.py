@@ -27,7 +27,8 @@ from groundwork.adaptive.simulate import answer_queue, unseen_images, write_stre
 from groundwork.data.datasets import load_dataset
 from groundwork.errors import DataError
 from groundwork.models.checkpoint import load_model
-from groundwork.params import MonitorParams, Params, ParamsError, parse_params
+from groundwork.params import Params, ParamsError, parse_params
+from groundwork.params.adaptive import MonitorParams
 from groundwork.project import tiny_params_dict
 from groundwork.training.loop import loss_and_accuracy
 from tasks import adapt, ask, monitor

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from groundwork.data.datasets import load_dataset
-from groundwork.params import AugmentParams, Params
+from groundwork.params import Params
+from groundwork.params.data import AugmentParams
 from groundwork.project import tiny_params_dict
 from groundwork.training.transforms import augment_batch
 from tasks import augment

@@ -295,7 +295,7 @@ def test_int8_options_change_the_quantized_graph_as_asked(tmp_path: Path, tiny_d
     """compress.quantization: per-tensor weights have one scale each, the kept ends stay fp32 (their weights are
     not quantized), and every calibration method gives a file that predicts as fp32 mostly does."""
     from groundwork.compression.export import calibration_images, end_nodes, quantize_int8
-    from groundwork.params import QuantizationParams
+    from groundwork.params.compression import QuantizationParams
 
     fp32 = tiny_compressed["dir"] / "fp32.onnx"
     data, _ = load_dataset(tiny_data["target"], splits=("val", "test", "pool"))

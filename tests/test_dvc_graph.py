@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from groundwork.params import GRAPH_FILES, declared_keys, select
+from groundwork.dvc_graph import GRAPH_FILES, declared_keys, select
 from groundwork.project import ROOT, project_params_dict
 
 PACKAGES = ("groundwork", "tasks", "flows")  # the project's importable code; bench/ and tests/ are not imported

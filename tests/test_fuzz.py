@@ -58,7 +58,8 @@ from groundwork.data.untrusted import (
 from groundwork.errors import CheckpointError, DataError
 from groundwork.models.checkpoint import load_model, save_checkpoint
 from groundwork.models.digitnet import DigitNet
-from groundwork.params import DataSource, Params, ParamsError, load_params
+from groundwork.params import Params, ParamsError, load_params
+from groundwork.params.data import DataSource
 from groundwork.project import tiny_params_dict
 
 CASES = int(os.environ.get("GROUNDWORK_FUZZ_CASES", "1000"))

@@ -21,7 +21,8 @@ from groundwork.data.canvas import LUMINANCE
 from groundwork.data.corpus import build_datasets
 from groundwork.data.datasets import IMAGE_SIDE, NUM_CLASSES, Dataset, load_dataset
 from groundwork.errors import DataError
-from groundwork.params import TORCHVISION_DATASETS, DataSource, parse_params
+from groundwork.params import parse_params
+from groundwork.params.data import TORCHVISION_DATASETS, DataSource
 from groundwork.project import tiny_params_dict
 from tasks import ingest
 

@@ -21,7 +21,8 @@ from groundwork.data.datasets import load_dataset
 from groundwork.errors import DataError, TrainingDiverged
 from groundwork.models.checkpoint import load_model
 from groundwork.models.digitnet import DigitNet
-from groundwork.params import ModelParams, Params, ParamsError, parse_params
+from groundwork.params import Params, ParamsError, parse_params
+from groundwork.params.training import ModelParams
 from groundwork.project import tiny_params_dict
 from groundwork.search.agents import DDPG, Reinforce
 from groundwork.search.env import FEATURES, PruningEnv

@@ -22,7 +22,7 @@ from groundwork.evaluation.statistics import (
     ratio,
     tie_upper_bound_points,
 )
-from groundwork.params import SelectionParams
+from groundwork.params.compression import SelectionParams
 
 IMAGES = 719  # the default target test split
 

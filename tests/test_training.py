@@ -9,7 +9,9 @@ import torch
 
 from groundwork.errors import TrainingDiverged
 from groundwork.models.digitnet import DigitNet
-from groundwork.params import AugmentParams, Params, TrainParams
+from groundwork.params import Params
+from groundwork.params.data import AugmentParams
+from groundwork.params.training import TrainParams
 from groundwork.project import tiny_params_dict
 from groundwork.training.distributed import resolve_device
 from groundwork.training.loop import (

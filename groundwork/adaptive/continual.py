@@ -11,7 +11,8 @@ import torch
 
 from groundwork.data.datasets import Split
 from groundwork.models.digitnet import DigitNet
-from groundwork.params import AdaptParams, AugmentParams
+from groundwork.params.adaptive import AdaptParams
+from groundwork.params.data import AugmentParams
 from groundwork.training.loop import derived_seed, fit, supervised
 from groundwork.training.transforms import online_augmentation
 

@@ -11,7 +11,7 @@ import torch
 from scipy.stats import ks_2samp
 
 from groundwork.models.digitnet import DigitNet
-from groundwork.params import MonitorParams
+from groundwork.params.adaptive import MonitorParams
 from groundwork.training.loop import EVAL_BATCH, prepare_batch
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from groundwork.data.datasets import IMAGE_SIDE
 from groundwork.data.formatting import format_images
 from groundwork.data.untrusted import read_images, read_npz
-from groundwork.params import DataSource
+from groundwork.params.data import DataSource
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 IMAGE_FORMATS = ("PNG", "JPEG")  # decoded by these PIL plugins only, whatever a file's name claims

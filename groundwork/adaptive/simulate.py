@@ -27,7 +27,8 @@ from groundwork.adaptive.shifts import apply_shift, class_prior_weights
 from groundwork.data.atomic import atomic_path
 from groundwork.data.datasets import Split, load_dataset
 from groundwork.errors import DataError
-from groundwork.params import DEFAULT_PARAMS_PATH, Params, ParamsError, StreamParams, load_params
+from groundwork.params import DEFAULT_PARAMS_PATH, Params, ParamsError, load_params
+from groundwork.params.adaptive import StreamParams
 from groundwork.training.loop import derived_seed
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ import torch
 
 from groundwork.data.atomic import atomic_path
 from groundwork.data.datasets import Dataset, to_float
-from groundwork.params import QuantizationParams
+from groundwork.params.compression import QuantizationParams
 
 log = logging.getLogger(__name__)
 INPUT_NAME = "images"

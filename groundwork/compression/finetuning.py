@@ -18,7 +18,8 @@ from groundwork.compression.pruning import make_permanent, prune_to
 from groundwork.compression.structured import prune_channels, toward
 from groundwork.data.datasets import Dataset
 from groundwork.models.digitnet import DigitNet
-from groundwork.params import ModelParams, Params
+from groundwork.params import Params
+from groundwork.params.training import ModelParams
 from groundwork.tracking.runs import Tracker
 from groundwork.training.distill import distillation, with_unlabelled
 from groundwork.training.loop import derived_seed, fit, seed_everything, validation

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from groundwork.models.digitnet import DigitNet
-from groundwork.params import ModelParams
+from groundwork.params.training import ModelParams
 
 
 def narrower(arch: ModelParams, keep: float) -> ModelParams:

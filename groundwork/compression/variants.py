@@ -19,7 +19,8 @@ from groundwork.compression.structured import narrower
 from groundwork.data.datasets import load_dataset
 from groundwork.models.checkpoint import load_model
 from groundwork.models.digitnet import DigitNet
-from groundwork.params import ModelParams, Params
+from groundwork.params import Params
+from groundwork.params.training import ModelParams
 from groundwork.tracking.runs import NullTracker
 from groundwork.training.distributed import resolve_device
 

@@ -15,7 +15,7 @@ from groundwork.data.datasets import Dataset
 from groundwork.data.embedded import TARGET_MAX_VALUE, UINT8_MAX_VALUE, load_source_raw, load_target_raw
 from groundwork.data.formatting import format_images
 from groundwork.data.splits import label_budget, stratified_splits
-from groundwork.params import DataSource, IngestParams
+from groundwork.params.data import DataSource, IngestParams
 
 log = logging.getLogger(__name__)
 Side = Literal["source", "target"]

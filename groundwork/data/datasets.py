@@ -10,9 +10,10 @@ import numpy as np
 import torch
 
 from groundwork.data.atomic import atomic_path
+from groundwork.data.canvas import IMAGE_SIDE
 from groundwork.data.untrusted import read_npz
 from groundwork.errors import DataError
-from groundwork.params import IMAGE_SIDE
+
 NUM_CLASSES = 10
 SPLITS = ("train", "val", "test")
 

@@ -7,7 +7,7 @@ import numpy as np
 
 from groundwork.data import sources
 from groundwork.data.canvas import IMAGE_SIDE, to_source_format
-from groundwork.params import DataSource
+from groundwork.params.data import DataSource
 
 CHUNK = 4096  # images formatted at a time: bounds the float copy of a large dataset
 

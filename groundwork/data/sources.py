@@ -15,7 +15,7 @@ import torch
 from groundwork.data.datasets import NUM_CLASSES
 from groundwork.data.untrusted import read_images
 from groundwork.errors import DataError
-from groundwork.params import DataSource
+from groundwork.params.data import DataSource
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Readers for files that may come from elsewhere (a DVC remote, another machine, a user): every size a file
 declares about itself is checked against a limit before anything of that size is allocated, so a small hostile
-file (a decompression bomb, a header claiming a huge shape, an image declaring billions of pixels) is refused
-with its reason instead of exhausting memory.
+file (a decompression bomb, a header claiming a huge shape, an image declaring billions of pixels, YAML whose
+aliases expand it a billion times) is refused with its reason instead of exhausting memory.
 
 The helpers raise ValueError with the reason alone; each caller names the file in its own error type.
 """
@@ -17,8 +17,10 @@ import zipfile
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import yaml
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -56,6 +58,37 @@ def check_file_size(path: Path, limit: int) -> None:
     size = path.stat().st_size
     if size > limit:
         raise ValueError(f"{size:,} bytes, over the limit of {limit:,} for this kind of file")
+
+
+def read_yaml(path: Path, *, limit: int = MAX_PARAMS_BYTES, max_values: int = MAX_YAML_VALUES) -> Any:
+    """A hand-written YAML file (params.yaml) parsed with PyYAML's safe loader, refused when the file is over
+    `limit` bytes, nests deeper than the parser's recursion allows, or expands through its aliases to more than
+    `max_values` values. FileNotFoundError when it is missing; yaml.YAMLError when it is not YAML; ValueError with
+    the reason for anything else (not UTF-8 text: UnicodeDecodeError)."""
+    check_file_size(path, limit)
+    text = path.read_text(encoding="utf-8")
+    try:
+        value = yaml.safe_load(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    if expanded_size(value, max_values) > max_values:
+        raise ValueError(f"its YAML aliases expand it to more than {max_values:,} values")
+    return value
+
+
+def expanded_size(value: Any, limit: int) -> int:
+    """How many values `value` holds, counting a value shared through YAML aliases at each place it is used, as
+    validation would visit it; counting stops past `limit`, so an exponential "billion laughs" costs no more."""
+    count, pending = 0, [value]
+    while pending and count <= limit:
+        item = pending.pop()
+        count += 1
+        if isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return count
 
 
 def zip_members(archive: zipfile.ZipFile, *, limit: int) -> list[zipfile.ZipInfo]:

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from groundwork.evaluation.statistics import PairedTest, Ratio
-from groundwork.params import SelectionParams
+from groundwork.params.compression import SelectionParams
 
 BASELINE = "fp32_onnx"  # the fp32 weights in the runtime that serves: every objective ratio is against it
 OBJECTIVE_WORDS = {"throughput": "throughput", "latency": "speed at batch 1", "size": "smallness of the file"}

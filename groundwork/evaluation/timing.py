@@ -14,7 +14,7 @@ import torch
 
 from groundwork.evaluation.statistics import Ratio, ratio
 from groundwork.evaluation.variants import Predict
-from groundwork.params import EvaluateParams
+from groundwork.params.compression import EvaluateParams
 
 TIMING_THREADS = 2  # every variant timed with the same thread budget, the cores of the reference machine
 

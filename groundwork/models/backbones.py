@@ -17,7 +17,9 @@ from itertools import pairwise
 import torch
 from torch import nn
 
-from groundwork.params import IMAGE_SIDE, LENET_KERNEL, ModelParams
+from groundwork.data.canvas import IMAGE_SIDE
+from groundwork.models.geometry import LENET_KERNEL
+from groundwork.params.training import ModelParams
 
 # A prunable layer and the BatchNorm that follows it (None where the architecture has none). A layer's outputs
 # feed the next prunable layer (or the head) directly, or through a flatten: then each output channel owns

@@ -12,9 +12,9 @@ import torch
 from groundwork.data.atomic import write_torch
 from groundwork.data.untrusted import MAX_CHECKPOINT_BYTES, TORCH_LOAD_ERRORS, zip_members
 from groundwork.errors import CheckpointError
-from groundwork.models.factorized import apply_factorization
 from groundwork.models.digitnet import DigitNet
-from groundwork.params import ModelParams
+from groundwork.models.factorized import apply_factorization
+from groundwork.params.training import ModelParams
 
 FORMAT = "groundwork-checkpoint/1"
 MAX_CLASSES = 1000  # a bound for files from elsewhere; the heads trained here have 10 outputs

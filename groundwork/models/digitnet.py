@@ -8,7 +8,7 @@ from torch import nn
 
 from groundwork.data.datasets import NUM_CLASSES
 from groundwork.models.backbones import BACKBONES, Prunable
-from groundwork.params import ModelParams
+from groundwork.params.training import ModelParams
 
 
 class DigitNet(nn.Module):

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from groundwork.models.digitnet import DigitNet
-from groundwork.params import SearchParams
+from groundwork.params.compression import SearchParams
 from groundwork.search.agents import make_agent
 from groundwork.search.env import FEATURES, PruningEnv
 from groundwork.search.methods import OnEpisode, SearchResult, global_ranking, random_search, run_agent, uniform

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from groundwork.params import ModelParams
+from groundwork.params.training import ModelParams
 
 Score = Callable[[Sequence[float]], float]  # per-layer shares kept -> reward of the pruned network
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from groundwork.data.atomic import write_json
 from groundwork.errors import DataError
-from groundwork.params import ModelParams
+from groundwork.params.training import ModelParams
 
 
 def write_policy(path: Path, *, agent: str, budget: float, keeps: Sequence[float], widths: Sequence[int],

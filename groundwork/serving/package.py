@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from groundwork.params import DataSource
+    from groundwork.params.data import DataSource
     from groundwork.tracking.runs import Tracker
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from groundwork.params import AugmentParams
+from groundwork.params.data import AugmentParams
 from groundwork.training.loop import Objective, Validate, prepare_batch
 from groundwork.training.transforms import augment_batch
 

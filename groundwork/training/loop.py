@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from groundwork.data.datasets import to_float
 from groundwork.errors import TrainingDiverged
-from groundwork.params import TrainParams
+from groundwork.params.training import TrainParams
 from groundwork.training.distributed import (
     broadcast_from_main,
     is_main_process,

@@ -14,7 +14,7 @@ import torch
 from torch.nn import functional
 
 from groundwork.data.datasets import Split, to_float, to_uint8
-from groundwork.params import AugmentParams, Blur, Erasing
+from groundwork.params.data import AugmentParams, Blur, Erasing
 
 CHUNK = 2048  # images per augmentation call: large enough to amortise, small enough for memory
 
