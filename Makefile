@@ -8,17 +8,29 @@ export PATH := $(BIN):$(PATH)
 UI_PORT ?= 5000
 SERVE_PORT ?= 5001
 
-.PHONY: help run test test-fast fuzz repro ui serve-model schedule clean stream loop annotate schedule-loop
+.PHONY: help run lock check test test-fast fuzz repro ui serve-model schedule clean stream loop annotate schedule-loop
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: pyproject.toml
+# Every package at the version requirements.lock pins (torch included: the release on our machines' local disk, a
+# CUDA build that runs on CPU), then the project itself without resolving again. `make lock` refreshes the lock.
+$(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	# torch first and pinned: this release is on the local disk of our machines (a CUDA build that runs on CPU)
-	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
+
+lock: $(VENV)/.installed  ## compile requirements.lock from pyproject.toml's ranges (torch pinned by torch-local.txt)
+	$(BIN)/pip-compile --quiet --extra dev --strip-extras --no-emit-index-url --no-emit-find-links \
+		--constraint torch-local.txt --output-file requirements.lock pyproject.toml
+
+# Before any test: the code is linted, the lock agrees with pyproject.toml and with what is installed, and every
+# import is declared (deptry: an undeclared or unused dependency fails, each ignore has its reason in pyproject.toml)
+check: $(VENV)/.installed  ## lint, check the lock and the declared dependencies
+	$(BIN)/ruff check .
+	$(BIN)/python tests/lock_check.py --installed
+	$(BIN)/deptry --no-ansi .
 
 run: $(VENV)/.installed  ## run the whole pipeline through the Prefect flow
 	$(BIN)/groundwork run
@@ -26,14 +38,12 @@ run: $(VENV)/.installed  ## run the whole pipeline through the Prefect flow
 # Two workers (pytest-xdist, one module at a time each, so a module's shared fixtures are built once): a serial run
 # keeps one of two cores idle for much of the time, waiting on stage processes, servers, DVC and SQLite.
 TEST_WORKERS ?= 2
-test: $(VENV)/.installed  ## lint, then run the whole test suite (what CI runs)
-	$(BIN)/ruff check .
+test: check  ## lint and check the dependencies, then run the whole test suite (what CI runs)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope
 
 # The markers are declared in pyproject.toml; each marked test also runs alone: pytest tests/x.py::test_y
 FAST_TESTS := not (e2e or server or browser or torchrun or subprocess)
-test-fast: $(VENV)/.installed  ## lint, then the unit tests alone (no pipeline runs, servers, browser, torchrun, stage processes)
-	$(BIN)/ruff check .
+test-fast: check  ## lint and check the dependencies, then the unit tests alone (no pipeline runs, servers, browser, torchrun, stage processes)
 	$(BIN)/python -m pytest -m "$(FAST_TESTS)" -n $(TEST_WORKERS) --dist loadscope
 
 # The suite fuzzes every reader of outside files with 1,000 cases each and a fixed seed; this runs many more, each

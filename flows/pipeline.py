@@ -162,7 +162,7 @@ def run_tracked_stages(root: Path, stages: list[str], *, kind: str, publish: Pub
     try:
         pending = stages if overrides else stages_to_run(root, env, dvc_file)
         # the stages that run start in processes forked from one warm interpreter (groundwork.forkserver)
-        with forkserver.running() if pending else nullcontext({}) as warm:
+        with forkserver.running(logger.info) if pending else nullcontext({}) as warm:
             env |= warm
             if overrides:
                 results = run_dvc_experiment(str(flow_run.name), overrides, stages, str(root), env, outcomes)

@@ -14,6 +14,10 @@ Without a server (plain `dvc repro`, a stage typed by hand), with one that canno
 interpreter differs from the command's (another Python, other -X options or hash seed), the command runs the stage
 itself, exactly as before. The flows, `groundwork repro` and the test suite start one for their duration
 (`running`); `python -m groundwork.forkserver SOCKET` runs one by hand.
+
+It is an acceleration for Linux, on there by default: GROUNDWORK_WARM_STAGES=0 turns it off. Elsewhere stages start
+cold: macOS and Windows lack calls it needs (sched_getaffinity; fork, `resource` and Unix sockets on Windows), and
+forking a process that has loaded torch and OpenMP is unsafe on macOS in general.
 """
 
 from __future__ import annotations
@@ -22,7 +26,6 @@ import atexit
 import importlib
 import json
 import os
-import resource
 import select
 import signal
 import socket
@@ -32,17 +35,24 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any, NoReturn
 
+try:
+    import resource
+except ImportError:  # Windows: no resource limits to pass on, and no stage server (see unavailable)
+    resource = None  # type: ignore[assignment]
+
 SERVER_ENV = "GROUNDWORK_STAGE_SERVER"
+SWITCH_ENV = "GROUNDWORK_WARM_STAGES"  # "0" (or off, false, no) turns the stage server off
+OFF = frozenset({"0", "off", "false", "no"})
 STARTED_WARM_ENV = "GROUNDWORK_STARTED_WARM"  # set in a forked stage: its MLflow run says how it started
 STAGE_PACKAGE = "tasks"
 # Imported by the server before it forks: every heavy third-party module a stage uses. The project's own packages
 # are never preloaded (a forked stage imports them from its command's sys.path).
 PRELOAD = ("numpy", "pandas", "PIL.Image", "pydantic", "yaml", "scipy.stats", "torch", "torch.nn", "torch.optim",
-           "torch._dynamo", "torch.onnx", "torchvision", "onnx", "onnxruntime", "onnxscript",
+           "torch._dynamo", "torch.onnx", "torchvision", "onnx", "onnxruntime",
            "sklearn.model_selection", "sklearn.metrics", "sklearn.datasets", "matplotlib.pyplot",
            "mlflow", "mlflow.pytorch", "mlflow.onnx", "mlflow.pyfunc", "mlflow.models", "mlflow.data",
            "mlflow.store.tracking.sqlalchemy_store", "mlflow.store.model_registry.sqlalchemy_store")
@@ -52,10 +62,24 @@ PRELOAD = ("numpy", "pandas", "PIL.Image", "pydantic", "yaml", "scipy.stats", "t
 WARM_UP = (("mlflow.utils.requirements_utils", "_init_modules_to_packages_map"),)
 PROJECT_PACKAGES = frozenset({"groundwork", STAGE_PACKAGE, "flows"})
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
-LIMITS = tuple(name for name in dir(resource) if name.startswith("RLIMIT_"))
+LIMITS = tuple(name for name in dir(resource) if name.startswith("RLIMIT_")) if resource else ()
 READY = "ready"
 PARENT_CHECK_S = 1.0
 START_TIMEOUT_S = 180
+
+
+def unavailable() -> str | None:
+    """Why stages start cold here (the switch, the platform, a missing call), or None when a server can serve them."""
+    setting = os.environ.get(SWITCH_ENV, "")
+    if setting.strip().lower() in OFF:
+        return f"{SWITCH_ENV}={setting} turns the stage server off"
+    if sys.platform != "linux":
+        return f"the stage server runs on Linux only, not on {sys.platform}"
+    needed = {"os.fork": hasattr(os, "fork"), "os.sched_getaffinity": hasattr(os, "sched_getaffinity"),
+              "the resource module": resource is not None, "Unix sockets": hasattr(socket, "AF_UNIX"),
+              "socket.send_fds": hasattr(socket, "send_fds")}
+    missing = [name for name, present in needed.items() if not present]
+    return f"this Python lacks {', '.join(missing)}" if missing else None
 
 
 # ---- the command's side ------------------------------------------------------------------------------------------
@@ -100,7 +124,7 @@ def hand_over(module: str, args: list[str]) -> int | None:
     """Run `python -m <module> <args>` in a process forked by the server of SERVER_ENV; its exit code (or, killed by
     a signal, this process dies of the same signal). None when no server takes it: the caller runs it itself."""
     address = os.environ.get(SERVER_ENV)
-    if not address:
+    if not address or unavailable():
         return None
     connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -368,11 +392,20 @@ def answers(address: str) -> bool:
     return True
 
 
+def _on_stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
 @contextmanager
-def running() -> Iterator[dict[str, str]]:
+def running(say: Callable[[str], None] = _on_stderr) -> Iterator[dict[str, str]]:
     """A fork server for the duration; yields the environment entries that point stage commands at it (merge them
     into the stages' environment). One already named in this process's environment, and answering, is reused.
-    Should the server fail to start, this says so on stderr and yields nothing: the stages then start cold."""
+    Where there can be none (`unavailable`), or should the server fail to start, this says so once through `say`
+    and yields nothing: the stages then start cold."""
+    if reason := unavailable():
+        say(f"stages start cold: {reason}")
+        yield {}
+        return
     current = os.environ.get(SERVER_ENV)
     if current and answers(current):
         yield {SERVER_ENV: current}
@@ -389,7 +422,7 @@ def running() -> Iterator[dict[str, str]]:
         if ready == READY:
             yield {SERVER_ENV: address}
         else:
-            print(f"the stage server did not start (exit {server.poll()}); stages start cold", file=sys.stderr)
+            say(f"stages start cold: the stage server did not start (exit {server.poll()})")
             yield {}
     finally:
         server.terminate()
