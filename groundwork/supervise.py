@@ -5,7 +5,8 @@ their checks are done, so the process a service manager started stays small (the
 
 SIGTERM (what systemd, Docker and Kubernetes send) and SIGINT (Ctrl-C) reach the whole group: the server and the
 workers it started (MLflow's CLI starts uvicorn, which starts its own), none of which is left holding the port.
-This module imports the standard library only.
+This module imports the standard library only. Where there are no process groups (Windows), the signal reaches the
+server process alone (terminate, then kill after the grace period); its own workers are its business there.
 """
 
 from __future__ import annotations
@@ -19,6 +20,18 @@ import time
 from collections.abc import Sequence
 
 GRACE_S = 10.0  # how long the group gets to stop after the signal before it is killed
+GROUPS = hasattr(os, "killpg")  # POSIX process groups
+
+
+def _signal(server: subprocess.Popen[bytes], signum: int | None) -> None:
+    """`signum` to the server's group; None kills it (SIGKILL). Without process groups, to the server alone."""
+    with contextlib.suppress(ProcessLookupError):
+        if GROUPS:
+            os.killpg(server.pid, signal.SIGKILL if signum is None else signum)
+        elif signum is None:
+            server.kill()
+        else:
+            server.terminate()
 
 
 def _group_alive(group: int) -> bool:
@@ -34,18 +47,13 @@ def _group_alive(group: int) -> bool:
 def _stop_group(server: subprocess.Popen[bytes], signum: int) -> None:
     """Send `signum` to the server's group, then SIGKILL whatever is left of it after GRACE_S. The server is
     reaped as it goes: until then its exited process would still count as a member of the group."""
-    try:
-        os.killpg(server.pid, signum)
-    except ProcessLookupError:
-        return
+    _signal(server, signum)
     deadline = time.monotonic() + GRACE_S
     while time.monotonic() < deadline:
-        server.poll()
-        if not _group_alive(server.pid):
+        if server.poll() is not None and not (GROUPS and _group_alive(server.pid)):
             return
         time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(server.pid, signal.SIGKILL)
+    _signal(server, None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -63,19 +71,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         # only passed on here; the loop below waits and reaps (the handler may interrupt a poll holding its lock)
         received.append((signum, time.monotonic()))
         for server in started:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(server.pid, signum)
+            _signal(server, signum)
 
     for signum in (signal.SIGTERM, signal.SIGINT):  # before the start: a signal in between is passed on too
         signal.signal(signum, forward)
-    server = subprocess.Popen(args, start_new_session=True)  # its own group: signalled as one
+    server = subprocess.Popen(args, start_new_session=GROUPS)  # its own group: signalled as one
     started.append(server)
     if received:
-        os.killpg(server.pid, received[0][0])
+        _signal(server, received[0][0])
     while server.poll() is None:
         if received and time.monotonic() - received[0][1] > GRACE_S:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(server.pid, signal.SIGKILL)
+            _signal(server, None)
         time.sleep(0.1)
     _stop_group(server, signal.SIGTERM)  # the workers the server leaves behind, whether signalled or not
     if received:

@@ -8,6 +8,7 @@ on another platform are their own business)."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -104,3 +105,19 @@ def test_a_flow_runs_its_stages_cold_and_says_so_once(simulated: dict[str, str],
     assert log.count(f"stages start cold: {LACKS}") == 1, log[-3000:]
     assert set(yaml.safe_load((project / "dvc.lock").read_text())["stages"]) == {"ingest", "augment"}
     assert (project / "reports" / "augment.json").exists()
+
+
+@pytest.mark.subprocess
+def test_without_process_groups_a_signal_still_stops_the_supervised_server(tmp_path: Path) -> None:
+    (tmp_path / "sitecustomize.py").write_text("import os\ndel os.killpg\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+    server = "import time; print('serving', flush=True); time.sleep(120)"
+    supervisor = subprocess.Popen([sys.executable, "-m", "groundwork.supervise", "--", sys.executable, "-c", server],
+                                  env=env, stdout=subprocess.PIPE, text=True)
+    assert supervisor.stdout is not None and supervisor.stdout.readline().strip() == "serving"
+    import psutil
+
+    (child,) = psutil.Process(supervisor.pid).children()
+    supervisor.send_signal(signal.SIGTERM)
+    assert supervisor.wait(timeout=30) == 128 + signal.SIGTERM
+    assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
