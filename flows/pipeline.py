@@ -25,6 +25,7 @@ from flows.parent_run import (
     start_parent_run,
     tag_stage_run,
 )
+from flows.relay import relay
 from flows.repro import (
     RAN,
     RESTORED,
@@ -67,7 +68,7 @@ def run_stage(stage: str, root: str, env: dict[str, str], outcomes: str) -> Stag
     """One DVC stage; DVC decides whether it must run. Retried once when the failure may be transient; bad
     params, bad data or a diverged run fail at once, with the stage's message."""
     logger = get_run_logger()
-    result = repro_stage(stage, root=Path(root), env=env, echo=lambda line: logger.info("%s", line),
+    result = repro_stage(stage, root=Path(root), env=env, echo=relay(logger),
                          outcomes=Path(outcomes))
     if result.status == RAN:
         logger.info("stage '%s' ran in %.1f s", stage, result.seconds or 0.0)
@@ -83,7 +84,7 @@ def run_dvc_experiment(name: str, overrides: dict[str, Any], stages: list[str], 
                        env: dict[str, str], outcomes: str) -> list[StageResult]:
     """The whole graph as one DVC experiment with the overrides, outside the working tree."""
     logger = get_run_logger()
-    return run_experiment(name, overrides, stages, root=Path(root), env=env, echo=lambda line: logger.info("%s", line),
+    return run_experiment(name, overrides, stages, root=Path(root), env=env, echo=relay(logger),
                           outcomes=Path(outcomes))
 
 
@@ -92,7 +93,7 @@ def dvc_push(root: str, env: dict[str, str]) -> list[str]:
     """Upload the run's data and models to the default DVC remote. Retried once: remotes are often remote."""
     logger = get_run_logger()
     remote = default_remote(Path(root), env)
-    pushed = push_outputs(root=Path(root), env=env, echo=lambda line: logger.info("%s", line))
+    pushed = push_outputs(root=Path(root), env=env, echo=relay(logger))
     if pushed:
         logger.info("pushed %d path(s) to DVC remote '%s': %s", len(pushed), remote, ", ".join(pushed))
     else:
