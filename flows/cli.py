@@ -219,6 +219,15 @@ def schema(args: argparse.Namespace) -> int:
     return params_schema.main(["--out", str(args.project_dir / params_schema.SCHEMA_FILE)])
 
 
+def report(args: argparse.Namespace) -> int:
+    """The README's results table: `collect` a finished run's reports (evaluate, transfer, pretrain) into
+    docs/results.json with the run's commit, date and CPU, then render it into README.md between its markers;
+    `render` the committed file into README.md again; `check` exits 1 when README.md differs from that render."""
+    from groundwork import report as results_table
+
+    return results_table.run(args)
+
+
 def parser() -> argparse.ArgumentParser:
     """The command line: one subparser per command, each with its own --help."""
     top = argparse.ArgumentParser(prog="groundwork", description=__doc__,
@@ -257,6 +266,9 @@ def parser() -> argparse.ArgumentParser:
     schedule_parser = command("schedule", schedule, "serve a deployment of prefect.yaml on its schedule")
     schedule_parser.add_argument("--deployment", default="nightly", help="nightly (the pipeline) or hourly-adaptive")
     command("schema", schema, "write params.schema.json from the params models")
+    from groundwork.report import add_arguments as report_arguments  # standard library only: --help stays instant
+
+    report_arguments(command("report", report, "write the README's results table from a finished run's reports"))
     return top
 
 
