@@ -31,7 +31,8 @@ from groundwork.evaluation.statistics import paired_test
 from groundwork.models.checkpoint import load_model, save_checkpoint
 from groundwork.params import Params
 from groundwork.serving.package import log_served_model, served_contract
-from groundwork.tracking.runs import NullTracker, Predict, Tracker
+from groundwork.tracking.registry_gate import Predict
+from groundwork.tracking.runs import NullTracker, Tracker
 from groundwork.training.distributed import resolve_device
 from groundwork.training.loop import logits_of
 from groundwork.training.precision import autocast_dtype

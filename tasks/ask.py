@@ -25,7 +25,7 @@ from groundwork.models.checkpoint import load_model
 from groundwork.params import Params
 from groundwork.params.adaptive import AskParams
 from groundwork.plots import contact_sheet
-from groundwork.tracking.runs import NullTracker, Tracker
+from groundwork.tracking.runs import NullTracker, RunLog
 from groundwork.training.loop import derived_seed, logits_of
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ def choose(network: torch.nn.Module, candidates: list[str], images: dict[str, np
 
 
 def run(params: Params, *, model: Path, incoming: Path, labels: Path, drift: Path, queue_dir: Path,
-        tracker: Tracker | None = None) -> dict[str, Any]:
+        tracker: RunLog | None = None) -> dict[str, Any]:
     """Choose the images to label from the alarmed batches and write the queue; return what was asked and why."""
     tracker = tracker or NullTracker()
     cfg = params.adaptive.ask

@@ -16,14 +16,14 @@ from groundwork.data.datasets import load_dataset, save_dataset
 from groundwork.entrypoint import stage_cli
 from groundwork.params import Params
 from groundwork.plots import image_grid
-from groundwork.tracking.runs import NullTracker, Tracker
+from groundwork.tracking.runs import NullTracker, RunLog
 from groundwork.training.transforms import augmented_copies
 
 log = logging.getLogger(__name__)
 
 
 
-def run(params: Params, *, source: Path, out: Path, preview: Path, tracker: Tracker | None = None) -> dict[str, Any]:
+def run(params: Params, *, source: Path, out: Path, preview: Path, tracker: RunLog | None = None) -> dict[str, Any]:
     """Augment the source training split, write it and a preview of originals against their copies."""
     tracker = tracker or NullTracker()
     dataset, source_digest = load_dataset(source, splits=("train",))

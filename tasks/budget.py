@@ -16,14 +16,14 @@ from groundwork.data.datasets import load_dataset
 from groundwork.entrypoint import stage_cli
 from groundwork.params import Params
 from groundwork.plots import budget_curve
-from groundwork.tracking.runs import NullTracker, Tracker
+from groundwork.tracking.runs import NullTracker, RunLog
 from groundwork.training.label_budget import METHODS, summarise, sweep
 
 log = logging.getLogger(__name__)
 
 
 def run(params: Params, *, pretrained: Path, target: Path, table_out: Path, curve_out: Path,
-        tracker: Tracker | None = None) -> dict[str, Any]:
+        tracker: RunLog | None = None) -> dict[str, Any]:
     """Sweep the budgets; write the per-budget table (CSV) and the curve (PNG); return the summary."""
     tracker = tracker or NullTracker()
     data, digest = load_dataset(target, splits=("pool", "val", "test"))  # its own labelled sets, drawn from the pool

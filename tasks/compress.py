@@ -46,7 +46,7 @@ from groundwork.models.digitnet import DigitNet
 from groundwork.params import Params
 from groundwork.search.policy import read_policy
 from groundwork.serving.package import log_served_model, served_contract
-from groundwork.tracking.runs import NullTracker, Tracker
+from groundwork.tracking.runs import NullTracker, RunLog
 from groundwork.training.distributed import resolve_device
 from groundwork.training.jobs import run_jobs, worker_count
 from groundwork.training.loop import loss_and_accuracy
@@ -61,7 +61,7 @@ def onnx_accuracy(path: Path, val: Split) -> float:
 
 
 def _write_variants(params: Params, reference: DigitNet, searched: Any, calibration: Any, val: Split, folder: Path,
-                    tracker: Tracker, *, transferred: Path, target: Path, device: torch.device
+                    tracker: RunLog, *, transferred: Path, target: Path, device: torch.device
                     ) -> tuple[dict[str, dict[str, Any]], dict[str, DigitNet]]:
     """Every variant's file and the manifest, written into `folder`; the manifest and the fine-tuned models."""
     cfg = params.compress
@@ -107,7 +107,7 @@ def _write_variants(params: Params, reference: DigitNet, searched: Any, calibrat
 
 
 def run(params: Params, *, transferred: Path, target: Path, policy: Path, out_dir: Path,
-        tracker: Tracker | None = None) -> dict[str, Any]:
+        tracker: RunLog | None = None) -> dict[str, Any]:
     """Write every variant into `out_dir` with its manifest; return sizes, sparsity and accuracies."""
     tracker = tracker or NullTracker()
     data, digest = load_dataset(target, splits=("train", "val", "test", "pool"))

@@ -50,7 +50,8 @@ from groundwork.params import Params
 from groundwork.plots import confusion_grid, pareto_plot
 from groundwork.serving.package import find_served_model, log_served_model, served_contract
 from groundwork.tracking.registry import Champion, GateDecision
-from groundwork.tracking.runs import NullTracker, Predict, Tracker
+from groundwork.tracking.registry_gate import ModelRegistry, Predict
+from groundwork.tracking.runs import NullTracker, RunLog, Tracker
 
 log = logging.getLogger(__name__)
 CHAMPION_KEY = "@champion"  # the registered champion among the timed predictors (no variant has this name)
@@ -97,7 +98,7 @@ def speed_columns(timings: Timings, name: str) -> dict[str, float]:
 
 
 def link_scores(params: Params, found: dict[str, Variant], results: dict[str, dict[str, float]], chosen: str,
-                tracker: Tracker) -> dict[str, str]:
+                tracker: RunLog) -> dict[str, str]:
     """Each served variant's logged model (the one compress logged, found by its file's digest) with its own
     scores linked to it and to the target data; return variant -> model id. A chosen variant the store holds no
     model of (compress ran without tracking, or against another store) is logged here instead."""
@@ -149,7 +150,7 @@ def gate_decision(params: Params, *, champion: Champion | None, unscored: str, l
 def register_chosen(params: Params, selection: Selection, model_ids: dict[str, str],
                     results: dict[str, dict[str, float]], *, decision_for: Callable[[str], GateDecision],
                     seen: list[str], digest: str,
-                    tracker: Tracker) -> dict[str, Any]:
+                    tracker: ModelRegistry) -> dict[str, Any]:
     """Register the chosen variant's logged model as a new version, record what it learnt from, gate it against
     the champion and give it its card (every variant's scores, the rule and why each runner-up lost)."""
     cfg = params.evaluate
@@ -179,7 +180,7 @@ PARETO_AXES = (("bytes", "deployable file (bytes, log scale)", True),
                ("throughput_vs_fp32_onnx", "throughput at the large batch, x fp32_onnx (interleaved)", False))
 
 
-def load_champion(tracker: Tracker, name: str, folder: Path) -> tuple[Champion | None, Predict | None, str]:
+def load_champion(tracker: ModelRegistry, name: str, folder: Path) -> tuple[Champion | None, Predict | None, str]:
     """The registered champion and a function running its ONNX file; a champion that cannot be loaded or run
     comes back without the function and with the reason (the gate then keeps it)."""
     try:

@@ -15,10 +15,10 @@ from groundwork.data.datasets import save_dataset
 from groundwork.data.splits import describe
 from groundwork.entrypoint import stage_cli
 from groundwork.params import Params
-from groundwork.tracking.runs import NullTracker, Tracker
+from groundwork.tracking.runs import NullTracker, RunLog
 
 log = logging.getLogger(__name__)
-def run(params: Params, *, source_out: Path, target_out: Path, tracker: Tracker | None = None) -> dict[str, Any]:
+def run(params: Params, *, source_out: Path, target_out: Path, tracker: RunLog | None = None) -> dict[str, Any]:
     """Build both datasets and write them; return counts and content digests."""
     tracker = tracker or NullTracker()
     source, target = build_datasets(params.ingest, params.seed)

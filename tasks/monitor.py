@@ -23,7 +23,7 @@ from groundwork.entrypoint import stage_cli
 from groundwork.models.checkpoint import load_model
 from groundwork.params import Params
 from groundwork.plots import drift_timeline
-from groundwork.tracking.runs import NullTracker, Tracker
+from groundwork.tracking.runs import NullTracker, RunLog
 from groundwork.training.loop import derived_seed
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ COLUMNS = ("batch", "file", "images", "predicted_classes", "mean_confidence", "k
 
 
 def run(params: Params, *, model: Path, target: Path, incoming: Path, table_out: Path, plot_out: Path,
-        tracker: Tracker | None = None) -> dict[str, Any]:
+        tracker: RunLog | None = None) -> dict[str, Any]:
     """Test every arrived batch; write the table (CSV) and the timeline (PNG); return counts and the latest
     batch's verdict."""
     tracker = tracker or NullTracker()

@@ -18,7 +18,7 @@ from groundwork.entrypoint import stage_cli
 from groundwork.models.checkpoint import save_checkpoint
 from groundwork.models.digitnet import DigitNet
 from groundwork.params import Params
-from groundwork.tracking.runs import NullTracker, Tracker
+from groundwork.tracking.runs import NullTracker, RunLog
 from groundwork.training.distributed import is_main_process, resolve_device
 from groundwork.training.loop import loss_and_accuracy, seed_everything
 from groundwork.training.pretraining import pretrain_contrastive, pretrain_supervised
@@ -33,7 +33,7 @@ def write_history(path: Path, history: list[dict[str, float]]) -> None:
 
 
 def run(params: Params, *, train: Path, source: Path, model_out: Path, history_out: Path,
-        tracker: Tracker | None = None, resume: Path | None = None) -> dict[str, Any]:
+        tracker: RunLog | None = None, resume: Path | None = None) -> dict[str, Any]:
     """Pretrain, score the source's training and held-out splits, save the model and its per-epoch history.
 
     With `resume`, training state is kept there after every epoch, and a run killed mid-way continues

@@ -25,7 +25,7 @@ from groundwork.plots import search_rewards
 from groundwork.search.compare import BASELINES, compare_methods
 from groundwork.search.methods import SearchResult
 from groundwork.search.policy import write_policy
-from groundwork.tracking.runs import NullTracker, Tracker
+from groundwork.tracking.runs import NullTracker, RunLog
 from groundwork.training.distributed import resolve_device
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def summary(results: dict[str, SearchResult], widths: dict[str, tuple[int, ...]]
 
 
 def run(params: Params, *, transferred: Path, target: Path, policy_out: Path, table_out: Path, plot_out: Path,
-        tracker: Tracker | None = None) -> dict[str, Any]:
+        tracker: RunLog | None = None) -> dict[str, Any]:
     """Search, write the agent's best policy, the reward table (CSV) and its plot (PNG); return the comparison."""
     tracker = tracker or NullTracker()
     cfg = params.search

@@ -18,7 +18,7 @@ from groundwork.data.datasets import example_input, load_dataset
 from groundwork.entrypoint import stage_cli
 from groundwork.models.checkpoint import save_checkpoint
 from groundwork.params import Params
-from groundwork.tracking.runs import NullTracker, Tracker
+from groundwork.tracking.runs import NullTracker, RunLog
 from groundwork.training.distributed import is_main_process
 from groundwork.training.transfer_learning import History, transfer_and_scratch
 
@@ -33,7 +33,7 @@ def write_history(path: Path, histories: dict[str, History]) -> None:
 
 
 def run(params: Params, *, pretrained: Path, target: Path, model_out: Path, history_out: Path,
-        tracker: Tracker | None = None) -> dict[str, Any]:
+        tracker: RunLog | None = None) -> dict[str, Any]:
     """Transfer and the from-scratch baseline on the target's labelled split; save the transferred model.
 
     Under torchrun every rank trains; rank 0 alone saves and records the model."""

@@ -20,7 +20,7 @@ from groundwork.data.datasets import Dataset
 from groundwork.models.digitnet import DigitNet
 from groundwork.params import Params
 from groundwork.params.training import ModelParams
-from groundwork.tracking.runs import Tracker
+from groundwork.tracking.runs import RunLog
 from groundwork.training.distill import distillation, with_unlabelled
 from groundwork.training.loop import derived_seed, fit, seed_everything, validation
 from groundwork.training.precision import autocast_dtype
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 
 def fine_tuner(params: Params, data: Dataset, teacher: DigitNet, device: torch.device,
-               tracker: Tracker) -> FineTune:
+               tracker: RunLog) -> FineTune:
     """Fine-tuning as params say: the shared loop on the target's labels (plus, with distillation, the fp32
     teacher's outputs, also on the unlabelled pool), validated on the target's validation split."""
     cfg = params.compress

@@ -14,7 +14,7 @@ from groundwork.compression.names import REFERENCE
 from groundwork.compression.packing import load_packed
 from groundwork.errors import DataError
 from groundwork.models.checkpoint import load_model
-from groundwork.tracking.runs import Predict
+from groundwork.tracking.registry_gate import Predict
 from groundwork.training.loop import logits_of
 
 

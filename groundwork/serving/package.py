@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from groundwork.params.data import DataSource
-    from groundwork.tracking.runs import Tracker
+    from groundwork.tracking.runs import RunLog
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 # the modules a logged copy imports, copied as a package tree MLflow puts on sys.path when it loads the model
@@ -86,7 +86,7 @@ def signature() -> Any:
                                                        ColSpec(Array("double"), "probabilities")]))
 
 
-def log_served_model(tracker: Tracker, path: Path, name: str, contract: dict[str, Any]) -> str | None:
+def log_served_model(tracker: RunLog, path: Path, name: str, contract: dict[str, Any]) -> str | None:
     """Log the ONNX file at `path` as the served classifier named `name` (groundwork.serving.classifier),
     tagged with the file's digest and the variant's name; return the logged model's id (None: no tracking).
     `contract` is served_contract's model config."""
@@ -102,7 +102,7 @@ def log_served_model(tracker: Tracker, path: Path, name: str, contract: dict[str
             "tags": {FILE_DIGEST_TAG: file_digest(path), VARIANT_TAG: name}})
 
 
-def find_served_model(tracker: Tracker, path: Path) -> str | None:
+def find_served_model(tracker: RunLog, path: Path) -> str | None:
     """The latest served model logged from exactly the file at `path` (by digest) in this experiment; None
     when there is none (the stage that wrote it ran without tracking, or against another store)."""
     return tracker.find_logged_model({FILE_DIGEST_TAG: file_digest(path)})

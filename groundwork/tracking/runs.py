@@ -1,5 +1,5 @@
 """The stage side of MLflow: the tracking store, one run per stage (a child of the flow's run when there is one),
-what a stage may record through a Tracker, and the tags that give lineage."""
+what a stage may record in it (RunLog; a Tracker adds the Model Registry), and the tags that give lineage."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import subprocess
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,19 +22,9 @@ import torch
 from groundwork.data.untrusted import read_npz
 from groundwork.forkserver import STARTED_WARM_ENV
 from groundwork.params import TrackingParams
-from groundwork.tracking.registry import (
-    CHAMPION,
-    LEARNT_FROM_FILE,
-    LEARNT_FROM_TAG,
-    Champion,
-    GateDecision,
-    apply_gate,
-    challenge,
-    champion_version,
-)
+from groundwork.tracking.registry_gate import MlflowRegistry, ModelRegistry, NullRegistry
 
 log = logging.getLogger(__name__)
-Predict = Callable[[torch.Tensor], torch.Tensor]  # uint8 images (N, 28, 28) -> logits (N, classes)
 
 # The flow hands its MLflow run to stage processes through variables of our own: MLFLOW_RUN_ID would make
 # each stage resume (and overwrite) the parent run instead of nesting under it.
@@ -61,8 +51,8 @@ HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BA
                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 
 
-class Tracker(Protocol):
-    """What a stage's run() may record; tests pass NullTracker, entry points an MLflow-backed one."""
+class RunLog(Protocol):
+    """What a stage may record in its own run: metrics, artifacts, models, datasets, tags."""
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
     def log_series(self, series: Mapping[str, Sequence[float]]) -> None: ...
@@ -71,20 +61,17 @@ class Tracker(Protocol):
     def log_pyfunc_model(self, spec: Mapping[str, Any]) -> str | None: ...
     def find_logged_model(self, tags: Mapping[str, str]) -> str | None: ...
     def log_model_metrics(self, model_id: str, metrics: Mapping[str, float], dataset: str | None) -> None: ...
-    def register_model(self, model_id: str, registered_name: str) -> str | None: ...
     def set_tags(self, tags: Mapping[str, str]) -> None: ...
     def log_dataset(self, name: str, path: Path | str, digest: str, context: str) -> None: ...
-    def champion(self, registered_name: str, into: Path) -> Champion | None: ...
-    def record_learnt_from(self, registered_name: str, version: str, image_ids: Sequence[str]) -> None: ...
-    def apply_gate(self, registered_name: str, version: str, decision: GateDecision) -> None: ...
-    def set_version_tags(self, registered_name: str, version: str, tags: Mapping[str, str]) -> None: ...
-    def champion_predictor(self, registered_name: str) -> Predict | None: ...
-    def challenge(self, registered_name: str, version: str, decision: GateDecision) -> None: ...
-    def describe(self, registered_name: str, version: str, model_card: str, version_card: str) -> None: ...
 
 
-class NullTracker:
-    """Records nothing: for tests and for calling stages as plain functions."""
+class Tracker(RunLog, ModelRegistry, Protocol):
+    """What the entry point hands a stage's run(): its run log and the Model Registry, one object (tests pass
+    NullTracker). Code that needs only one of the two asks for RunLog or ModelRegistry."""
+
+
+class NullTracker(NullRegistry):
+    """Records nothing and reaches no registry: for tests and for calling stages as plain functions."""
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         """Ignore metrics."""
@@ -109,38 +96,11 @@ class NullTracker:
     def log_model_metrics(self, model_id: str, metrics: Mapping[str, float], dataset: str | None) -> None:
         """Ignore a model's metrics."""
 
-    def register_model(self, model_id: str, registered_name: str) -> str | None:
-        """No registry: no version."""
-        return None
-
     def set_tags(self, tags: Mapping[str, str]) -> None:
         """Ignore tags."""
 
     def log_dataset(self, name: str, path: Path | str, digest: str, context: str) -> None:
         """Ignore a dataset."""
-
-    def champion(self, registered_name: str, into: Path) -> Champion | None:
-        """No registry, no champion."""
-        return None
-
-    def record_learnt_from(self, registered_name: str, version: str, image_ids: Sequence[str]) -> None:
-        """No registry: nothing to record."""
-
-    def apply_gate(self, registered_name: str, version: str, decision: GateDecision) -> None:
-        """No registry: nothing to move."""
-
-    def set_version_tags(self, registered_name: str, version: str, tags: Mapping[str, str]) -> None:
-        """No registry: nothing to tag."""
-
-    def champion_predictor(self, registered_name: str) -> Predict | None:
-        """No registry, no champion."""
-        return None
-
-    def describe(self, registered_name: str, version: str, model_card: str, version_card: str) -> None:
-        """No registry, nothing to describe."""
-
-    def challenge(self, registered_name: str, version: str, decision: GateDecision) -> None:
-        """No registry: nothing to move."""
 
 
 def tracking_uri(root: Path | None = None) -> str:
@@ -193,6 +153,7 @@ def ensure_experiment(client: Any, root: Path | None = None) -> str:
 
 def git_tags(root: Path | None = None) -> dict[str, str]:
     """The git commit and whether the work tree differs from it; empty outside a git repository."""
+
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
     try:
@@ -235,11 +196,12 @@ def _pip_requirements(flavor: Any) -> list[str]:
     return [*flavor.get_default_pip_requirements(), f"numpy=={np.__version__}"]
 
 
-class MlflowTracker:
-    """Records into the active MLflow run of this process (stage processes are single-threaded)."""
+class MlflowTracker(MlflowRegistry):
+    """Records into the active MLflow run of this process (stage processes are single-threaded), and reaches the
+    registry through MlflowRegistry."""
 
     def __init__(self, mlflow_module: Any) -> None:
-        self._mlflow = mlflow_module
+        super().__init__(mlflow_module)
         self._datasets: dict[str, Any] = {}  # name -> the MLflow dataset log_dataset logged, for model metrics
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
@@ -295,10 +257,6 @@ class MlflowTracker:
         Models tab then shows each model with its own scores."""
         self._mlflow.log_metrics(dict(metrics), model_id=model_id, dataset=self._datasets.get(dataset))
 
-    def register_model(self, model_id: str, registered_name: str) -> str | None:
-        """Register a logged model (no copy) as a new version of `registered_name`; return the version."""
-        return str(self._mlflow.register_model(f"models:/{model_id}", registered_name).version)
-
     def set_tags(self, tags: Mapping[str, str]) -> None:
         """Set run tags."""
         self._mlflow.set_tags(dict(tags))
@@ -323,70 +281,6 @@ class MlflowTracker:
         self._mlflow.log_input(logged, context=context)
         self._mlflow.set_tag(f"data_digest.{name}", digest)
         self._datasets[name] = logged
-
-    def champion(self, registered_name: str, into: Path) -> Champion | None:
-        """The champion's ONNX file, downloaded into `into`, and the ids of the images it learnt from where its
-        version records them; None when there is no champion."""
-        client = self._mlflow.MlflowClient()
-        version = champion_version(client, registered_name)
-        if version is None:
-            return None
-        local = Path(self._mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{registered_name}/{version}", dst_path=str(into / "model")))
-        found = sorted(local.rglob("*.onnx"))
-        if not found:
-            raise FileNotFoundError(f"models:/{registered_name}/{version}: no ONNX file among its artifacts")
-        listed = client.get_model_version(registered_name, version).tags.get(LEARNT_FROM_TAG)
-        learnt = None if not listed else frozenset(Path(self._mlflow.artifacts.download_artifacts(
-            artifact_uri=listed, dst_path=str(into / "learnt_from"))).read_text().split())
-        return Champion(version, found[0], learnt)
-
-    def record_learnt_from(self, registered_name: str, version: str, image_ids: Sequence[str]) -> None:
-        """Log the ids of the images a registered version learnt from as this run's artifact, and point the
-        version's LEARNT_FROM_TAG at it: a later gate scores both models only on images neither learnt from."""
-        artifact = f"registry/{registered_name}-{version}-{LEARNT_FROM_FILE}"
-        self._mlflow.log_text("\n".join(image_ids) + "\n", artifact)
-        run_id = self._mlflow.active_run().info.run_id
-        self._mlflow.MlflowClient().set_model_version_tag(registered_name, version, LEARNT_FROM_TAG,
-                                                          f"runs:/{run_id}/{artifact}")
-
-    def apply_gate(self, registered_name: str, version: str, decision: GateDecision) -> None:
-        """Tag the version with the gate's decision and move the alias if it promotes; tag this run too."""
-        apply_gate(self._mlflow.MlflowClient(), registered_name, version, decision)
-        self.set_tags({**decision.as_tags(), "gate.version": version})
-
-    def set_version_tags(self, registered_name: str, version: str, tags: Mapping[str, str]) -> None:
-        """Tag a registered version (MLflow keeps at most 5,000 characters of a version tag's value)."""
-        client = self._mlflow.MlflowClient()
-        for key, value in tags.items():
-            client.set_model_version_tag(registered_name, version, key, value[:5000])
-
-    def champion_predictor(self, registered_name: str) -> Predict | None:
-        """The registered champion as a function of uint8 images (N, 28, 28) -> log-probabilities (logits up to
-        a constant), loaded through MLflow's pyfunc flavour as a client calls it; None when there is no champion."""
-        from mlflow.exceptions import MlflowException
-
-        try:
-            self._mlflow.MlflowClient().get_model_version_by_alias(registered_name, CHAMPION)
-        except MlflowException:
-            return None
-        model = self._mlflow.pyfunc.load_model(f"models:/{registered_name}@{CHAMPION}")
-
-        def predict(images: torch.Tensor) -> torch.Tensor:
-            output = model.predict(images.numpy())
-            return torch.as_tensor(np.log(np.stack(output["probabilities"].tolist())))
-        return predict
-
-    def challenge(self, registered_name: str, version: str, decision: GateDecision) -> None:
-        """Alias a registered version `challenger` and promote it if the decision says so; tag this run too."""
-        challenge(self._mlflow.MlflowClient(), registered_name, version, decision)
-        self.set_tags({**decision.as_tags(), "gate.version": version})
-
-    def describe(self, registered_name: str, version: str, model_card: str, version_card: str) -> None:
-        """Give the registered model and one of its versions their descriptions (markdown, shown in the UI)."""
-        client = self._mlflow.MlflowClient()
-        client.update_registered_model(registered_name, description=model_card)
-        client.update_model_version(registered_name, version, description=version_card)
 
 
 @contextmanager

@@ -17,7 +17,7 @@ from groundwork.data.datasets import Dataset
 from groundwork.data.splits import label_budget
 from groundwork.models.checkpoint import load_model
 from groundwork.params import Params
-from groundwork.tracking.runs import Tracker
+from groundwork.tracking.runs import RunLog
 from groundwork.training.distributed import resolve_device
 from groundwork.training.jobs import run_jobs, worker_count
 from groundwork.training.loop import steps_per_epoch
@@ -87,7 +87,7 @@ def train_draw(draw: Draw) -> dict[str, Any]:
     return {"train_images": len(train), **scores}
 
 
-def sweep(pretrained: Path, target: Dataset, params: Params, tracker: Tracker) -> pd.DataFrame:
+def sweep(pretrained: Path, target: Dataset, params: Params, tracker: RunLog) -> pd.DataFrame:
     """One row per (budget, draw): the draw's size, and source-only, scratch, transfer and semi-supervised
     transfer accuracy on the target's test split. The draws train in `budget.workers` processes."""
     source_only = target_test_accuracy(load_model(pretrained)[0], target, params)  # the same at every draw

@@ -12,7 +12,7 @@ from groundwork.data.datasets import Dataset
 from groundwork.models.checkpoint import load_model
 from groundwork.models.digitnet import DigitNet, new_head
 from groundwork.params import Params
-from groundwork.tracking.runs import Tracker
+from groundwork.tracking.runs import RunLog
 from groundwork.training.distributed import resolve_device
 from groundwork.training.loop import (
     EpochCallback,
@@ -125,7 +125,7 @@ def target_test_accuracy(model: DigitNet, data: Dataset, params: Params) -> floa
 
 
 def transfer_and_scratch(pretrained: Path, data: Dataset, params: Params, *, seed: int,
-                         tracker: Tracker | None = None) -> tuple[DigitNet, dict[str, float], dict[str, History]]:
+                         tracker: RunLog | None = None) -> tuple[DigitNet, dict[str, float], dict[str, History]]:
     """Source-only, transfer and from-scratch (same labels, same optimizer steps) accuracy on the test split."""
     def logger(name: str) -> EpochCallback | None:
         if tracker is None:
