@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from groundwork import forkserver
+from groundwork import forkserver, supervise
 from groundwork.dvc_graph import GRAPH_FILES
 from groundwork.params import Params, ParamsError, read_raw_params, with_overrides
 
@@ -139,9 +139,12 @@ def _hand_over(command: list[str], cwd: Path, env: Mapping[str, str]) -> int:
     holds none of what the checks before imported, and stops the server's whole process tree on SIGTERM or
     SIGINT. Returns only if the exec fails."""
     os.chdir(cwd)
+    supervised = [sys.executable, "-m", "groundwork.supervise", "--", *command]
+    if not supervise.GROUPS:  # Windows: exec starts a new process and ends this one, and the console stops waiting
+        return subprocess.call(supervised, env=dict(env))
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, "-m", "groundwork.supervise", "--", *command], dict(env))
+    os.execve(sys.executable, supervised, dict(env))
     return EXIT_FAILED
 
 

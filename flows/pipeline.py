@@ -14,6 +14,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.states import State
 
@@ -31,6 +32,7 @@ from flows.repro import (
     RESTORED,
     SKIPPED,
     StageFailed,
+    StagePlan,
     StageResult,
     default_remote,
     lock_hash,
@@ -39,7 +41,7 @@ from flows.repro import (
     run_experiment,
     stage_environment,
     stage_name,
-    stage_order,
+    stage_plan,
     stages_to_run,
 )
 from flows.summary import mlflow_address, summary_markdown, variant_rows
@@ -134,16 +136,19 @@ def _run_stages(root: Path, overrides: dict[str, Any]) -> list[StageResult]:
         publish_artifacts(root, results, status=status, parent_run_id=parent,
                           experiment=str(flow_run.name) if overrides else None)
 
-    results = run_tracked_stages(root, stage_order(root), kind="pipeline", overrides=overrides, publish=publish)
+    results = run_tracked_stages(root, stage_plan(root), kind="pipeline", overrides=overrides, publish=publish)
     get_run_logger().info("metrics: reports/*.json (`dvc metrics show`); models: models/; plots: `dvc plots show`; "
                           "MLflow: `make ui` (store %s)", tracking_uri(root))
     return results
 
 
-def run_tracked_stages(root: Path, stages: list[str], *, kind: str, publish: Publish,
+def run_tracked_stages(root: Path, plan: StagePlan, *, kind: str, publish: Publish,
                        overrides: dict[str, Any] | None = None, dvc_file: str = "dvc.yaml") -> list[StageResult]:
-    """`stages` of `dvc_file`, one task each (or, with overrides, one experiment), under one MLflow parent run
-    named after `kind` and closed FINISHED or FAILED; `publish(results, status, parent run id)` ends it either way."""
+    """The stages of `plan` (those of `dvc_file`), one task each (or, with overrides, one experiment), under one
+    MLflow parent run named after `kind` and closed FINISHED or FAILED; `publish(results, status, parent run id)`
+    ends it either way. Each stage's task waits on the tasks of the stages it depends on (DVC's edges, so Prefect's
+    graph draws them); they still run one at a time, as DVC's repository lock requires."""
+    stages = plan.order
     logger = get_run_logger()
     logger.info("stages in DVC's order: %s", " -> ".join(stages))
     flow_ids = {FLOW_RUN_ID_ENV: str(flow_run.id), FLOW_RUN_NAME_ENV: str(flow_run.name)}
@@ -167,13 +172,18 @@ def run_tracked_stages(root: Path, stages: list[str], *, kind: str, publish: Pub
             env |= warm
             if overrides:
                 results = run_dvc_experiment(str(flow_run.name), overrides, stages, str(root), env, outcomes)
+            ran: dict[str, PrefectFuture[StageResult]] = {}  # the task run of each stage that got one
             for stage in [] if overrides else stages:
                 if stage not in pending:  # `dvc repro` would skip it: no DVC process started to find that out
                     logger.info("stage '%s' skipped: `dvc status` finds it and every stage it depends on unchanged",
                                 stage)
                     results.append(StageResult(stage=stage, status=SKIPPED, seconds=0.0))
                     continue
-                results.append(run_stage(stage, str(root), env, outcomes))
+                # submitted with the task runs it depends on, and waited for before the next: Prefect records the
+                # edges (a direct call with States also linked the stage before, through the strings of its result)
+                ran[stage] = run_stage.submit(stage, str(root), env, outcomes,
+                                              wait_for=_nearest_task_runs(stage, plan, ran))
+                results.append(ran[stage].result())  # a failed stage raises its StageFailed here
                 if results[-1].status == RAN and (stage_hash := lock_hash(root, stage)) is not None:
                     # dvc.lock gets the stage's entry only after the stage succeeded: tag its run now
                     tag_stage_run(parent, stage_name(stage), {"dvc_lock_hash": stage_hash}, root=root)
@@ -193,10 +203,22 @@ def run_tracked_stages(root: Path, stages: list[str], *, kind: str, publish: Pub
             logger.error("closing MLflow parent run %s or publishing the summary failed too: %s", parent, exc)
         finally:
             shutil.rmtree(outcomes, ignore_errors=True)
-    ran = [r.stage for r in results if r.status == RAN]
-    logger.info("done: %d stage(s) ran (%s), %d skipped", len(ran), ", ".join(ran) or "none",
-                len(results) - len(ran))
+    done = [r.stage for r in results if r.status == RAN]
+    logger.info("done: %d stage(s) ran (%s), %d skipped", len(done), ", ".join(done) or "none",
+                len(results) - len(done))
     return results
+
+
+def _nearest_task_runs(stage: str, plan: StagePlan,
+                       ran: dict[str, PrefectFuture[StageResult]]) -> list[PrefectFuture[StageResult]]:
+    """The task runs `stage` waits on: those of the stages it depends on, and through a stage skipped without a task
+    run, those of the stages that one depends on."""
+    found: list[PrefectFuture[StageResult]] = []
+    for dependency in plan.upstream[stage]:
+        for future in [ran[dependency]] if dependency in ran else _nearest_task_runs(dependency, plan, ran):
+            if future not in found:
+                found.append(future)
+    return found
 
 
 def publish_artifacts(root: Path, results: list[StageResult], *, status: str, parent_run_id: str,

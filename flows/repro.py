@@ -71,6 +71,21 @@ def stage_order(root: Path, dvc_file: str = "dvc.yaml") -> list[str]:
     return _ordered(*_stage_graph(root), dvc_file)
 
 
+@dataclass(frozen=True)
+class StagePlan:
+    """The stages of one dvc file in DVC's order, each with the stages of that file it depends on directly."""
+
+    order: list[str]
+    upstream: dict[str, list[str]]
+
+
+def stage_plan(root: Path, dvc_file: str = "dvc.yaml") -> StagePlan:
+    """stage_order's stages with DVC's edges among them, read from DVC's own graph: the flow's tasks wait on them."""
+    stages, graph = _stage_graph(root)
+    order = _ordered(stages, graph, dvc_file)
+    return StagePlan(order, {stage: [dep for dep in order if graph.has_edge(stage, dep)] for stage in order})
+
+
 def _ordered(stages: list[str], graph: Any, dvc_file: str) -> list[str]:
     import networkx as nx
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -90,6 +91,35 @@ def project(first_run: FirstRun, tmp_path: Path) -> Path:
 def test_stage_order_comes_from_dvc(tmp_path: Path) -> None:
     # on a copy: opening the DVC repository writes DVC's .dvc/tmp, and tests write nothing into the project
     assert stage_order(copy_project(tmp_path, tiny_params_dict())) == STAGES
+
+
+# DVC's edges among the pipeline's stages, as dvc.yaml declares them (a stage's deps and params files)
+UPSTREAM = {"ingest": set(), "augment": {"ingest"}, "pretrain": {"ingest", "augment"},
+            "transfer": {"ingest", "pretrain"}, "budget": {"ingest", "pretrain"}, "search": {"ingest", "transfer"},
+            "compress": {"ingest", "transfer", "search"}, "evaluate": {"ingest", "transfer", "compress"}}
+
+
+def test_the_flow_run_draws_dvc_s_graph_and_logs_at_the_lines_levels(first_run: FirstRun) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
+
+    flow_run_id = first_run.state.state_details.flow_run_id
+    deadline = time.monotonic() + 30  # the server records task runs from events: a name may settle a moment late
+    while True:
+        with get_client(sync_client=True) as client:
+            task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+        name_of = {run.id: run.name for run in task_runs}
+        waits = {run.name: {name_of[source.id] for source in run.task_inputs.get("wait_for", [])}
+                 for run in task_runs}
+        if waits == UPSTREAM or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert waits == UPSTREAM
+    # DVC's advice after each stage stays out of the log (DEBUG); nothing a stage wrote at WARNING arrives as INFO
+    assert not [log.message for log in logs if "To track the changes with git" in log.message]
+    assert not [log.message for log in logs if log.level == logging.INFO and " WARNING " in log.message]
+    assert any(log.message.startswith("Running stage 'pretrain'") and log.level == logging.INFO for log in logs)
 
 
 def test_first_run_executes_every_stage_and_records_them(first_run: FirstRun) -> None:
