@@ -31,6 +31,7 @@ EXPECTED_FAILURES = (DataError, CheckpointError, TrainingDiverged, OutputNotWrit
 EXIT_BAD_PARAMS = 2
 EXIT_FAILED = 1
 EXIT_TRANSIENT = 75
+LOG_LEVEL_ENV = "GROUNDWORK_LOG_LEVEL"  # the stages' log level: INFO by default, DEBUG adds e.g. every budget epoch
 TRANSIENT_FAILURES = (MlflowException, ConnectionError, TimeoutError)
 
 StageWork = Callable[[Params, argparse.Namespace, Tracker], dict[str, Any]]
@@ -51,7 +52,8 @@ def stage_parser(stage: str, description: str | None) -> argparse.ArgumentParser
 def configure_logging(marker: str = "") -> None:
     """Log lines with time and module on stderr, after `marker` where one is given (a worker process's, so that
     the lines of processes logging at once can be told apart); the libraries' chatter kept to warnings."""
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+    level = os.environ.get(LOG_LEVEL_ENV, "INFO").upper()
+    logging.basicConfig(level=level if level in logging.getLevelNamesMapping() else logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s %(levelname)s {marker}%(name)s: %(message)s")
     for noisy in ("alembic", "mlflow", "urllib3", "matplotlib", "PIL", "onnx_ir", "onnxscript", "torch.onnx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,8 @@ def test_sweep_reports_mean_and_spread_per_budget(tmp_path: Path, tiny_params: P
 
 def test_draws_differ_and_the_whole_pool_is_drawn_once(tiny_params: Params, tiny_data: dict[str, Path],
                                                         tiny_pretrained: dict[str, Any],
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
     from groundwork.data.datasets import load_dataset
     from groundwork.tracking.runs import NullTracker
     from groundwork.training import label_budget as module
@@ -59,8 +61,17 @@ def test_draws_differ_and_the_whole_pool_is_drawn_once(tiny_params: Params, tiny
     data, _ = load_dataset(tiny_data["target"], splits=("pool", "val", "test"))
     params = tiny_params.model_copy(update={"budget": tiny_params.budget.model_copy(
         update={"labels_per_class": [2, None], "draws": 2, "workers": 1})})
-    rows = sweep(tiny_pretrained["model"], data, params, NullTracker())
+    with caplog.at_level(logging.DEBUG):
+        rows = sweep(tiny_pretrained["model"], data, params, NullTracker())
     assert rows["budget"].tolist() == ["2", "2", "all"]
+    # the log: one line per draw; each epoch of its models is detail, at DEBUG
+    logged = [(record.name, record.levelno, record.getMessage()) for record in caplog.records]
+    draws = [message for name, level, message in logged if name == module.__name__ and level == logging.INFO
+             and message.startswith("labels/class ") and "draw" in message]
+    assert len(draws) == 3 and draws[0].startswith("labels/class 2, draw 1: source_only "), draws
+    epochs = [(level, message) for name, level, message in logged if name == "groundwork.training.loop"]
+    assert epochs and all(level == logging.DEBUG for level, _ in epochs), epochs[:3]
+    assert any(" epoch 1/" in message for _, message in epochs)
     assert [len(images) for images in trained_on] == [20, 20, len(data["pool"])]
     assert trained_on[0] != trained_on[1], "the two draws of 2 labels per class trained on the same images"
     assert trained_on[2] == {image.tobytes() for image in data["pool"].images}

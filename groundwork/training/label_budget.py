@@ -20,7 +20,7 @@ from groundwork.params import Params
 from groundwork.tracking.runs import RunLog
 from groundwork.training.distributed import resolve_device
 from groundwork.training.jobs import run_jobs, worker_count
-from groundwork.training.loop import steps_per_epoch
+from groundwork.training.loop import epochs_logged_at, steps_per_epoch
 from groundwork.training.transfer_learning import from_scratch, target_test_accuracy, transfer
 
 log = logging.getLogger(__name__)
@@ -73,17 +73,20 @@ def draws(pretrained: Path, target: Dataset, params: Params) -> list[Draw]:
 
 
 def train_draw(draw: Draw) -> dict[str, Any]:
-    """The draw's labelled set (its size), its three models trained on it, and their test accuracy."""
-    log.info("labels/class %s, draw %d: training its %d models", draw.label, draw.index + 1, len(METHODS))
+    """The draw's labelled set (its size), its three models trained on it, and their test accuracy. Their epochs
+    are logged at DEBUG: the sweep logs one line per draw (GROUNDWORK_LOG_LEVEL=DEBUG shows the epochs)."""
+    log.debug("labels/class %s, draw %d: training its %d models", draw.label, draw.index + 1, len(METHODS))
     train = label_budget(draw.target["pool"], draw.per_class, seed=draw.seed, key="budget.labels_per_class")
     data = {**draw.target, "train": train}
     sized = budget_params(draw.params, len(train))
-    # only the test accuracy is kept: no per-epoch validation unless training itself reads it
-    scratch, _ = from_scratch(data, sized, seed=draw.seed, validated=False)
-    scores = {"scratch_accuracy": target_test_accuracy(scratch, data, sized)}
-    for method in METHODS[1:]:
-        model, _ = transfer(draw.pretrained, data, method_params(sized, method), seed=draw.seed, validated=False)
-        scores[f"{method}_accuracy"] = target_test_accuracy(model, data, sized)
+    with epochs_logged_at(logging.DEBUG):
+        # only the test accuracy is kept: no per-epoch validation unless training itself reads it
+        scratch, _ = from_scratch(data, sized, seed=draw.seed, validated=False)
+        scores = {"scratch_accuracy": target_test_accuracy(scratch, data, sized)}
+        for method in METHODS[1:]:
+            model, _ = transfer(draw.pretrained, data, method_params(sized, method), seed=draw.seed,
+                                validated=False)
+            scores[f"{method}_accuracy"] = target_test_accuracy(model, data, sized)
     return {"train_images": len(train), **scores}
 
 

@@ -7,7 +7,9 @@ import logging
 import math
 import os
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,19 @@ from groundwork.training.precision import autocast
 from groundwork.training.resume import load_resume, save_resume
 
 log = logging.getLogger(__name__)
+# A model trained on its own logs a line per epoch at INFO; where many models train alike (the budget sweep's draws),
+# those lines are detail (DEBUG) and the caller logs one summary line per job: thousands of epoch lines otherwise
+EPOCH_LOG_LEVEL: ContextVar[int] = ContextVar("epoch_log_level", default=logging.INFO)
+
+
+@contextmanager
+def epochs_logged_at(level: int) -> Iterator[None]:
+    """The epoch lines of training done inside, at `level`."""
+    token = EPOCH_LOG_LEVEL.set(level)
+    try:
+        yield
+    finally:
+        EPOCH_LOG_LEVEL.reset(token)
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 BatchAugment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -360,7 +375,7 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], cfg: TrainPa
             policy.after_epoch(metrics.get("val_loss"))
             progress.epoch += 1
             bar.set_postfix({k: f"{v:.3g}" for k, v in metrics.items() if k != "lr"})
-            log.info("%s epoch %d/%d %s", desc, progress.epoch, cfg.epochs,
+            log.log(EPOCH_LOG_LEVEL.get(), "%s epoch %d/%d %s", desc, progress.epoch, cfg.epochs,
                      " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
             progress.history.append({"epoch": progress.epoch, **metrics})
             _track_best(model, metrics, cfg, progress)
@@ -374,11 +389,13 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], cfg: TrainPa
     finally:
         bar.close()
     if cfg.early_stopping and progress.stale >= cfg.early_stopping:
-        log.info("%s: stopped early after epoch %d, no val-loss gain in %d epochs", desc, progress.epoch,
+        log.log(EPOCH_LOG_LEVEL.get(), "%s: stopped early after epoch %d, no val-loss gain in %d epochs", desc,
+                progress.epoch,
                  progress.stale)
     if progress.best_state is not None:
         model.load_state_dict(progress.best_state)
-        log.info("%s: restored the weights of the epoch with val_loss %.4g", desc, progress.best_loss)
+        log.log(EPOCH_LOG_LEVEL.get(), "%s: restored the weights of the epoch with val_loss %.4g", desc,
+                progress.best_loss)
     if resume is not None and is_main_process():
         resume.unlink(missing_ok=True)
     return progress.history
