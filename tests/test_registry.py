@@ -349,6 +349,9 @@ def test_rollback_gives_the_champion_back_to_the_version_before_and_refuses_past
                                                           candidate=0.9, champion=0.8, champion_version="1"))
     promoted = client.get_model_version(name, second_version)
     assert promoted.aliases == [CHAMPION] and promoted.tags[PREVIOUS_CHAMPION_TAG] == "1" and promoted.tags["gate.time"]
+    card = client.get_model_version(name, "1").description
+    assert "promoted to `champion`" in card, "the card still says what its gate decided"
+    assert card.endswith(f"was `champion` until version {second_version} took the alias."), card[-200:]
 
     back = subprocess.run([str(Path(sys.executable).parent / "groundwork"), "rollback", "--project-dir", str(project),
                            "--reason", "slower in production"], capture_output=True, text=True, timeout=120)
@@ -357,6 +360,10 @@ def test_rollback_gives_the_champion_back_to_the_version_before_and_refuses_past
                                    "reason: slower in production")
     assert str(client.get_model_version_by_alias(name, CHAMPION).version) == "1"
     replaced, restored = client.get_model_version(name, second_version).tags, client.get_model_version(name, "1").tags
+    assert client.get_model_version(name, second_version).description.endswith(
+        "was `champion` until rolled back to version 1: slower in production.")
+    assert client.get_model_version(name, "1").description.endswith(
+        f"`champion` again, taken back from version {second_version}: slower in production.")
     assert replaced["rollback.decision"] == "champion given back to version 1"
     assert restored["rollback.decision"] == f"champion again, taken back from version {second_version}"
     assert replaced["rollback.reason"] == restored["rollback.reason"] == "slower in production"

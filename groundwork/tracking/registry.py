@@ -65,11 +65,20 @@ def _now() -> str:
 
 
 def _make_champion(client: Any, name: str, version: str) -> None:
-    """Move `champion` to `version`, recording on it the version that held the alias before (if any)."""
+    """Move `champion` to `version`, recording on it the version that held the alias before (if any), and on the
+    card of that one that it no longer holds it."""
     previous = champion_version(client, name)
     if previous is not None and previous != version:
         client.set_model_version_tag(name, version, PREVIOUS_CHAMPION_TAG, previous)
+        _note_on_card(client, name, previous, f"was `{CHAMPION}` until version {version} took the alias")
     client.set_registered_model_alias(name, CHAMPION, version)
+
+
+def _note_on_card(client: Any, name: str, version: str, note: str) -> None:
+    """Append a dated line to a version's card (its description): the card's gate line says what was decided when
+    it was registered, this what became of it since."""
+    card = client.get_model_version(name, version).description or ""
+    client.update_model_version(name, version, description=f"{card}\n\n**Since {_now()}**: {note}.".lstrip())
 
 
 class NothingToRollBack(Exception):
@@ -101,6 +110,8 @@ def roll_back(client: Any, name: str, reason: str) -> Rollback:
         for key, value in {**tags, "rollback.reason": reason, "rollback.time": done.time}.items():
             client.set_model_version_tag(name, version, key, value)
     client.set_registered_model_alias(name, CHAMPION, previous)
+    _note_on_card(client, name, current, f"was `{CHAMPION}` until rolled back to version {previous}: {reason}")
+    _note_on_card(client, name, previous, f"`{CHAMPION}` again, taken back from version {current}: {reason}")
     log.info("%s: %s moved back from version %s to version %s (%s)", name, CHAMPION, current, previous, reason)
     return done
 
