@@ -25,7 +25,7 @@ from flows.lock import pipeline_lock
 from flows.parent_run import experiment_of
 from flows.pipeline import run_tracked_stages
 from flows.repro import StageResult, stage_environment, stage_plan
-from flows.summary import adaptive_markdown, mlflow_address
+from flows.summary import adaptive_headline, adaptive_markdown, mlflow_address
 from groundwork.params import load_params
 from groundwork.tracking.runs import tracking_uri
 
@@ -66,7 +66,8 @@ def adaptive_loop(project_dir: str = ".") -> list[StageResult]:
             create_markdown_artifact(adaptive_markdown(root, results, status=status, mlflow_url=address),
                                      key="adaptive-summary", description="drift, labelling queue, challenger decision")
 
-        return run_tracked_stages(root, stage_plan(root, GRAPH), kind="adaptive", publish=publish, dvc_file=GRAPH)
+        return run_tracked_stages(root, stage_plan(root, GRAPH), kind="adaptive", publish=publish,
+                                  headline=adaptive_headline, dvc_file=GRAPH)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -44,7 +44,7 @@ from flows.repro import (
     stage_plan,
     stages_to_run,
 )
-from flows.summary import mlflow_address, summary_markdown, variant_rows
+from flows.summary import Headline, mlflow_address, pipeline_headline, summary_markdown, variant_rows
 from groundwork import forkserver
 from groundwork.params import read_raw_params, with_overrides
 from groundwork.tracking.runs import (
@@ -136,18 +136,21 @@ def _run_stages(root: Path, overrides: dict[str, Any]) -> list[StageResult]:
         publish_artifacts(root, results, status=status, parent_run_id=parent,
                           experiment=str(flow_run.name) if overrides else None)
 
-    results = run_tracked_stages(root, stage_plan(root), kind="pipeline", overrides=overrides, publish=publish)
+    results = run_tracked_stages(root, stage_plan(root), kind="pipeline", overrides=overrides, publish=publish,
+                                 headline=pipeline_headline)
     get_run_logger().info("metrics: reports/*.json (`dvc metrics show`); models: models/; plots: `dvc plots show`; "
                           "MLflow: `make ui` (store %s)", tracking_uri(root))
     return results
 
 
 def run_tracked_stages(root: Path, plan: StagePlan, *, kind: str, publish: Publish,
-                       overrides: dict[str, Any] | None = None, dvc_file: str = "dvc.yaml") -> list[StageResult]:
+                       headline: Callable[[Path], Headline], overrides: dict[str, Any] | None = None,
+                       dvc_file: str = "dvc.yaml") -> list[StageResult]:
     """The stages of `plan` (those of `dvc_file`), one task each (or, with overrides, one experiment), under one
-    MLflow parent run named after `kind` and closed FINISHED or FAILED; `publish(results, status, parent run id)`
-    ends it either way. Each stage's task waits on the tasks of the stages it depends on (DVC's edges, so Prefect's
-    graph draws them); they still run one at a time, as DVC's repository lock requires."""
+    MLflow parent run named after `kind` and closed FINISHED or FAILED, with `headline(root)`'s metrics and tags
+    when it finished in the working tree; `publish(results, status, parent run id)` ends it either way. Each
+    stage's task waits on the tasks of the stages it depends on (DVC's edges, so Prefect's graph draws them); they
+    still run one at a time, as DVC's repository lock requires."""
     stages = plan.order
     logger = get_run_logger()
     logger.info("stages in DVC's order: %s", " -> ".join(stages))
@@ -190,10 +193,12 @@ def run_tracked_stages(root: Path, plan: StagePlan, *, kind: str, publish: Publi
         status = "FINISHED"
     finally:
         try:
+            # the workspace's reports are this run's outputs only when it finished there (not in an experiment)
+            metrics, tags = headline(root) if status == "FINISHED" and not overrides else ({}, {})
             end_parent_run(parent, status=status, root=root,
-                           metrics={f"stage_seconds.{stage_name(r.stage)}": r.seconds for r in results
-                                    if r.seconds is not None},
-                           tags={f"stage_status.{stage_name(r.stage)}": r.status for r in results})
+                           metrics={**metrics, **{f"stage_seconds.{stage_name(r.stage)}": r.seconds for r in results
+                                                  if r.seconds is not None}},
+                           tags={**tags, **{f"stage_status.{stage_name(r.stage)}": r.status for r in results}})
             publish(results, status, parent)
         except Exception as exc:
             if status == "FINISHED":

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.repro import StageResult
+from groundwork.tracking.runs import NOTE_TAG as NOTE
 
 
 def _report(root: Path, stage: str) -> dict[str, Any]:
@@ -41,6 +42,47 @@ def variant_rows(root: Path) -> list[dict[str, Any]]:
     return [{"variant": f"{name} (registered)" if name == chosen else name,
              **{k: round(v, 4) if isinstance(v, float) else v for k, v in scores.items() if k in VARIANT_COLUMNS}}
             for name, scores in report.get("variants", {}).items()]
+
+
+Headline = tuple[dict[str, float], dict[str, str]]  # a flow's parent run: (metrics, tags)
+
+
+def pipeline_headline(root: Path) -> Headline:
+    """What a pipeline run's parent run shows on its overview: source and target accuracy, the registered variant's
+    accuracy, size and speed, the registered model and version and the gate's decision, and a description."""
+    transfer, evaluate = _report(root, "transfer"), _report(root, "evaluate")
+    registry, chosen = evaluate.get("registry", {}), evaluate.get("selection", {}).get("chosen")
+    scores = evaluate.get("variants", {}).get(chosen, {})
+    metrics = {"source_test_accuracy": _report(root, "pretrain").get("source_test_accuracy"),
+               "transfer_accuracy": transfer.get("transfer_accuracy"),
+               "registered_accuracy": scores.get("accuracy"),
+               "registered_times_smaller": scores.get("times_smaller_than_fp32_state_dict"),
+               "registered_throughput_vs_fp32_onnx": scores.get("throughput_vs_fp32_onnx")}
+    tags: dict[str, str] = {}
+    if registry.get("registered"):
+        decision = "promoted to champion" if registry["promoted"] else "not promoted: the champion stays"
+        tags = {"registered_model": str(registry["model"]), "registered_version": str(registry["version"]),
+                "registered_variant": str(registry["variant"]), "gate_decision": decision,
+                NOTE: f"Registered `{registry['model']}` version {registry['version']} ({registry['variant']}): "
+                      f"{decision}. {registry['reason']}. Accuracy on the target test split "
+                      f"{_percent(scores.get('accuracy'))}, {scores.get('times_smaller_than_fp32_state_dict', 0):.1f}x "
+                      f"smaller than the fp32 state dict, {scores.get('throughput_vs_fp32_onnx', 0):.2f}x fp32 ONNX's "
+                      f"throughput; transfer {_percent(transfer.get('transfer_accuracy'))} with "
+                      f"{transfer.get('train_images', '?')} labels. The stages are the child runs."}
+    return {key: float(value) for key, value in metrics.items() if isinstance(value, int | float)}, tags
+
+
+def adaptive_headline(root: Path) -> Headline:
+    """What an adaptive run's parent run shows: drift alarms, labels used, whether the challenger was promoted."""
+    monitor, adapt = _report(root, "adaptive/monitor"), _report(root, "adaptive/adapt")
+    metrics = {"drift_alarms": monitor.get("alarms"), "labels_used": adapt.get("train_labels"),
+               "promoted": float(bool(adapt.get("promoted")))}
+    decision = ("promoted the challenger" if adapt.get("promoted")
+                else "adapted, not promoted" if adapt.get("adapted") else "not adapted")
+    note = (f"{monitor.get('alarms', 0)} drift alarm(s) over {monitor.get('batches', 0)} batch(es); "
+            f"{adapt.get('train_labels', 0)} new label(s) used; {decision}: {adapt.get('reason', 'n/a')}.")
+    return ({key: float(value) for key, value in metrics.items() if isinstance(value, int | float)},
+            {"gate_decision": decision, NOTE: note})
 
 
 def summary_markdown(root: Path, results: list[StageResult], *, status: str, mlflow_url: str,

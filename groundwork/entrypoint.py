@@ -57,8 +57,8 @@ def configure_logging(marker: str = "") -> None:
                         format=f"%(asctime)s %(levelname)s {marker}%(name)s: %(message)s")
     for noisy in ("alembic", "mlflow", "urllib3", "matplotlib", "PIL", "onnx_ir", "onnxscript", "torch.onnx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
+    if not sys.stderr.isatty():  # relayed into a log (DVC's, the flow's): each refresh of a bar would be a line
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def stage_cli(stage: str, description: str | None, run: StageRun, argv: Sequence[str] | None, *,

@@ -144,6 +144,20 @@ def test_first_run_executes_every_stage_and_records_them(first_run: FirstRun) ->
     client = MlflowClient(tracking_uri(project))
     [parent] = parent_runs(client)
     assert parent.info.status == "FINISHED"
+    # the parent run answers on its overview: the registered variant's scores, the gate's decision, a description
+    evaluated = json.loads((project / "reports" / "evaluate.json").read_text())
+    registered = evaluated["variants"][chosen]
+    assert parent.data.metrics["registered_accuracy"] == pytest.approx(registered["accuracy"])
+    assert parent.data.metrics["registered_times_smaller"] == pytest.approx(
+        registered["times_smaller_than_fp32_state_dict"])
+    assert parent.data.metrics["transfer_accuracy"] == pytest.approx(
+        json.loads((project / "reports" / "transfer.json").read_text())["transfer_accuracy"])
+    assert parent.data.tags["gate_decision"] == "promoted to champion"
+    assert (parent.data.tags["registered_variant"], parent.data.tags["registered_version"]) == (chosen, "1")
+    assert parent.data.tags["mlflow.note.content"].startswith(f"Registered `{evaluated['registry']['model']}` ")
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development", "opens as model training"
+    assert "parent run" in experiment.tags["mlflow.note.content"]
     children = child_runs(client, parent.info.run_id)
     assert sorted(run.data.tags["stage"] for run in children) == sorted(STAGES)
     for run in children:
@@ -493,6 +507,10 @@ def test_the_adaptive_loop_notices_drift_asks_for_labels_and_gates_a_challenger(
     summary = flow_artifacts(first.state_details.flow_run_id)["adaptive-summary"]
     assert "| monitor | ran |" in summary and f"{len(queue)} image(s) queued ({purposes['holdout']} holdout" in summary
     assert "not adapted: 0 training label(s)" in summary
+    client = MlflowClient(tracking_uri(project))
+    run = client.search_runs([parent_runs(client)[0].info.experiment_id], "tags.stage = 'adaptive'")[0]
+    assert (run.data.metrics["drift_alarms"], run.data.metrics["promoted"]) == (2, 0)
+    assert run.data.tags["gate_decision"] == "not adapted"
 
     assert "labelled the queue" in simulate(project, "annotate")
     second = adaptive_loop(project_dir=str(project), return_state=True)
@@ -500,9 +518,13 @@ def test_the_adaptive_loop_notices_drift_asks_for_labels_and_gates_a_challenger(
     assert statuses(second.result()) == {ADAPTIVE[0]: SKIPPED, ADAPTIVE[1]: RAN, ADAPTIVE[2]: RAN}
     adapted = json.loads((project / "reports/adaptive/adapt.json").read_text())
     assert adapted["adapted"] and adapted["train_labels"] == purposes["train"]
+    client = MlflowClient(tracking_uri(project))
+    latest = client.search_runs([parent_runs(client)[0].info.experiment_id], "tags.stage = 'adaptive'",
+                                order_by=["start_time DESC"])[0]
+    assert latest.data.metrics["labels_used"] == purposes["train"]
+    assert latest.data.metrics["promoted"] == float(adapted["promoted"])
     assert adapted["holdout_labels"] == purposes["holdout"]
     assert adapted["incumbent_model"] == "registered champion"
-    client = MlflowClient(tracking_uri(project))
     name = tiny_params_dict()["evaluate"]["registered_model"]
     aliases = client.get_registered_model(name).aliases
     version = str(adapted["registry"]["version"])

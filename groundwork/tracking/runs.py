@@ -34,6 +34,19 @@ FLOW_RUN_NAME_ENV = "GROUNDWORK_FLOW_RUN_NAME"
 DVC_EXPERIMENT_ENV = "DVC_EXP_NAME"  # set by `dvc exp run` for the stages it runs
 EXPERIMENT_ENV = "MLFLOW_EXPERIMENT_NAME"  # MLflow's own variable, honoured here too
 DEFAULT_EXPERIMENT = "groundwork"
+NOTE_TAG = "mlflow.note.content"  # a run's or an experiment's description in the UI (markdown)
+# MLflow 3's UI opens an experiment without this tag in its GenAI view (traces, "agent versions")
+EXPERIMENT_TAGS = {
+    "mlflow.experimentKind": "custom_model_development",
+    NOTE_TAG: (
+        "The groundwork pipeline's runs. Each flow run is a parent run, `pipeline · <flow run>` or "
+        "`adaptive · <flow run>`: its overview gives the headline (source and target accuracy, the registered "
+        "variant's accuracy, size and speed, the registry gate's decision), and its child runs are the stages "
+        "(ingest, augment, pretrain, transfer, budget, search, compress, evaluate; monitor, ask, adapt), each with "
+        "the params DVC declares for it and its metrics. The model variants are logged models of the compress run; "
+        "the one that ships is registered in the Model Registry, the `champion` alias on the version serving (Models "
+        "tab)."),
+}
 STORE_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
 PROJECT_TAG = "project"  # this machine and the project's folder (project_key): which runs are one project's
@@ -141,14 +154,18 @@ def experiment_name() -> str:
 
 def ensure_experiment(client: Any, root: Path | None = None) -> str:
     """The experiment's id, creating it when missing: artifacts in the project's mlartifacts/ for a SQLite store;
-    a tracking server (http) picks its own artifact root, e.g. its `--artifacts-destination`, served through it."""
+    a tracking server (http) picks its own artifact root, e.g. its `--artifacts-destination`, served through it.
+    It opens in the UI as model training, with a description (EXPERIMENT_TAGS), also when created before."""
     name = experiment_name()
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
+        for key, value in EXPERIMENT_TAGS.items():
+            if key not in experiment.tags:  # a description someone edited in the UI stays theirs
+                client.set_experiment_tag(experiment.experiment_id, key, value)
         return experiment.experiment_id
     uri = tracking_uri(root)
     location = ((root or Path.cwd()).resolve() / ARTIFACTS_DIR).as_uri() if uri.startswith("sqlite:") else None
-    return client.create_experiment(name, artifact_location=location)
+    return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
 
 
 def git_tags(root: Path | None = None) -> dict[str, str]:
