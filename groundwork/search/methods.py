@@ -83,7 +83,7 @@ def run_agent(env: PruningEnv, agent: Agent, method: str, *, episodes: int, warm
     agent's; it learns from all of them."""
     rng = np.random.default_rng(seed)
     result = SearchResult(method)
-    for episode in tqdm(range(episodes), desc=f"search {method}", unit="episode", mininterval=2.0):
+    for episode in tqdm(range(episodes), desc=f"search {method}", unit="episode", mininterval=2.0, disable=None):
         explored = episode < warmup
         planned = random_candidate(env, rng) if explored else []
         state, _ = env.reset(seed=seed + episode)
@@ -121,7 +121,8 @@ def random_search(env: PruningEnv, *, candidates: int, seed: int,
     """Score `candidates` random per-layer policies (see `random_candidate`)."""
     rng = np.random.default_rng(seed)
     result = SearchResult("random")
-    for candidate in tqdm(range(candidates), desc="search random", unit="candidate", mininterval=2.0):
+    for candidate in tqdm(range(candidates), desc="search random", unit="candidate", mininterval=2.0,
+                          disable=None):
         keeps = random_candidate(env, rng)
         result.add(env, env.score(keeps), keeps)
         if on_episode:
