@@ -3,7 +3,8 @@ Python process (as DVC starts it), against the floor every stage shares (`import
 or scores with torch and records an MLflow run) and against a bare interpreter.
 
 Prints the median seconds of `--repeats` fresh processes per module, the excess over the floor, and the heaviest
-packages `python -X importtime` charges to each module (cumulative, as first imported there).
+packages `python -X importtime` charges to each module (cumulative, as first imported there). Also `groundwork
+--help` (the command's entry point, `flows.cli`), against the bare interpreter: it must not pay the floor.
 Usage: PYTHONPATH=. .venv/bin/python bench/startup.py [--repeats R]
 """
 
@@ -47,14 +48,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="fresh processes per module (median reported)")
     args = parser.parse_args()
     codes = {"python (bare)": "pass", "floor: torch + mlflow": "import torch, mlflow",
+             "groundwork --help": "import contextlib, io, flows.cli\nwith contextlib.redirect_stdout(io.StringIO()):"
+                                  "\n    try: flows.cli.main(['--help'])\n    except SystemExit: pass",
              **{f"tasks.{stage}": f"import tasks.{stage}" for stage in STAGES}}
     timings: dict[str, list[float]] = {name: [] for name in codes}
     for _ in range(args.repeats):  # interleaved, so every module sees the same machine load
         for name, code in codes.items():
             timings[name].append(seconds(code))
     medians = {name: statistics.median(values) for name, values in timings.items()}
-    floor = medians["floor: torch + mlflow"]
+    floor, bare = medians["floor: torch + mlflow"], medians["python (bare)"]
     print(f"median of {args.repeats} fresh processes per module; floor = `import torch, mlflow` = {floor:.2f} s")
+    print(f"groundwork --help: {medians['groundwork --help']:.2f} s, {medians['groundwork --help'] - bare:+.2f} s over "
+          f"a bare interpreter, {medians['groundwork --help'] / floor:.2f}x the floor")
     for name, value in medians.items():
         extra = f"{value - floor:+6.2f} s over the floor, {value / floor:.2f}x" if name.startswith("tasks.") else ""
         print(f"  {name:24s} {value:6.2f} s  {extra}")
