@@ -28,20 +28,40 @@ def mlflow_address(tracking_uri: str, experiment_id: str, run_id: str) -> str:
     return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
-# The model-variants table's columns: what a reader compares (the CSV and MLflow keep every figure)
-VARIANT_COLUMNS = ("accuracy", "accuracy_low", "accuracy_high", "f1", "vs_fp32_losses", "vs_fp32_wins",
-                   "vs_fp32_p_value", "vs_fp32_loss_upper_points", "bytes", "throughput_vs_fp32_onnx",
-                   "throughput_vs_fp32_onnx_low", "throughput_vs_fp32_onnx_high", "latency_p50_ms")
+def _number(value: Any, spec: str, suffix: str = "") -> str:
+    return f"{value:{spec}}{suffix}" if isinstance(value, int | float) else "n/a"
+
+
+def _size(value: Any) -> str:
+    return _number(value / 1024, ",.1f", " KiB") if isinstance(value, int | float) else "n/a"
+
+
+def _smaller(times: Any) -> str:
+    """How much smaller than the fp32 state dict; an fp32 variant is its size, not "1.0x smaller"."""
+    if not isinstance(times, int | float):
+        return "n/a"
+    return f"{times:.1f}x smaller" if times >= 1.05 else "fp32 size"
 
 
 def variant_rows(root: Path) -> list[dict[str, Any]]:
     """One row per model variant from reports/evaluate.json (empty before evaluate has run), the chosen one
-    marked."""
+    marked: eight columns a screen shows, numbers formatted (reports/evaluate.json and MLflow keep every figure)."""
     report = _report(root, "evaluate")
     chosen = report.get("selection", {}).get("chosen")
     return [{"variant": f"{name} (registered)" if name == chosen else name,
-             **{k: round(v, 4) if isinstance(v, float) else v for k, v in scores.items() if k in VARIANT_COLUMNS}}
-            for name, scores in report.get("variants", {}).items()]
+             "accuracy [95% CI]": f"{_percent(row.get('accuracy'))} [{_percent(row.get('accuracy_low'))}, "
+                                  f"{_percent(row.get('accuracy_high'))}]",
+             "F1": _number(row.get("f1"), ".4f"),
+             "vs fp32: lost / won (p)": f"{_number(row.get('vs_fp32_losses'), 'd')} / "
+                                        f"{_number(row.get('vs_fp32_wins'), 'd')} "
+                                        f"(p = {_number(row.get('vs_fp32_p_value'), '.2g')})",
+             "size": _size(row.get("bytes")),
+             "vs fp32 state dict": _smaller(row.get("times_smaller_than_fp32_state_dict")),
+             "throughput vs fp32 ONNX [95% CI]": f"{_number(row.get('throughput_vs_fp32_onnx'), '.2f', 'x')} "
+                                                 f"[{_number(row.get('throughput_vs_fp32_onnx_low'), '.2f')}, "
+                                                 f"{_number(row.get('throughput_vs_fp32_onnx_high'), '.2f')}]",
+             "p50 latency": _number(row.get("latency_p50_ms"), ".3f", " ms")}
+            for name, row in report.get("variants", {}).items()]
 
 
 Headline = tuple[dict[str, float], dict[str, str]]  # a flow's parent run: (metrics, tags)
@@ -117,8 +137,8 @@ def summary_markdown(root: Path, results: list[StageResult], *, status: str, mlf
         lines.append(f"- `{name}`: accuracy {_percent(row.get('accuracy'))} "
                      f"[{_percent(row.get('accuracy_low'))}, {_percent(row.get('accuracy_high'))}] "
                      f"({significance}, McNemar p = {row.get('vs_fp32_p_value', float('nan')):.3g}), "
-                     f"{row.get('bytes', 0):,} bytes ({row.get('times_smaller_than_fp32_state_dict', 0):.1f}x smaller "
-                     f"than the fp32 state dict), p50 latency {row.get('latency_p50_ms', 0):.3f} ms, "
+                     f"{_size(row.get('bytes'))} ({_smaller(row.get('times_smaller_than_fp32_state_dict'))}, against "
+                     f"the fp32 state dict), p50 latency {_number(row.get('latency_p50_ms'), '.3f')} ms, "
                      f"{row.get('throughput_vs_fp32_onnx', 0):.2f}x fp32_onnx's throughput "
                      f"[{row.get('throughput_vs_fp32_onnx_low', 0):.2f}, "
                      f"{row.get('throughput_vs_fp32_onnx_high', 0):.2f}]")
