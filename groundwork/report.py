@@ -186,15 +186,28 @@ def _render(results: Mapping[str, Any]) -> str:
 
 def render_readme(readme: str, results: Mapping[str, Any]) -> str:
     """README text with the block between the markers replaced by the results file's table."""
+    block(readme)
     start, end = readme.find(START), readme.find(END)
-    if start < 0 or end < start:
-        raise ReportError(f"README has no {START} ... {END} block")
     return readme[:start + len(START)] + "\n" + render_table(results) + "\n" + readme[end:]
 
 
+def block(readme: str) -> str:
+    """What the README holds between the markers."""
+    start, end = readme.find(START), readme.find(END)
+    if start < 0 or end < start:
+        raise ReportError(f"README has no {START} ... {END} block")
+    return readme[start + len(START):end].strip()
+
+
 def stale(readme_path: Path, results_path: Path) -> str | None:
-    """None when the README holds the render of the results file, else why not (one line)."""
+    """None when the README holds the render of the results file (or, before any results file is committed, an
+    empty block: never figures typed by hand), else why not (one line)."""
     readme = readme_path.read_text(encoding="utf-8")
+    if not results_path.exists():
+        if block(readme):
+            return (f"{readme_path}: figures between the results markers, but no {results_path} they were rendered "
+                    "from; run `groundwork report collect` on a finished run and commit both")
+        return None
     if render_readme(readme, _read_json(results_path)) != readme:
         return (f"{readme_path}: the results table differs from {results_path} rendered; "
                 "run `groundwork report render` (or `python -m groundwork.report render`) and commit both")
@@ -255,7 +268,10 @@ def run(args: argparse.Namespace) -> int:
     if why:
         print(why, file=sys.stderr)
         return EXIT_STALE
-    print(f"{readme_path}: the results table matches {results_path}")
+    if not results_path.exists():
+        print(f"{readme_path}: no {results_path} yet, and no figures between the results markers")
+    else:
+        print(f"{readme_path}: the results table matches {results_path}")
     return EXIT_OK
 
 
