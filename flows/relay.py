@@ -19,6 +19,8 @@ LEVELLED = (
     re.compile(rf"^\d{{4}}/\d\d/\d\d \d\d:\d\d:\d\d ({LEVELS}) "),  # MLflow's own handler
     re.compile(rf"^({LEVELS}): "),  # DVC's errors and warnings
 )
+GLOG = re.compile(r"^([DIWEF])\d{4} \d\d:\d\d:\d\d\.\d+ ")  # torch's C++ side and torch.export: "W1205 11:32:35.16 ..."
+GLOG_LEVELS = {"D": logging.DEBUG, "I": logging.INFO, "W": logging.WARNING, "E": logging.ERROR, "F": logging.CRITICAL}
 PYTHON_WARNING = re.compile(r"^\S.*:\d+: \w*Warning: ")  # warnings.showwarning's first line
 EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(: |$)")  # a traceback's last line: "ValueError: ..."
 DVC_ADVICE = (
@@ -37,6 +39,8 @@ def level_of(line: str, previous: int = logging.INFO) -> int:
     for pattern in LEVELLED:
         if match := pattern.match(line):
             return logging.getLevelNamesMapping()[match[1]]
+    if match := GLOG.match(line):
+        return GLOG_LEVELS[match[1]]
     if PYTHON_WARNING.match(line):
         return logging.WARNING
     if stripped.startswith("Traceback (most recent call last)"):

@@ -18,6 +18,7 @@ Running stage 'ingest':
 /venv/lib/python3.11/site-packages/torch/onnx/utils.py:40: DeprecationWarning: You are using the legacy exporter
   torch.onnx.export(model, example, path)
 2026/12/05 09:53:01 WARNING mlflow.models.model: Model logged without a signature.
+W1205 11:32:35.162000 23623 torch/_export/non_strict_utils.py:825] dimension inputs[0].shape[0] 0/1 specialized
 Generating lock file 'dvc.lock'
 Updating lock file 'dvc.lock'
 
@@ -35,7 +36,7 @@ ValueError: bad
 ERROR: failed to reproduce 'ingest': failed to run: python -m tasks.ingest, exited with 1
 """
 EXPECTED = [
-    "INFO", "INFO", "INFO", "INFO", "WARNING", "WARNING", "WARNING", "WARNING", "DEBUG", "DEBUG",
+    "INFO", "INFO", "INFO", "INFO", "WARNING", "WARNING", "WARNING", "WARNING", "WARNING", "DEBUG", "DEBUG",
     "DEBUG", "DEBUG", "DEBUG", "DEBUG", "DEBUG", "DEBUG", "DEBUG", "DEBUG", "DEBUG",
     "ERROR", "ERROR", "ERROR", "ERROR",
 ]
