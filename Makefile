@@ -19,6 +19,7 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements.lock
 	$(BIN)/pip install --quiet --no-deps -e .
+	$(BIN)/python -m groundwork.plot_page  # .dvc/offline_plots.html: `dvc plots show` draws offline
 	touch $@
 
 lock: $(VENV)/.installed  ## compile requirements.lock from pyproject.toml's ranges (torch pinned by torch-local.txt)

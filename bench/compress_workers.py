@@ -31,7 +31,8 @@ def last_accuracies(results: list[TrainedVariant]) -> dict[str, float]:
     accuracies: dict[str, float] = {}
     for result in results:
         for metrics, _round in result.logged:
-            accuracies.update({key.removesuffix("_val_accuracy"): value for key, value in metrics.items()})
+            # keys variants.<name>.round_val_accuracy (groundwork.tracking.metric_names)
+            accuracies.update({key.split(".")[1]: value for key, value in metrics.items()})
     return accuracies
 
 

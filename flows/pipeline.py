@@ -47,6 +47,7 @@ from flows.repro import (
 from flows.summary import Headline, mlflow_address, pipeline_headline, summary_markdown, variant_rows
 from groundwork import forkserver
 from groundwork.params import read_raw_params, with_overrides
+from groundwork.plot_page import write_plot_page
 from groundwork.tracking.runs import (
     CLOSED_LATE_TAG,
     FLOW_RUN_ID_ENV,
@@ -125,6 +126,7 @@ def pipeline(project_dir: str = ".", overrides: dict[str, Any] | None = None, pu
         default_remote(root, env)  # no default remote: say so now, not after an hour of training
     with pipeline_lock(root):
         results = _run_stages(root, overrides or {})
+        write_plot_page(root)  # `dvc plots show` draws offline (.dvc/config's html_template)
         if push:
             dvc_push(str(root), env)
         return results

@@ -18,7 +18,7 @@ from groundwork.dvc_graph import declared_params, graph_file
 from groundwork.errors import CheckpointError, DataError, OutputNotWritten, TrainingDiverged
 from groundwork.params import DEFAULT_PARAMS_PATH, Params, ParamsError, load_params
 from groundwork.tracking.outcome import Kind, Outcome, record_outcome
-from groundwork.tracking.runs import NullTracker, Tracker, numeric, stage_run, tracking_uri
+from groundwork.tracking.runs import NullTracker, Tracker, stage_run, tracking_uri
 from groundwork.training.distributed import is_main_process, process_group, relaunch, resolve_device, under_torchrun
 from groundwork.training.precision import precision_used
 
@@ -140,5 +140,5 @@ def _record(stage: str, params: Params, args: argparse.Namespace, work: StageWor
     with stage_run(stage, declared | used, params.tracking) as tracker:
         metrics = work(params, args, tracker) | used
         write_json(args.metrics, metrics)
-        tracker.log_metrics(numeric(metrics))
+        tracker.log_metrics_json(metrics)
         tracker.log_artifact(args.metrics)

@@ -110,7 +110,9 @@ def link_scores(params: Params, found: dict[str, Variant], results: dict[str, di
             if model_id is not None:
                 log.warning("no logged model of %s in the tracking store: logged it in this run", found[name].path)
         if model_id is not None:
-            tracker.log_model_metrics(model_id, results[name], dataset="target")
+            # named variants.<name>.<score>, as in the metrics JSON: the variant's own child run and model
+            scores = {f"variants.{name}.{key}": value for key, value in results[name].items()}
+            tracker.log_model_metrics(model_id, scores, dataset="target")
             model_ids[name] = model_id
     return model_ids
 

@@ -81,9 +81,10 @@ def run(params: Params, *, transferred: Path, target: Path, policy_out: Path, ta
     write_policy(policy_out, agent=cfg.agent, budget=cfg.macs_kept, keeps=results["agent"].best_policy,
                  widths=widths["agent"], reward=agent["best_reward"])
     best_widths = list(zip(*results["agent"].best_widths_so_far(), strict=True))  # per layer, per episode
-    tracker.log_series({**{f"{method}_{column}": table[f"{method}_{column}"].tolist()
+    tracker.log_series({**{f"methods.{method}.episode_{column}": table[f"{method}_{column}"].tolist()
                            for method in ("agent", "random") for column in ("reward", "best", "macs_kept")},
-                        **{f"agent_best_width_layer{layer}": list(widths) for layer, widths in enumerate(best_widths)}})
+                        **{f"methods.agent.episode_best_width_layer{layer}": list(widths)
+                           for layer, widths in enumerate(best_widths)}})
     tracker.log_artifact(plot_out, "plots")
     tracker.log_artifact(table_out, "search")
     tracker.log_artifact(policy_out, "search")

@@ -108,6 +108,11 @@ def child_runs(client: MlflowClient, parent_id: str) -> list[Any]:
     return client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
 
 
+def item_runs(client: MlflowClient, stage_run_id: str, kind: str) -> dict[str, Any]:
+    """A stage run's child runs about one `kind` of item each (variant, budget, method), by the item's name."""
+    return {run.data.tags[kind]: run for run in child_runs(client, stage_run_id) if kind in run.data.tags}
+
+
 def parent_runs(client: MlflowClient) -> list[Any]:
     """Every flow's parent run, oldest first."""
     experiment = client.get_experiment_by_name(DEFAULT_EXPERIMENT)

@@ -48,6 +48,7 @@ from tests.helpers import (
     clone_ran_project,
     dvc,
     flow_artifacts,
+    item_runs,
     output_digests,
     parent_runs,
     statuses,
@@ -168,6 +169,13 @@ def test_first_run_executes_every_stage_and_records_them(first_run: FirstRun) ->
         assert any(tag.startswith("data_digest.") for tag in run.data.tags)
         assert run.data.tags["stage_start"] == "warm", f"{run.info.run_name} was not forked from the stage server"
     by_stage = {run.data.tags["stage"]: run for run in children}
+    # one run per variant under evaluate, its scores under plain names; each served variant's model the same
+    variant_runs = item_runs(client, by_stage["evaluate"].info.run_id, "variant")
+    assert sorted(variant_runs) == sorted(VARIANTS)
+    for name, run in variant_runs.items():
+        assert run.info.status == "FINISHED" and run.data.tags["item_of"] == "evaluate"
+        assert run.data.metrics["accuracy"] == pytest.approx(evaluated["variants"][name]["accuracy"])
+    assert not {"accuracy", "variants.int8.accuracy"} & by_stage["evaluate"].data.metrics.keys()
     # each stage logs the params dvc.yaml declares for it, key by key where it reads part of a section
     logged = {stage: run.data.params for stage, run in by_stage.items()}
     assert "transfer.lr" in logged["budget"] and "transfer.nproc" not in logged["budget"]
@@ -209,6 +217,7 @@ def test_first_run_executes_every_stage_and_records_them(first_run: FirstRun) ->
         assert np.isclose(scores["accuracy"].value, float(evaluated[variant]["accuracy"])), variant
         assert {metric.dataset_name for metric in model.metrics} == {"target"}
         assert len({metric.key for metric in model.metrics}) == len(model.metrics), "each score once"
+        assert {metric.run_id for metric in model.metrics} == {variant_runs[variant].info.run_id}
     name = tiny_params_dict()["evaluate"]["registered_model"]
     assert client.get_registered_model(name).aliases == {"champion": 1}
     assert by_stage["evaluate"].data.tags["gate.decision"] == "promoted"
@@ -237,8 +246,9 @@ def test_first_run_executes_every_stage_and_records_them(first_run: FirstRun) ->
     # the search's reward per episode as metric series, its plot and the policy compress read
     episodes = tiny_params_dict()["search"]["episodes"]
     search_run = by_stage["search"].info.run_id
-    assert [m.step for m in client.get_metric_history(search_run, "agent_best")] == list(range(episodes))
-    assert len(client.get_metric_history(search_run, "agent_best_width_layer4")) == episodes  # the embedding
+    agent_run = item_runs(client, search_run, "method")["agent"].info.run_id  # the method's own child run
+    assert [m.step for m in client.get_metric_history(agent_run, "episode_best")] == list(range(episodes))
+    assert len(client.get_metric_history(agent_run, "episode_best_width_layer4")) == episodes  # the embedding
     assert [a.path for a in client.list_artifacts(search_run, "plots")] == ["plots/search_rewards.png"]
     assert "search/search_policy.json" in [a.path for a in client.list_artifacts(search_run, "search")]
 

@@ -24,6 +24,7 @@ from tests.helpers import (
     child_runs,
     dvc,
     flow_artifacts,
+    item_runs,
     output_digests,
     parent_runs,
     start_tracking_server,
@@ -121,8 +122,10 @@ def test_evaluate_registers_and_gates_its_candidate_on_the_server(tracking_serve
     champion = client.get_model_version_by_alias(name, CHAMPION)
     evaluate_run = client.get_run(champion.run_id)
     assert evaluate_run.data.tags["stage"] == "evaluate" and evaluate_run.info.status == "FINISHED"
-    assert evaluate_run.data.metrics["variants.int8.accuracy"] == pytest.approx(
+    int8_run = item_runs(client, evaluate_run.info.run_id, "variant")["int8"]  # the variant's own child run
+    assert int8_run.data.metrics["accuracy"] == pytest.approx(
         yaml.safe_load((tmp_path / "evaluate.json").read_text())["variants"]["int8"]["accuracy"])
+    assert "accuracy" not in evaluate_run.data.metrics, "no score of one variant under the stage run's keys"
     script = ("import mlflow, numpy, sys; mlflow.set_tracking_uri(sys.argv[1]); "
               f"model = mlflow.pyfunc.load_model('models:/{name}@{CHAMPION}'); "
               "out = model.predict(numpy.zeros((3, 1, 28, 28), numpy.float32)); "  # a DataFrame: class, probabilities

@@ -51,7 +51,7 @@ def fine_tuner(params: Params, data: Dataset, teacher: DigitNet, device: torch.d
         seed_everything(seed)
         history = fit(model, train.tensors(), cfg.finetune, device=device, seed=seed, objective=objective,
                       validate=validate, desc=f"{variant} {round_}", precision=precision)
-        tracker.log_metrics({f"{variant}_val_accuracy": history[-1]["val_accuracy"]}, step=round_)
+        tracker.log_metrics({f"variants.{variant}.round_val_accuracy": history[-1]["val_accuracy"]}, step=round_)
         return history[-1]["val_accuracy"]
     return tune
 

@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import threading
-import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -22,6 +21,8 @@ import torch
 from groundwork.data.untrusted import read_npz
 from groundwork.forkserver import STARTED_WARM_ENV
 from groundwork.params import TrackingParams
+from groundwork.tracking.item_runs import ITEM_OF_TAG, MetricWriter
+from groundwork.tracking.metric_names import metric_points
 from groundwork.tracking.registry_gate import MlflowRegistry, ModelRegistry, NullRegistry
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ class RunLog(Protocol):
     """What a stage may record in its own run: metrics, artifacts, models, datasets, tags."""
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
+    def log_metrics_json(self, metrics: Mapping[str, Any]) -> None: ...
     def log_series(self, series: Mapping[str, Sequence[float]]) -> None: ...
     def log_artifact(self, path: Path | str, artifact_path: str | None = None) -> None: ...
     def log_torch_model(self, model: torch.nn.Module, name: str, example: np.ndarray) -> None: ...
@@ -88,6 +90,9 @@ class NullTracker(NullRegistry):
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         """Ignore metrics."""
+
+    def log_metrics_json(self, metrics: Mapping[str, Any]) -> None:
+        """Ignore a stage's metrics."""
 
     def log_series(self, series: Mapping[str, Sequence[float]]) -> None:
         """Ignore metric series."""
@@ -139,8 +144,9 @@ def close_stale_runs(client: Any, experiment_id: str, *, stage: str, reason: str
     lets a project run one `stage` at a time (a flow's project lock, DVC's lock on a stage's outputs): any other
     such run is then one whose process ended without closing it (killed, or its tracking server was down just
     then). Its end time becomes the time it was closed."""
-    runs = client.search_runs([experiment_id], f"attributes.status = 'RUNNING' and tags.stage = '{stage}' "
-                                               f"and tags.{PROJECT_TAG} = '{project_key(root)}'")
+    runs = [run for tag in ("stage", ITEM_OF_TAG)  # the stage's runs and their per-variant (budget, method) runs
+            for run in client.search_runs([experiment_id], f"attributes.status = 'RUNNING' and tags.{tag} = "
+                                                           f"'{stage}' and tags.{PROJECT_TAG} = '{project_key(root)}'")]
     for run in runs:
         client.set_tag(run.info.run_id, CLOSED_LATE_TAG, reason)
         client.set_terminated(run.info.run_id, status="FAILED")
@@ -200,12 +206,6 @@ def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def numeric(values: Mapping[str, Any]) -> dict[str, float]:
-    """The numeric leaves of a nested mapping, flattened: what becomes MLflow metrics."""
-    return {k: float(v) for k, v in flatten(values).items()
-            if isinstance(v, int | float) and not isinstance(v, bool)}
-
-
 def _pip_requirements(flavor: Any) -> list[str]:
     """What a model of `flavor` (mlflow.pytorch, mlflow.onnx) needs to run and no more, pinned to this
     environment: an int8 ONNX model needs ONNX Runtime and numpy, not a multi-gigabyte torch. Stated, not
@@ -220,24 +220,21 @@ class MlflowTracker(MlflowRegistry):
     def __init__(self, mlflow_module: Any) -> None:
         super().__init__(mlflow_module)
         self._datasets: dict[str, Any] = {}  # name -> the MLflow dataset log_dataset logged, for model metrics
+        # through the client and not mlflow.log_metrics: that links a metric without a model to every model the
+        # run logged at the same step, so each model would carry every other's scores
+        self.metrics = MetricWriter(mlflow_module.MlflowClient(), mlflow_module.active_run())
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        """Log the run's own metrics, at an epoch `step` where there is one."""
-        self._log_run_metrics({key: [(step or 0, value)] for key, value in metrics.items()})
+        """Log metrics named as metric_names says, at an epoch `step` where there is one."""
+        self.metrics.log({key: [(step or 0, value)] for key, value in metrics.items()})
+
+    def log_metrics_json(self, metrics: Mapping[str, Any]) -> None:
+        """Log the numbers of a stage's metrics JSON under their paths (metric_names)."""
+        self.metrics.log(metric_points(metrics))
 
     def log_series(self, series: Mapping[str, Sequence[float]]) -> None:
         """Log each metric's values at steps 0, 1, ... in batched requests (hundreds of steps, one call)."""
-        self._log_run_metrics({key: list(enumerate(values)) for key, values in series.items()})
-
-    def _log_run_metrics(self, points: Mapping[str, Sequence[tuple[int, float]]]) -> None:
-        """Log (step, value) points of each metric in one request, through the client and not mlflow.log_metrics:
-        that links a metric without a model to every model the run logged at the same step, so each model would
-        carry every other's scores."""
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        self._mlflow.MlflowClient().log_batch(self._mlflow.active_run().info.run_id, metrics=[
-            Metric(key, float(value), now, step) for key, steps in points.items() for step, value in steps])
+        self.metrics.log({key: list(enumerate(values)) for key, values in series.items()})
 
     def log_artifact(self, path: Path | str, artifact_path: str | None = None) -> None:
         """Copy a file into the run's artifacts."""
@@ -271,8 +268,12 @@ class MlflowTracker(MlflowRegistry):
 
     def log_model_metrics(self, model_id: str, metrics: Mapping[str, float], dataset: str | None) -> None:
         """Log metrics measured on one model, linked to it and to the dataset `dataset` this run logged: the
-        Models tab then shows each model with its own scores."""
-        self._mlflow.log_metrics(dict(metrics), model_id=model_id, dataset=self._datasets.get(dataset))
+        Models tab then shows each model with its own scores. Keys are routed as metric_names says: a variant's
+        `variants.<name>.accuracy` is `accuracy` of that variant's own child run and of its model."""
+        for run_id, keys in self.metrics.destinations({k: [(0, v)] for k, v in metrics.items()}).items():
+            if keys:
+                self._mlflow.log_metrics({key: points[-1][1] for key, points in keys.items()}, run_id=run_id,
+                                         model_id=model_id, dataset=self._datasets.get(dataset))
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         """Set run tags."""
@@ -326,16 +327,19 @@ def stage_run(stage: str, params: Mapping[str, Any],
         mlflow.set_system_metrics_sampling_interval(recording.system_metrics_interval)
     run = mlflow.start_run(experiment_id=experiment_id, run_name=name, parent_run_id=parent, tags=tags,
                            log_system_metrics=system_metrics)
+    tracker = MlflowTracker(mlflow)
     try:
         log.info("MLflow run %s (%s) in %s", run.info.run_id, name, tracking_uri())
         mlflow.log_params({k: str(v) for k, v in flatten(params).items()})
-        yield MlflowTracker(mlflow)
+        yield tracker
     except BaseException:
         # A stage that fails is often stopped twice (torchrun sends SIGTERM to every rank once one dies): a
         # signal raised inside end_run would leave the run RUNNING for good, so it waits until the run is closed.
         with termination_deferred():
+            tracker.metrics.close("FAILED")
             mlflow.end_run("FAILED")
         raise
+    tracker.metrics.close("FINISHED")
     mlflow.end_run("FINISHED")
 
 

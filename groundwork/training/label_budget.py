@@ -107,7 +107,7 @@ def sweep(pretrained: Path, target: Dataset, params: Params, tracker: RunLog) ->
             row["gain_points"] = round(100 * (row["transfer_accuracy"] - row["scratch_accuracy"]), 2)
             log.info("labels/class %s, draw %d: %s", draw.label, draw.index + 1,
                      ", ".join(f"{method} {row[f'{method}_accuracy']:.4f}" for method in ("source_only", *METHODS)))
-            tracker.log_metrics({f"budget_{draw.label}_{method}_accuracy": row[f"{method}_accuracy"]
+            tracker.log_metrics({f"budgets.{draw.label}.draw_{method}_accuracy": row[f"{method}_accuracy"]
                                  for method in METHODS}, step=draw.index + 1)
             rows.append(row)
             bar.update()
