@@ -49,6 +49,24 @@ def stage_parser(stage: str, description: str | None) -> argparse.ArgumentParser
     return parser
 
 
+# Third-party warnings a stage drops, each with its reason; every other Python warning is logged at WARNING.
+SILENCED_WARNINGS = {
+    # MLflow, whenever a process defines the served classifier (groundwork/serving/classifier.py): predict's input
+    # is unannotated on purpose, since MLflow would enforce a hint as a schema and refuse the files, arrays and
+    # tables the classifier accepts and checks itself. MLflow wraps that check in its own "once" filter, which
+    # overrides warnings.filterwarnings, so the warning is dropped here, as a log record.
+    "Add type hints to the `predict` method",
+}
+
+
+class _SilencedWarnings(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(text in record.getMessage() for text in SILENCED_WARNINGS)
+
+
+SILENCER = _SilencedWarnings()  # one instance: configuring twice adds it once
+
+
 def configure_logging(marker: str = "") -> None:
     """Log lines with time and module on stderr, after `marker` where one is given (a worker process's, so that
     the lines of processes logging at once can be told apart); the libraries' chatter kept to warnings."""
@@ -57,6 +75,8 @@ def configure_logging(marker: str = "") -> None:
                         format=f"%(asctime)s %(levelname)s {marker}%(name)s: %(message)s")
     for noisy in ("alembic", "mlflow", "urllib3", "matplotlib", "PIL", "onnx_ir", "onnxscript", "torch.onnx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.captureWarnings(True)  # Python warnings as log records: a level, and SILENCED_WARNINGS applied
+    logging.getLogger("py.warnings").addFilter(SILENCER)
     if not sys.stderr.isatty():  # relayed into a log (DVC's, the flow's): each refresh of a bar would be a line
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import io
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from groundwork.data.canvas import IMAGE_SIDE, to_source_format
+from groundwork.project import ROOT
 from groundwork.serving.classifier import RequestError, request_images, softmax, to_model_input
 
 
@@ -126,3 +129,13 @@ def test_any_string_or_bytes_is_read_or_refused_with_a_reason(payload: bytes | s
             assert str(refused).startswith("image 0: ")
         else:
             assert len(images) == 1 and images[0].ndim == 2
+
+
+def test_a_stage_drops_mlflows_type_hint_warning_and_logs_other_warnings() -> None:
+    """MLflow's "Add type hints to the `predict` method" (said once per stage in every run's log) is dropped by
+    the stage's logging, by name (groundwork.entrypoint.SILENCED_WARNINGS); any other warning is a WARNING line."""
+    script = ("import warnings; from groundwork.entrypoint import configure_logging; configure_logging(); "
+              "import groundwork.serving.classifier; warnings.warn('another warning')")
+    shown = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert "Add type hints" not in shown.stderr
+    assert "WARNING py.warnings" in shown.stderr and "UserWarning: another warning" in shown.stderr, shown.stderr

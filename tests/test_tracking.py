@@ -50,3 +50,23 @@ def test_mlflow_experiment_name_chooses_the_experiment_of_the_flow_and_its_stage
     assert chosen is not None and client.get_experiment_by_name(DEFAULT_EXPERIMENT) is None
     assert {run.info.run_id for run in client.search_runs([chosen.experiment_id])} == {parent, stage}
     assert client.get_run(stage).data.tags["mlflow.parentRunId"] == parent
+
+
+def test_a_logged_torch_model_takes_any_batch_and_logging_it_warns_nothing(store: str,
+                                                                            capfd: pytest.CaptureFixture[str]) -> None:
+    """The input example is two images: with one, torch.export fixed the batch at 1 (and said so on stderr)."""
+    import numpy as np
+    import torch
+
+    from groundwork.data.datasets import Split, example_input
+    from groundwork.models.digitnet import DigitNet
+    from groundwork.params import parse_params
+    from groundwork.project import tiny_params_dict
+
+    split = Split(np.zeros((4, 28, 28), np.uint8), np.zeros(4, np.int64))
+    with stage_run("pretrain", {}) as tracker:
+        tracker.log_torch_model(DigitNet(parse_params(tiny_params_dict()).model), "pretrained", example_input(split))
+        model_id = mlflow.last_logged_model().model_id
+    assert "specialized" not in capfd.readouterr().err
+    loaded = mlflow.pytorch.load_model(f"models:/{model_id}")
+    assert loaded(torch.zeros(3, 1, 28, 28)).shape == (3, 10)

@@ -127,5 +127,8 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 
 
 def example_input(split: Split) -> np.ndarray:
-    """One image in the models' input format (float32, (1, 1, 28, 28)): MLflow's input example."""
-    return to_float(torch.from_numpy(split.images[:1])).numpy()
+    """Two images in the models' input format (float32, (2, 1, 28, 28)): MLflow's input example. Two, not one:
+    MLflow exports a PyTorch model with torch.export, which fixes a batch dimension of size 1 as a constant, so the
+    logged model would take one image per call and no more (torch warned 'dimension inputs[0].shape[0] 0/1
+    specialized' in every training stage)."""
+    return to_float(torch.from_numpy(split.images[:2])).numpy()
