@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.repro import StageResult
+from groundwork.evaluation.variant_table import number, percent, size, smaller, variant_row
 from groundwork.tracking.runs import NOTE_TAG as NOTE
 
 
@@ -18,29 +19,10 @@ def _report(root: Path, stage: str) -> dict[str, Any]:
         return {}
 
 
-def _percent(value: Any) -> str:
-    return f"{100 * value:.2f}%" if isinstance(value, int | float) else "n/a"
-
-
 def mlflow_address(tracking_uri: str, experiment_id: str, run_id: str) -> str:
     """Where the run is in the MLflow UI: the server itself, or `make ui`'s address for a local store."""
     base = tracking_uri.rstrip("/") if tracking_uri.startswith("http") else "http://127.0.0.1:5000"
     return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
-
-
-def _number(value: Any, spec: str, suffix: str = "") -> str:
-    return f"{value:{spec}}{suffix}" if isinstance(value, int | float) else "n/a"
-
-
-def _size(value: Any) -> str:
-    return _number(value / 1024, ",.1f", " KiB") if isinstance(value, int | float) else "n/a"
-
-
-def _smaller(times: Any) -> str:
-    """How much smaller than the fp32 state dict; an fp32 variant is its size, not "1.0x smaller"."""
-    if not isinstance(times, int | float):
-        return "n/a"
-    return f"{times:.1f}x smaller" if times >= 1.05 else "fp32 size"
 
 
 def variant_rows(root: Path) -> list[dict[str, Any]]:
@@ -48,19 +30,7 @@ def variant_rows(root: Path) -> list[dict[str, Any]]:
     marked: eight columns a screen shows, numbers formatted (reports/evaluate.json and MLflow keep every figure)."""
     report = _report(root, "evaluate")
     chosen = report.get("selection", {}).get("chosen")
-    return [{"variant": f"{name} (registered)" if name == chosen else name,
-             "accuracy [95% CI]": f"{_percent(row.get('accuracy'))} [{_percent(row.get('accuracy_low'))}, "
-                                  f"{_percent(row.get('accuracy_high'))}]",
-             "F1": _number(row.get("f1"), ".4f"),
-             "vs fp32: lost / won (p)": f"{_number(row.get('vs_fp32_losses'), 'd')} / "
-                                        f"{_number(row.get('vs_fp32_wins'), 'd')} "
-                                        f"(p = {_number(row.get('vs_fp32_p_value'), '.2g')})",
-             "size": _size(row.get("bytes")),
-             "vs fp32 state dict": _smaller(row.get("times_smaller_than_fp32_state_dict")),
-             "throughput vs fp32 ONNX [95% CI]": f"{_number(row.get('throughput_vs_fp32_onnx'), '.2f', 'x')} "
-                                                 f"[{_number(row.get('throughput_vs_fp32_onnx_low'), '.2f')}, "
-                                                 f"{_number(row.get('throughput_vs_fp32_onnx_high'), '.2f')}]",
-             "p50 latency": _number(row.get("latency_p50_ms"), ".3f", " ms")}
+    return [{"variant": f"{name} (registered)" if name == chosen else name, **variant_row(row)}
             for name, row in report.get("variants", {}).items()]
 
 
@@ -85,9 +55,9 @@ def pipeline_headline(root: Path) -> Headline:
                 "registered_variant": str(registry["variant"]), "gate_decision": decision,
                 NOTE: f"Registered `{registry['model']}` version {registry['version']} ({registry['variant']}): "
                       f"{decision}. {registry['reason']}. Accuracy on the target test split "
-                      f"{_percent(scores.get('accuracy'))}, {scores.get('times_smaller_than_fp32_state_dict', 0):.1f}x "
+                      f"{percent(scores.get('accuracy'))}, {scores.get('times_smaller_than_fp32_state_dict', 0):.1f}x "
                       f"smaller than the fp32 state dict, {scores.get('throughput_vs_fp32_onnx', 0):.2f}x fp32 ONNX's "
-                      f"throughput; transfer {_percent(transfer.get('transfer_accuracy'))} with "
+                      f"throughput; transfer {percent(transfer.get('transfer_accuracy'))} with "
                       f"{transfer.get('train_images', '?')} labels. The stages are the child runs."}
     return {key: float(value) for key, value in metrics.items() if isinstance(value, int | float)}, tags
 
@@ -118,27 +88,27 @@ def summary_markdown(root: Path, results: list[StageResult], *, status: str, mlf
     pretrain, transfer, registry = _report(root, "pretrain"), _report(root, "transfer"), \
         _report(root, "evaluate").get("registry", {})
     lines += ["", "## Headline metrics", "",
-              f"- source test accuracy (pretrain): {_percent(pretrain.get('source_test_accuracy'))}",
+              f"- source test accuracy (pretrain): {percent(pretrain.get('source_test_accuracy'))}",
               f"- target test accuracy with {transfer.get('train_images', '?')} labels: "
-              f"transfer {_percent(transfer.get('transfer_accuracy'))}, "
-              f"from scratch {_percent(transfer.get('scratch_accuracy'))}, "
-              f"source-only {_percent(transfer.get('source_only_accuracy'))} "
+              f"transfer {percent(transfer.get('transfer_accuracy'))}, "
+              f"from scratch {percent(transfer.get('scratch_accuracy'))}, "
+              f"source-only {percent(transfer.get('source_only_accuracy'))} "
               f"(gain {transfer.get('gain_points', 'n/a')} points)"]
     search = _report(root, "search")
     if search:
-        best = {name: _percent(method.get("best_reward")) for name, method in search.get("methods", {}).items()}
+        best = {name: percent(method.get("best_reward")) for name, method in search.get("methods", {}).items()}
         lines.append(f"- policy search ({search.get('agent')}, {search.get('episodes')} episodes, "
-                     f"{_percent(search.get('budget_macs_kept'))} of the multiply-adds), validation accuracy before "
+                     f"{percent(search.get('budget_macs_kept'))} of the multiply-adds), validation accuracy before "
                      f"fine-tuning: agent {best.get('agent')}, random search {best.get('random')}, uniform "
                      f"{best.get('uniform')}, global ranking {best.get('global_ranking')}")
     for name, row in _report(root, "evaluate").get("variants", {}).items():
         significance = ("significantly different from fp32" if row.get("significant_vs_fp32")
                         else "no significant difference from fp32")
-        lines.append(f"- `{name}`: accuracy {_percent(row.get('accuracy'))} "
-                     f"[{_percent(row.get('accuracy_low'))}, {_percent(row.get('accuracy_high'))}] "
+        lines.append(f"- `{name}`: accuracy {percent(row.get('accuracy'))} "
+                     f"[{percent(row.get('accuracy_low'))}, {percent(row.get('accuracy_high'))}] "
                      f"({significance}, McNemar p = {row.get('vs_fp32_p_value', float('nan')):.3g}), "
-                     f"{_size(row.get('bytes'))} ({_smaller(row.get('times_smaller_than_fp32_state_dict'))}, against "
-                     f"the fp32 state dict), p50 latency {_number(row.get('latency_p50_ms'), '.3f')} ms, "
+                     f"{size(row.get('bytes'))} ({smaller(row.get('times_smaller_than_fp32_state_dict'))}, against "
+                     f"the fp32 state dict), p50 latency {number(row.get('latency_p50_ms'), '.3f')} ms, "
                      f"{row.get('throughput_vs_fp32_onnx', 0):.2f}x fp32_onnx's throughput "
                      f"[{row.get('throughput_vs_fp32_onnx_low', 0):.2f}, "
                      f"{row.get('throughput_vs_fp32_onnx_high', 0):.2f}]")
@@ -178,10 +148,10 @@ def adaptive_markdown(root: Path, results: list[StageResult], *, status: str, ml
         challenger, incumbent = adapt["challenger"], adapt["incumbent"]
         lines += [f"- trained on {adapt['train_labels']} new label(s) and {adapt['replayed']} replayed image(s)",
                   f"- holdout ({adapt['holdout_labels']} images of the new distribution): challenger "
-                  f"{_percent(challenger['holdout_accuracy'])}, {adapt['incumbent_model']} "
-                  f"{_percent(incumbent['holdout_accuracy'])}",
-                  f"- original target test split: challenger {_percent(challenger['original_accuracy'])}, "
-                  f"incumbent {_percent(incumbent['original_accuracy'])}",
+                  f"{percent(challenger['holdout_accuracy'])}, {adapt['incumbent_model']} "
+                  f"{percent(incumbent['holdout_accuracy'])}",
+                  f"- original target test split: challenger {percent(challenger['original_accuracy'])}, "
+                  f"incumbent {percent(incumbent['original_accuracy'])}",
                   f"- decision: {adapt['reason']}"]
     else:
         lines.append(f"- not adapted: {adapt.get('reason', 'the stage did not run')}")

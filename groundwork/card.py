@@ -4,20 +4,20 @@ was trained and scored on, why it was registered, what the gate decided, and whe
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 from groundwork.data.canvas import IMAGE_SIDE
+from groundwork.evaluation.variant_table import markdown_table
 from groundwork.params import Params
 from groundwork.tracking.registry import CHAMPION, GateDecision
 from groundwork.tracking.runs import git_tags
 
-SCORE_COLUMNS = ("accuracy", "accuracy_low", "accuracy_high", "f1", "vs_fp32_loss_upper_points", "vs_fp32_p_value",
-                 "bytes", "throughput_vs_fp32_onnx", "latency_p50_ms")
+# why the served signature has no input schema (groundwork.serving.package.signature), said on every card
+NO_INPUT_SCHEMA = ("with one, MLflow would refuse every request not shaped as that schema says, and the classifier "
+                   "takes the several shapes above and checks each itself. The input example shows a request.")
 
 
 def input_contract(params: Params) -> str:
@@ -48,20 +48,6 @@ def registered_model_description(params: Params) -> str:
     ])
 
 
-def _cell(value: Any) -> str:
-    if isinstance(value, float):
-        return "" if math.isnan(value) else f"{value:.4g}"
-    return str(value)
-
-
-def _table(rows: Mapping[str, Mapping[str, Any]], columns: Sequence[str], marked: str) -> list[str]:
-    lines = ["| | " + " | ".join(columns) + " |", "|" + " --- |" * (len(columns) + 1)]
-    for name, row in rows.items():
-        label = f"**{name}** (this version)" if name == marked else name
-        lines.append(f"| {label} | " + " | ".join(_cell(row.get(column, "")) for column in columns) + " |")
-    return lines
-
-
 def lineage(root: Path, stages: Sequence[str]) -> dict[str, str]:
     """The git commit (and whether the work tree differed from it), and each of `stages`' output hashes as
     `dvc.lock` in `root` records them (none when DVC has not run them)."""
@@ -72,13 +58,12 @@ def lineage(root: Path, stages: Sequence[str]) -> dict[str, str]:
                       for out in recorded.get(stage, {}).get("outs", [])}}
 
 
-def version_card(*, title: str, params: Params, trained_on: Sequence[str], scores: Mapping[str, Mapping[str, Any]],
-                 columns: Sequence[str], registered: str, decision: GateDecision, lineage: Mapping[str, str],
+def version_card(*, title: str, params: Params, trained_on: Sequence[str], scores: Mapping[str, Mapping[str, str]],
+                 registered: str, decision: GateDecision, lineage: Mapping[str, str],
                  selection: tuple[str, Mapping[str, str]] | None = None) -> str:
-    """A version's card: `trained_on` (lines on the data), `scores` (a row per variant or model, the `registered`
-    one marked; `columns` of them), the selection rule and why each variant won or lost (`selection`), the gate's
-    decision and
-    reason, the input contract and `lineage`."""
+    """A version's card: `trained_on` (lines on the data), `scores` (a row of formatted cells per variant or
+    model, the `registered` one marked: groundwork.evaluation.variant_table), the selection rule and why each
+    variant won or lost (`selection`), the gate's decision and reason, the input contract and `lineage`."""
     verdict = f"promoted to `{CHAMPION}`" if decision.promote else f"not promoted (`{CHAMPION}` kept)"
     chosen = [] if selection is None else [
         f"**Selection**: {selection[0]}.", "",
@@ -92,12 +77,15 @@ def version_card(*, title: str, params: Params, trained_on: Sequence[str], score
         "",
         "**Scores**",
         "",
-        *_table(scores, columns, registered),
+        *markdown_table({f"**{name}** (this version)" if name == registered else name: row
+                         for name, row in scores.items()}),
         "",
         *chosen,
         f"**Gate**: {verdict}. {decision.reason}",
         "",
         f"**Input**: {input_contract(params)}",
+        "",
+        f"The schema on this page lists outputs only, no inputs: {NO_INPUT_SCHEMA}",
         "",
         "**Lineage**",
         "",

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
+import matplotlib.lines
 import matplotlib.ticker
 
 matplotlib.use("Agg")  # no display on servers and CI; selected before pyplot is imported
@@ -101,18 +102,6 @@ def pareto_front(cost: pd.Series, accuracy: pd.Series) -> list[str]:
     return front
 
 
-def _label_points(axis: plt.Axes, x: pd.Series, y: pd.Series) -> None:
-    """Name every point; names of points that sit on top of each other are stacked, not overprinted."""
-    axis.autoscale_view()  # the limits the figure will have, so that display positions are final
-    placed: list[tuple[float, float]] = []
-    for name in x.index:
-        px, py = axis.transData.transform((x[name], y[name]))  # display coordinates, after any log scale
-        stacked = sum(abs(px - qx) < 60 and abs(py - qy) < 12 for qx, qy in placed)
-        placed.append((px, py))
-        axis.annotate(str(name), (x[name], y[name]), textcoords="offset points", xytext=(5, 4 - 11 * stacked),
-                      fontsize=8)
-
-
 def _interval(table: pd.DataFrame, column: str) -> np.ndarray | None:
     """Distances below and above each value of `column` to its interval's ends (`<column>_low` / `_high`)."""
     if f"{column}_low" not in table or f"{column}_high" not in table:
@@ -124,31 +113,39 @@ def pareto_plot(path: Path, table: pd.DataFrame, axes_spec: Sequence[tuple[str, 
                 chosen: str | None = None) -> None:
     """Accuracy against each (column, label, log scale) of `axes_spec`: a cost (lower is better) or a column
     ending in a ratio to a baseline (`_vs_...`, higher is better); 95% intervals drawn where the table has them,
-    the Pareto front joined by a line, the `chosen` variant ringed."""
-    figure, axes = plt.subplots(1, len(axes_spec), figsize=(6.2 * len(axes_spec), 4.6), squeeze=False,
-                                gridspec_kw={"wspace": 0.3})  # room for labels of points at a panel's right edge
+    the Pareto front joined by a line, the `chosen` variant ringed. Each variant has its own colour, named once in
+    a legend beside the panels: names written next to the points overprinted each other where variants tie."""
+    figure, axes = plt.subplots(1, len(axes_spec), figsize=(5.6 * len(axes_spec) + 2.2, 4.6), squeeze=False,
+                                gridspec_kw={"wspace": 0.25})
+    colours = dict(zip(table.index, plt.get_cmap("tab10" if len(table) <= 10 else "tab20").colors, strict=False))
     for axis, (column, label, log_scale) in zip(axes[0], axes_spec, strict=True):
         higher_is_better = "_vs_" in column
         cost = -table[column] if higher_is_better else table[column]
         front = pareto_front(cost, table["accuracy"])
         axis.plot(table.loc[front, column], table.loc[front, "accuracy"], color="tab:green", alpha=0.6,
-                  label="Pareto front", zorder=1)
-        on_front = table.index.isin(front)
+                  label="Pareto front (its points edged black)", zorder=1)
         axis.errorbar(table[column], table["accuracy"], yerr=_interval(table, "accuracy"),
-                      xerr=_interval(table, column), fmt="none", ecolor="tab:grey", alpha=0.5, capsize=2, zorder=1,
+                      xerr=_interval(table, column), fmt="none", ecolor="tab:grey", alpha=0.35, capsize=2, zorder=1,
                       label="95% intervals")
-        axis.scatter(table[column], table["accuracy"], c=np.where(on_front, "tab:green", "tab:grey"), zorder=2)
+        for name in table.index:
+            axis.scatter([table.loc[name, column]], [table.loc[name, "accuracy"]], color=colours[name], s=42,
+                         edgecolors="black" if name in front else "none", linewidths=1.0, zorder=2,
+                         label=name)
         if chosen is not None and chosen in table.index:
-            axis.scatter([table.loc[chosen, column]], [table.loc[chosen, "accuracy"]], s=160, facecolors="none",
+            axis.scatter([table.loc[chosen, column]], [table.loc[chosen, "accuracy"]], s=180, facecolors="none",
                          edgecolors="tab:red", linewidths=1.5, zorder=3, label=f"registered: {chosen}")
         if log_scale:
             axis.set_xscale("log")
-        _label_points(axis, table[column], table["accuracy"])
         axis.set_xlabel(label)
         axis.set_ylabel("target test accuracy")
         axis.grid(alpha=0.3)
         axis.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
-        axis.legend(loc="lower right", fontsize=8)
+    # one entry per variant (its colour, whichever panel's front it is on), then the lines and rings
+    handles = [matplotlib.lines.Line2D([], [], marker="o", linestyle="", color=colours[name], label=name)
+               for name in table.index]
+    handles += [h for h in axes[0][0].get_legend_handles_labels()[0] if h.get_label() not in table.index]
+    figure.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
+    figure.subplots_adjust(right=1 - 2.0 / figure.get_figwidth())
     figure.suptitle("Model variants: accuracy against cost and speed (up, and left for size or right for speed, "
                     "is better)")
     _save(figure, path)

@@ -28,6 +28,7 @@ from groundwork.entrypoint import stage_cli
 from groundwork.evaluation.champion import image_ids, learnt_from
 from groundwork.evaluation.gate import decide_challenger
 from groundwork.evaluation.statistics import paired_test
+from groundwork.evaluation.variant_table import percent
 from groundwork.models.checkpoint import load_model, save_checkpoint
 from groundwork.params import Params
 from groundwork.serving.package import log_served_model, served_contract
@@ -128,11 +129,14 @@ def run(params: Params, *, model: Path, target: Path, source: Path, incoming: Pa
                                    sorted({*learnt_from(target_data), *image_ids(new.images)}))
         card = version_card(
             title=f"{params.evaluate.registered_model} version {version}: a challenger from the adaptive loop",
-            params=params, scores={"challenger": challenger_scores, incumbent_name: incumbent_scores},
+            params=params, scores={name: {"holdout accuracy": percent(row["holdout_accuracy"]),
+                                          "original test accuracy": percent(row["original_accuracy"])}
+                                   for name, row in (("challenger", challenger_scores),
+                                                     (incumbent_name, incumbent_scores))},
             trained_on=[f"fine-tuned from `{model}` on {len(new)} new label(s) and {len(replay)} replayed "
                         f"image(s) (target and source training splits)",
                         *training_data(params, {"target": target_digest, "source": source_digest})],
-            columns=("holdout_accuracy", "original_accuracy"), registered="challenger", decision=decision,
+            registered="challenger", decision=decision,
             lineage=lineage(Path.cwd(), ("transfer", "compress")))
         tracker.describe(params.evaluate.registered_model, version, registered_model_description(params), card)
         registry = {"registered": True, "model": params.evaluate.registered_model, "version": int(version)}

@@ -20,13 +20,7 @@ import torch
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from tqdm.auto import tqdm
 
-from groundwork.card import (
-    SCORE_COLUMNS,
-    lineage,
-    registered_model_description,
-    training_data,
-    version_card,
-)
+from groundwork.card import lineage, registered_model_description, training_data, version_card
 from groundwork.compression.export import onnx_logits, onnx_session, size_report, state_dict_bytes
 from groundwork.compression.names import REFERENCE, SERVED
 from groundwork.data.atomic import atomic_path
@@ -45,6 +39,7 @@ from groundwork.evaluation.statistics import (
     tie_upper_bound_points,
 )
 from groundwork.evaluation.timing import TIMING_THREADS, Timings, interleaved_timings
+from groundwork.evaluation.variant_table import variant_row
 from groundwork.evaluation.variants import Variant, load_variants
 from groundwork.params import Params
 from groundwork.plots import confusion_grid, pareto_plot
@@ -167,7 +162,8 @@ def register_chosen(params: Params, selection: Selection, model_ids: dict[str, s
                       **{f"selection.lost.{name}": why for name, why in selection.standings.items() if name != chosen}}
     tracker.set_version_tags(cfg.registered_model, version, selection_tags)
     card = version_card(title=f"{cfg.registered_model} version {version}: the `{chosen}` variant", params=params,
-                        trained_on=training_data(params, {"target": digest}), scores=results, columns=SCORE_COLUMNS,
+                        trained_on=training_data(params, {"target": digest}),
+                        scores={name: variant_row(row) for name, row in results.items()},
                         registered=chosen, decision=decision, selection=(selection.rule, selection.standings),
                         lineage=lineage(Path.cwd(), ("transfer", "compress")))
     tracker.describe(cfg.registered_model, version, registered_model_description(params), card)

@@ -114,7 +114,12 @@ def test_champion_from_a_pipeline_run_loads_in_a_fresh_process(registered: Regis
     # the cards: the version's (every variant's scores, this one marked, the rule, the gate's reason) and the model's
     card = client.get_model_version(name, "1").description
     assert f"**{chosen}** (this version)" in card and f"**Gate**: promoted to `champion`. {registry['reason']}" in card
-    assert all(f"| {variant} |" in card for variant in metrics["variants"] if variant != chosen)
+    rows = {line.split("|")[1].strip(): line for line in card.splitlines() if line.startswith("| ")}
+    assert set(metrics["variants"]) - {chosen} < set(rows), "a row per variant"
+    for variant, scores in metrics["variants"].items():  # rounded alike: percentages to two decimals, sizes in KiB
+        row = rows[f"**{variant}** (this version)" if variant == chosen else variant]
+        assert f" {100 * scores['accuracy']:.2f}% [" in row and f"{scores['bytes'] / 1024:,.1f} KiB" in row
+    assert "no inputs: with one, MLflow would refuse every request" in card
     assert f"**Selection**: {metrics['selection']['rule']}" in card
     assert "**Input**: images as a client has them" in card and "target data digest" in card
     assert "**Input**" in client.get_registered_model(name).description

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from flows.summary import pipeline_headline, variant_rows
+from groundwork.evaluation.variant_table import markdown_table
 
 EVALUATE = {
     "selection": {"chosen": "structured_int8"},
@@ -52,3 +53,11 @@ def test_the_parent_run_headline_names_the_registered_variant_and_the_gate(tmp_p
     assert (tags["registered_model"], tags["registered_version"]) == ("groundwork-digits", "3")
     assert tags["mlflow.note.content"].startswith("Registered `groundwork-digits` version 3 (structured_int8): not "
                                                   "promoted: the champion stays. not significantly more accurate")
+
+
+def test_a_markdown_table_is_padded_and_right_aligns_its_numbers() -> None:
+    lines = markdown_table({"int8": {"accuracy": "99.03%", "size": "479.9 KiB"},
+                            "**structured** (this version)": {"accuracy": "99.17%", "size": "463.6 KiB"}}, "variant")
+    assert len({len(line) for line in lines}) == 1, "every line as wide: columns line up in plain text"
+    assert lines[1].startswith("| ---") and lines[1].endswith(": |"), "names left, numbers right"
+    assert lines[2] == "| int8                          |   99.03% | 479.9 KiB |"

@@ -52,7 +52,7 @@ def record_runs(root: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     params = parse_params(tiny_params_dict())
     decision = GateDecision(True, "accuracy 0.9500 with no champion yet", "accuracy", 0.95, None, None)
     card = version_card(title=CARD_TITLE, params=params, trained_on=training_data(params, {"target": "0" * 64}),
-                        scores={"int8": {"accuracy": 0.95}, "fp32": {"accuracy": 0.96}}, columns=("accuracy",),
+                        scores={"int8": {"accuracy": "95.00%"}, "fp32": {"accuracy": "96.00%"}},
                         registered="int8", decision=decision, lineage=lineage(root, ("compress",)))
     with stage_run("evaluate", {}) as tracker:
         tracker.describe(CARD_MODEL, "1", registered_model_description(params), card)
