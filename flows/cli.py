@@ -131,7 +131,22 @@ def ui(args: argparse.Namespace) -> int:
     store = tracking_uri(args.project_dir.resolve())
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store, "--host", args.host,
                "--port", str(args.port)]
+    print(f"MLflow UI: {ui_address(store, args.host, args.port)}", flush=True)
     return _hand_over(command, args.project_dir, without_job_runners())
+
+
+def ui_address(store: str, host: str, port: int) -> str:
+    """The project's experiment in the UI's Model training view (flows.summary.MODEL_TRAINING_VIEW), or the
+    UI's front page before any run made the experiment."""
+    from mlflow import MlflowClient
+
+    from flows.summary import mlflow_address
+    from groundwork.tracking.runs import experiment_name
+
+    base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    experiment = MlflowClient(store).get_experiment_by_name(experiment_name()) if store.startswith("sqlite") \
+        and Path(store.removeprefix("sqlite:///")).exists() else None
+    return base if experiment is None else mlflow_address(store, experiment.experiment_id, ui=base)
 
 
 def _hand_over(command: list[str], cwd: Path, env: Mapping[str, str]) -> int:

@@ -19,10 +19,19 @@ def _report(root: Path, stage: str) -> dict[str, Any]:
         return {}
 
 
-def mlflow_address(tracking_uri: str, experiment_id: str, run_id: str) -> str:
-    """Where the run is in the MLflow UI: the server itself, or `make ui`'s address for a local store."""
-    base = tracking_uri.rstrip("/") if tracking_uri.startswith("http") else "http://127.0.0.1:5000"
-    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+# MLflow 3's UI opens every experiment in its GenAI view (traces, "agent versions") unless the address asks for the
+# Model training one: that toggle is kept per browser, and while the UI shows it, the experiment's
+# `mlflow.experimentKind` tag is not read. So every address the project prints asks.
+MODEL_TRAINING_VIEW = "?workflowType=machine_learning"
+
+
+def mlflow_address(tracking_uri: str, experiment_id: str, run_id: str | None = None, *,
+                   ui: str = "http://127.0.0.1:5000") -> str:
+    """Where the experiment (or one of its runs) is in the MLflow UI, in its Model training view: on the server
+    itself, or on `ui` (`groundwork ui`'s address) for a local store."""
+    base = tracking_uri.rstrip("/") if tracking_uri.startswith("http") else ui
+    run = "" if run_id is None else f"/runs/{run_id}"
+    return f"{base}/#/experiments/{experiment_id}{run}{MODEL_TRAINING_VIEW}"
 
 
 def variant_rows(root: Path) -> list[dict[str, Any]]:

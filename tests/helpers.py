@@ -5,7 +5,9 @@ stands alone)."""
 from __future__ import annotations
 
 import hashlib
+import html
 import os
+import re
 import shutil
 import signal
 import socket
@@ -13,10 +15,13 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from mlflow import MlflowClient
 
@@ -136,3 +141,55 @@ def clone_ran_project(project: Path, destination: Path) -> Path:
     mlartifacts/ (its location is stored as an absolute path); runs, models and registry are the copy's own."""
     shutil.copytree(project, destination, symlinks=True)
     return destination
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# Without the background-networking switches, Chromium keeps trying hosts this machine cannot reach; the resolver
+# rule makes every outside address fail at once, so a page that needs the network shows it.
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1", "--virtual-time-budget=20000",
+                  "--window-size=1400,900"]
+
+
+def browse(url: str, profile: Path, screenshot: Path | None = None) -> str:
+    """The page at `url` as headless Chromium renders it (its DOM after scripts ran), with outside addresses
+    blocked; a screenshot too where one is asked for (kept as the test's artifact)."""
+    assert CHROMIUM is not None, "chromium is not installed (.ci/run installs it)"
+    browser = [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}"]
+    dom = subprocess.run([*browser, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+    if screenshot is not None:
+        subprocess.run([*browser, f"--screenshot={screenshot}", url], capture_output=True, timeout=120)
+    return dom
+
+
+def page_text(dom: str) -> str:
+    """A DOM's text as a reader sees it: tags dropped (markdown's `code` and **bold** render as tags), entities
+    decoded."""
+    return html.unescape(re.sub(r"<[^>]+>", "", dom))
+
+
+@contextmanager
+def mlflow_ui(project: Path) -> Iterator[str]:
+    """`mlflow ui` on the project's SQLite store, on a free port; its address, once it answers."""
+    port = free_port()
+    ui = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri",
+                           f"sqlite:///{project / 'mlflow.db'}", "--host", "127.0.0.1", "--port", str(port)],
+                          cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          env={**without_job_runners(), "MLFLOW_TRACKING_URI": ""})
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        ui.terminate()
+        ui.wait(timeout=30)
+
+
+# skipped where Chromium is missing, except where it is required (.ci/run: CI fails rather than skip the check)
+needs_browser = pytest.mark.skipif(CHROMIUM is None and not os.environ.get("GROUNDWORK_REQUIRE_BROWSER"),
+                                   reason="Debian's chromium is not installed (.ci/run installs it)")

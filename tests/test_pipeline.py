@@ -37,19 +37,24 @@ from flows.repro import (
     stage_order,
     stages_to_run,
 )
+from flows.summary import mlflow_address
 from groundwork.compression.names import SERVED, VARIANTS
 from groundwork.params import ParamsError
 from groundwork.project import ROOT, copy_project, tiny_params_dict
 from groundwork.tracking.registry import logged_model_id
 from groundwork.tracking.runs import DEFAULT_EXPERIMENT, tracking_uri
 from tests.helpers import (
+    browse,
     change_params,
     child_runs,
     clone_ran_project,
     dvc,
     flow_artifacts,
     item_runs,
+    mlflow_ui,
+    needs_browser,
     output_digests,
+    page_text,
     parent_runs,
     statuses,
 )
@@ -251,6 +256,48 @@ def test_first_run_executes_every_stage_and_records_them(first_run: FirstRun) ->
     assert len(client.get_metric_history(agent_run, "episode_best_width_layer4")) == episodes  # the embedding
     assert [a.path for a in client.list_artifacts(search_run, "plots")] == ["plots/search_rewards.png"]
     assert "search/search_policy.json" in [a.path for a in client.list_artifacts(search_run, "search")]
+
+
+@needs_browser
+@pytest.mark.browser
+def test_what_a_user_opens_shows_the_answer_in_a_browser(first_run: FirstRun, tmp_path: Path) -> None:
+    """In headless Chromium with outside addresses blocked (screenshots kept in tmp_path): the experiment in its
+    Model training view, the parent run's headline, evaluate's run per variant, the champion's card, and every
+    vega plot of `dvc plots show` drawn."""
+    project = first_run.project
+    client = MlflowClient(tracking_uri(project))
+    [parent] = parent_runs(client)
+    experiment = parent.info.experiment_id
+    evaluated = json.loads((project / "reports" / "evaluate.json").read_text())
+    chosen = evaluated["selection"]["chosen"]
+    with mlflow_ui(project) as address:
+        runs = browse(mlflow_address("sqlite:///", experiment, ui=address), tmp_path / "chromium",
+                      screenshot=tmp_path / "experiment.png")
+        assert parent.info.run_name in runs and "matching runs" in runs, "the runs table (Model training)"
+        assert "Detect Issues" not in runs, "not the GenAI overview"
+        overview = page_text(browse(mlflow_address("sqlite:///", experiment, parent.info.run_id, ui=address),
+                                    tmp_path / "chromium", screenshot=tmp_path / "parent-run.png"))
+        # the metrics table's cells, as the UI prints them (a float's shortest repr, as Python's)
+        assert f"registered_accuracy{evaluated['variants'][chosen]['accuracy']}" in overview, "the headline shows"
+        assert "gate_decision: promoted to champion" in overview
+        evaluate_run = client.search_runs([experiment], "tags.stage = 'evaluate'")[0]
+        scores = browse(mlflow_address("sqlite:///", experiment, evaluate_run.info.run_id, ui=address),
+                        tmp_path / "chromium", screenshot=tmp_path / "evaluate-run.png")
+        assert evaluate_run.info.run_name in scores and "test_images" in scores
+        name = evaluated["registry"]["model"]
+        card = page_text(browse(f"{address}/#/models/{name}/versions/1", tmp_path / "chromium",
+                                screenshot=tmp_path / "champion-version.png"))
+        assert f"version 1: the {chosen} variant" in card and f"{chosen} (this version)" in card
+    dvc(project, "plots", "show", "-o", str(tmp_path / "plots"))
+    # (the adaptive loop's plots are empty until it runs)
+    vega = [name for name, plots in json.loads(dvc(project, "plots", "show", "--json"))["data"].items()
+            if plots and plots[0]["type"] == "vega"]
+    page = browse((tmp_path / "plots" / "index.html").as_uri(), tmp_path / "chromium",
+                  screenshot=tmp_path / "dvc-plots.png")
+    assert "cdn.jsdelivr.net" not in page, "no library comes from a CDN"
+    assert 'class="plot-error"' not in page, "no plot reported an error"
+    drawn = [block for block in page.split('<div id="')[1:] if "<svg" in block and 'role="graphics-symbol"' in block]
+    assert len(vega) == 8 + len(VARIANTS) and len(drawn) == len(vega), (len(vega), len(drawn))
 
 
 def test_second_run_executes_nothing(project: Path) -> None:

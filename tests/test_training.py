@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 
 import pytest
 import torch
@@ -18,6 +19,8 @@ from groundwork.training.loop import (
     LOSSES,
     LRPolicy,
     build_optimizer,
+    epoch_line_level,
+    epochs_logged_at,
     fit,
     loss_and_accuracy,
     mse_one_hot,
@@ -270,3 +273,12 @@ def test_fit_trains_on_the_loss_params_name() -> None:
         runs[loss] = history[-1]
     assert runs["mse"]["train_loss"] < 0.1 < runs["cross_entropy"]["train_loss"], runs  # at most 1/classes * 2
     assert runs["cross_entropy"]["val_accuracy"] > 0.5 and runs["mse"]["val_accuracy"] > 0.5, runs
+
+
+def test_a_long_fit_logs_about_ten_epoch_lines_at_info_and_the_rest_at_debug() -> None:
+    levels = [epoch_line_level(epoch, 60) for epoch in range(1, 61)]
+    assert [epoch for epoch, level in enumerate(levels, 1) if level == logging.INFO] == [1, 6, 12, 18, 24, 30, 36,
+                                                                                         42, 48, 54, 60]
+    assert all(level == logging.INFO for level in map(epoch_line_level, range(1, 11), [10] * 10)), "short: every one"
+    with epochs_logged_at(logging.DEBUG):
+        assert epoch_line_level(1, 60) == epoch_line_level(60, 60) == logging.DEBUG

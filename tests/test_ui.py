@@ -4,32 +4,21 @@ a registered version's card on its page."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from flows.cli import without_job_runners
 from flows.parent_run import start_parent_run
+from flows.summary import mlflow_address
 from groundwork.card import lineage, registered_model_description, training_data, version_card
 from groundwork.params import parse_params
 from groundwork.project import tiny_params_dict
 from groundwork.tracking.registry import GateDecision
 from groundwork.tracking.runs import FLOW_RUN_NAME_ENV, PARENT_RUN_ENV, ensure_experiment, stage_run
-from tests.helpers import free_port
+from tests.helpers import browse, mlflow_ui, needs_browser
 
 pytestmark = [pytest.mark.server, pytest.mark.browser]
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-# Without the background-networking switches, Chromium keeps trying hosts this machine cannot reach.
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--virtual-time-budget=20000", "--window-size=1400,900"]
 CARD_MODEL, CARD_TITLE = "ui-check-digits", "ui-check-digits version 1: the int8 variant"
 
 
@@ -59,35 +48,14 @@ def record_runs(root: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return ensure_experiment(client, root)
 
 
-# skipped where Chromium is missing, except where it is required (.ci/run: CI fails rather than skip the check)
-@pytest.mark.skipif(CHROMIUM is None and not os.environ.get("GROUNDWORK_REQUIRE_BROWSER"),
-                    reason="Debian's chromium is not installed (.ci/run installs it)")
+@needs_browser
 def test_runs_appear_in_the_mlflow_ui(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert CHROMIUM is not None, "GROUNDWORK_REQUIRE_BROWSER is set and chromium is not installed"
     experiment = record_runs(tmp_path, monkeypatch)
-    port = free_port()
-    ui = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri",
-                           f"sqlite:///{tmp_path / 'mlflow.db'}", "--host", "127.0.0.1", "--port", str(port)],
-                          cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                          env={**without_job_runners(), "MLFLOW_TRACKING_URI": ""})
-    try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
-        page = f"http://127.0.0.1:{port}/#/experiments/{experiment}/runs?workflowType=machine_learning"
-        browser = [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium'}"]
-        dom = subprocess.run([*browser, "--dump-dom", page], capture_output=True, text=True, timeout=120).stdout
-        assert "pipeline · ui-check" in dom, "the parent run is listed on the experiment's runs page"
+    with mlflow_ui(tmp_path) as address:
+        page = mlflow_address("sqlite:///mlflow.db", experiment, ui=address)  # the address `groundwork ui` prints
         shot = tmp_path / "mlflow-runs.png"
-        subprocess.run([*browser, f"--screenshot={shot}", page], capture_output=True, timeout=120)
+        dom = browse(page, tmp_path / "chromium", screenshot=shot)
+        assert "pipeline · ui-check" in dom, "the experiment opens on its runs (model training), not on traces"
         assert shot.stat().st_size > 10_000, "a rendered page, not a blank one"
-        version_page = f"http://127.0.0.1:{port}/#/models/{CARD_MODEL}/versions/1"
-        dom = subprocess.run([*browser, "--dump-dom", version_page], capture_output=True, text=True,
-                             timeout=120).stdout
+        dom = browse(f"{address}/#/models/{CARD_MODEL}/versions/1", tmp_path / "chromium")
         assert CARD_TITLE in dom and "accuracy 0.9500 with no champion yet" in dom, "the version's card is shown"
-    finally:
-        ui.terminate()
-        ui.wait(timeout=30)

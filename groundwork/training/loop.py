@@ -48,6 +48,17 @@ def epochs_logged_at(level: int) -> Iterator[None]:
     finally:
         EPOCH_LOG_LEVEL.reset(token)
 
+EPOCH_LINES = 10  # about this many epoch lines per model at EPOCH_LOG_LEVEL, evenly spaced; the rest at DEBUG
+
+
+def epoch_line_level(epoch: int, epochs: int) -> int:
+    """The level of epoch `epoch`'s line (1-based, of `epochs`): EPOCH_LOG_LEVEL for the first (training has
+    started), every (epochs / 10)-th and the last, DEBUG for the others. A 60-epoch transfer wrote 120 lines into
+    every run's log otherwise; the MLflow run and the history CSV keep every epoch."""
+    stride = -(-epochs // EPOCH_LINES)
+    return EPOCH_LOG_LEVEL.get() if epoch in (1, epochs) or epoch % stride == 0 else logging.DEBUG
+
+
 EpochCallback = Callable[[int, dict[str, float]], None]
 BatchAugment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 # (model, float inputs, labels, generator) -> (loss to minimise, correct predictions in the batch)
@@ -375,8 +386,8 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], cfg: TrainPa
             policy.after_epoch(metrics.get("val_loss"))
             progress.epoch += 1
             bar.set_postfix({k: f"{v:.3g}" for k, v in metrics.items() if k != "lr"})
-            log.log(EPOCH_LOG_LEVEL.get(), "%s epoch %d/%d %s", desc, progress.epoch, cfg.epochs,
-                     " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+            log.log(epoch_line_level(progress.epoch, cfg.epochs), "%s epoch %d/%d %s", desc, progress.epoch,
+                    cfg.epochs, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
             progress.history.append({"epoch": progress.epoch, **metrics})
             _track_best(model, metrics, cfg, progress)
             if on_epoch is not None:
