@@ -124,15 +124,21 @@ def parent_runs(client: MlflowClient) -> list[Any]:
     return client.search_runs([experiment.experiment_id], "tags.stage = 'pipeline'", order_by=["start_time ASC"])
 
 
-def flow_artifacts(flow_run_id: Any) -> dict[str, Any]:
-    """The artifacts a flow run published, by key, read back from the Prefect server."""
+def published_artifacts(flow_run_id: Any) -> dict[str, Any]:
+    """The artifacts a flow run published (Prefect's Artifact objects), by key, read back from the Prefect
+    server."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
     with get_client(sync_client=True) as client:
         found = client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
-    return {artifact.key: artifact.data for artifact in found}
+    return {artifact.key: artifact for artifact in found}
+
+
+def flow_artifacts(flow_run_id: Any) -> dict[str, Any]:
+    """The data of the artifacts a flow run published, by key."""
+    return {key: artifact.data for key, artifact in published_artifacts(flow_run_id).items()}
 
 
 def clone_ran_project(project: Path, destination: Path) -> Path:
@@ -169,6 +175,39 @@ def page_text(dom: str) -> str:
     return html.unescape(re.sub(r"<[^>]+>", "", dom))
 
 
+def wait_for(address: str, seconds: float = 60) -> None:
+    """Return once `address` answers, or after `seconds` (the caller's next request then fails, saying why)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(address, timeout=1)
+            return
+        except OSError:
+            time.sleep(0.5)
+
+
+@contextmanager
+def prefect_ui() -> Iterator[str]:
+    """`prefect server start` with its UI and no services, on the running test server's database (the test
+    harness serves the API alone); its address, once it answers."""
+    from prefect.settings import get_current_settings
+
+    database = get_current_settings().server.database.connection_url
+    assert database is not None, "the Prefect test server's database is not set"
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port),
+         "--no-services", "--ui"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env={**os.environ, "PREFECT_SERVER_DATABASE_CONNECTION_URL": database.get_secret_value(),
+             "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"})
+    try:
+        wait_for(f"http://127.0.0.1:{port}/api/health")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
 @contextmanager
 def mlflow_ui(project: Path) -> Iterator[str]:
     """`mlflow ui` on the project's SQLite store, on a free port; its address, once it answers."""
@@ -178,12 +217,7 @@ def mlflow_ui(project: Path) -> Iterator[str]:
                           cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                           env={**without_job_runners(), "MLFLOW_TRACKING_URI": ""})
     try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
+        wait_for(f"http://127.0.0.1:{port}/health")
         yield f"http://127.0.0.1:{port}"
     finally:
         ui.terminate()

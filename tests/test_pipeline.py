@@ -56,6 +56,8 @@ from tests.helpers import (
     output_digests,
     page_text,
     parent_runs,
+    prefect_ui,
+    published_artifacts,
     statuses,
 )
 
@@ -262,7 +264,9 @@ def test_first_run_executes_every_stage_and_records_them(first_run: FirstRun) ->
 @pytest.mark.browser
 def test_what_a_user_opens_shows_the_answer_in_a_browser(first_run: FirstRun, tmp_path: Path) -> None:
     """In headless Chromium with outside addresses blocked (screenshots kept in tmp_path): the experiment in its
-    Model training view, the parent run's headline, evaluate's run per variant, the champion's card, and every
+    Model training view, the parent run's headline, evaluate's run, the registered model and the champion's card;
+    the Prefect flow run (its graph, task runs and log) and its summary and variants artifacts, in the Prefect UI
+    on the test server's database (the graph's edges are checked through the API in the test above); and every
     vega plot of `dvc plots show` drawn."""
     project = first_run.project
     client = MlflowClient(tracking_uri(project))
@@ -285,9 +289,26 @@ def test_what_a_user_opens_shows_the_answer_in_a_browser(first_run: FirstRun, tm
                         tmp_path / "chromium", screenshot=tmp_path / "evaluate-run.png")
         assert evaluate_run.info.run_name in scores and "test_images" in scores
         name = evaluated["registry"]["model"]
+        model = page_text(browse(f"{address}/#/models/{name}", tmp_path / "chromium",
+                                 screenshot=tmp_path / "registered-model.png"))
+        assert "Digit classifiers from the groundwork pipeline" in model, "the registered model's description"
+        assert "champion" in model and "gate.decision" in model, "the alias and the gate's tags on the version"
         card = page_text(browse(f"{address}/#/models/{name}/versions/1", tmp_path / "chromium",
                                 screenshot=tmp_path / "champion-version.png"))
         assert f"version 1: the {chosen} variant" in card and f"{chosen} (this version)" in card
+    flow_run_id = first_run.state.state_details.flow_run_id
+    with prefect_ui() as address:
+        flow_run = page_text(browse(f"{address}/runs/flow-run/{flow_run_id}", tmp_path / "chromium",
+                                    screenshot=tmp_path / "prefect-flow-run.png"))
+        assert all(stage in flow_run for stage in STAGES), "the task runs are listed"
+        assert "Running stage 'ingest'" in flow_run, "the log opens the run page"
+        published = published_artifacts(flow_run_id)
+        summary = page_text(browse(f"{address}/artifacts/artifact/{published['pipeline-summary'].id}",
+                                   tmp_path / "chromium", screenshot=tmp_path / "prefect-summary.png"))
+        assert "Which model ships" in summary and "promoted to champion" in summary
+        variants = page_text(browse(f"{address}/artifacts/artifact/{published['model-variants'].id}",
+                                    tmp_path / "chromium", screenshot=tmp_path / "prefect-variants.png"))
+        assert f"{chosen} (registered)" in variants and all(name in variants for name in VARIANTS)
     dvc(project, "plots", "show", "-o", str(tmp_path / "plots"))
     # (the adaptive loop's plots are empty until it runs)
     vega = [name for name, plots in json.loads(dvc(project, "plots", "show", "--json"))["data"].items()
