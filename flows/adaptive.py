@@ -1,11 +1,14 @@
-"""The adaptive-learning flow: one iteration of the loop that keeps the champion current. It records what arrived
-(`dvc add data/incoming data/labels`: batches and labels become versioned data), then runs the stages of
+"""The adaptive-learning flow: one iteration of the loop that keeps the champion current. It writes the champion
+pointer from the Model Registry (models/champion: the served champion's fp32 weights, form and the labels it
+learnt) and records it with what arrived (`dvc add data/incoming data/labels models/champion`: batches, labels and
+champion become versioned data), then runs the stages of
 adaptive/dvc.yaml one Prefect task each through `dvc repro`, under one MLflow parent run with a child per stage,
 as the pipeline flow does:
 
-    monitor  drift tests of every batch (alarm: KS on softmax outputs or MMD on embeddings)
-    ask      on an alarm, the images worth labelling, as a queue (reports/adaptive/queue/)
-    adapt    with enough labels, a challenger fine-tuned with replay, gated against forgetting
+    monitor  drift tests of every batch through the champion (alarm: KS on softmax outputs or MMD on embeddings)
+    ask      on an alarm, the images the champion is least sure of, as a queue (reports/adaptive/queue/)
+    adapt    with enough labels the champion lacks, a challenger fine-tuned from it with replay, served in its
+             form, gated against forgetting
 
 The rules are params (adaptive.monitor.alarm_on, adaptive.adapt.min_labels); a stage with nothing to do says
 so and writes empty outputs. One run per project at a time, shared with the pipeline flow's lock."""
@@ -26,27 +29,38 @@ from flows.parent_run import experiment_of
 from flows.pipeline import run_tracked_stages
 from flows.repro import StageResult, stage_environment, stage_plan
 from flows.summary import adaptive_headline, adaptive_markdown, mlflow_address
+from groundwork.adaptive.champion import POINTER
 from groundwork.params import load_params
 from groundwork.tracking.runs import tracking_uri
 
 FLOW_NAME = "groundwork-adaptive"
 GRAPH = "adaptive/dvc.yaml"
-BASE_MODEL = "models/transfer.pt"  # the pipeline's fp32 model: what the loop watches and fine-tunes
-DATA = ("data/incoming", "data/labels")  # what arrives from outside: recorded with `dvc add`, never a stage output
+BASE_MODEL = "models/transfer.pt"  # the pipeline's fp32 model: the loop needs a pipeline that ran
+# what comes from outside the graph, recorded with `dvc add`, never a stage output: arrivals, labels, the champion
+DATA = ("data/incoming", "data/labels", str(POINTER))
 
 
-@task(task_run_name="record arrivals")
+@task(task_run_name="record arrivals and champion")
 def record_arrivals(root: str) -> str:
-    """`dvc add` the incoming batches and the labels given back, so the loop's inputs are versioned data that
-    `dvc repro adaptive/dvc.yaml` replays and `dvc push` shares."""
-    for folder in DATA:
+    """Write the champion pointer from the registry, then `dvc add` it with the incoming batches and the labels
+    given back, so the loop's inputs are versioned data that `dvc repro adaptive/dvc.yaml` replays and `dvc push`
+    shares."""
+    # the command a user runs before `dvc repro adaptive/dvc.yaml` by hand, in its own process: MLflow's tracking
+    # URI is process-wide state, and this flow may share its process with other projects' flows
+    pointed = subprocess.run([sys.executable, "-m", "groundwork.adaptive.champion"], cwd=root,
+                             env=stage_environment({}), capture_output=True, text=True)
+    if pointed.returncode != 0:
+        raise RuntimeError(f"the champion pointer: {pointed.stderr.strip()[-2000:]}")
+    get_run_logger().info(pointed.stdout.strip())
+    for folder in DATA[:2]:
         (Path(root) / folder).mkdir(parents=True, exist_ok=True)
     result = subprocess.run([sys.executable, "-m", "dvc", "add", "--quiet", *DATA], cwd=root,
                             env=stage_environment({}), capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"`dvc add {' '.join(DATA)}` exited {result.returncode}: "
                            f"{result.stderr.strip()[-2000:]}")
-    counts = {folder: sum(1 for p in (Path(root) / folder).iterdir() if not p.name.startswith(".")) for folder in DATA}
+    counts = {folder: sum(1 for p in (Path(root) / folder).iterdir() if not p.name.startswith("."))
+              for folder in DATA[:2]}
     get_run_logger().info("recorded %s", ", ".join(f"{folder}: {n} entries" for folder, n in counts.items()))
     return str(counts)
 

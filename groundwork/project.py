@@ -27,7 +27,8 @@ TINY = {
     "adaptive": {"stream": {"windows": 3, "window_size": 60, "shifted_from": 1, "strength": 90},
                  "monitor": {"permutations": 50},
                  "ask": {"queue_size": 12, "holdout_size": 20, "holdout_per_iteration": 10},
-                 "adapt": {"min_labels": 10, "replay_target": 20, "replay_source": 20, "finetune": {"epochs": 2}}},
+                 "adapt": {"min_labels": 10, "replay_target": 20, "replay_source": 20, "replay_learnt": 20,
+                           "finetune": {"epochs": 2}}},
 }
 
 

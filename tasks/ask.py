@@ -106,7 +106,7 @@ def run(params: Params, *, model: Path, incoming: Path, labels: Path, drift: Pat
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point (the DVC stage's cmd)."""
     return stage_cli("ask", __doc__, run, argv, paths={
-        "model": "the model whose uncertainty picks the images (.pt)",
+        "model": "the champion's fp32 weights (.pt; models/champion/champion.pt), whose uncertainty picks the images",
         "incoming": "folder of arrived batches",
         "labels": "folder of labels given back (.csv)",
         "drift": "the monitor stage's per-batch table (.csv)",

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from groundwork.card import lineage, registered_model_description, training_data, version_card
 from groundwork.compression.export import onnx_logits, onnx_session, size_report, state_dict_bytes
-from groundwork.compression.names import REFERENCE, SERVED
+from groundwork.compression.names import FP32_WEIGHTS, REFERENCE, SERVED
 from groundwork.data.atomic import atomic_path
 from groundwork.data.datasets import NUM_CLASSES, load_dataset
 from groundwork.entrypoint import stage_cli
@@ -146,10 +146,11 @@ def gate_decision(params: Params, *, champion: Champion | None, unscored: str, l
 
 def register_chosen(params: Params, selection: Selection, model_ids: dict[str, str],
                     results: dict[str, dict[str, float]], *, decision_for: Callable[[str], GateDecision],
-                    seen: list[str], digest: str,
+                    seen: list[str], digest: str, weights: Path,
                     tracker: ModelRegistry) -> dict[str, Any]:
-    """Register the chosen variant's logged model as a new version, record what it learnt from, gate it against
-    the champion and give it its card (every variant's scores, the rule and why each runner-up lost)."""
+    """Register the chosen variant's logged model as a new version, record what it learnt from and its fp32
+    `weights` (the checkpoint the adaptive loop fine-tunes), gate it against the champion and give it its card
+    (every variant's scores, the rule and why each runner-up lost)."""
     cfg = params.evaluate
     chosen = selection.chosen
     version = None if chosen not in model_ids else tracker.register_model(model_ids[chosen], cfg.registered_model)
@@ -157,6 +158,7 @@ def register_chosen(params: Params, selection: Selection, model_ids: dict[str, s
         return {"registered": False, "variant": chosen}
     decision: GateDecision = decision_for(version)
     tracker.record_learnt_from(cfg.registered_model, version, seen)
+    tracker.record_weights(cfg.registered_model, version, weights, form=chosen, labels=())
     tracker.apply_gate(cfg.registered_model, version, decision)
     selection_tags = {"selection.rule": selection.rule, "selection.variant": chosen,
                       **{f"selection.lost.{name}": why for name, why in selection.standings.items() if name != chosen}}
@@ -172,6 +174,12 @@ def register_chosen(params: Params, selection: Selection, model_ids: dict[str, s
             "model_id": model_ids[chosen], "promoted": decision.promote, "reason": decision.reason,
             "candidate_score": decision.candidate, "champion_score": decision.champion,
             "champion_version": decision.champion_version, "evidence": dict(decision.evidence)}
+
+
+def fp32_weights(variant: str, *, transferred: Path, compressed: Path) -> Path:
+    """The fp32 checkpoint a served variant was made from (groundwork.compression.names.FP32_WEIGHTS)."""
+    behind = FP32_WEIGHTS[variant]
+    return transferred if behind == REFERENCE else compressed / f"{behind}.pt"
 
 
 PARETO_AXES = (("bytes", "deployable file (bytes, log scale)", True),
@@ -264,7 +272,9 @@ def run(params: Params, *, transferred: Path, compressed: Path, target: Path, ta
 
     model_ids = link_scores(params, found, results, selection.chosen, tracker)
     registry = register_chosen(params, selection, model_ids, results, decision_for=decision_for,
-                               seen=learnt_from(data), digest=digest, tracker=tracker)
+                               seen=learnt_from(data), digest=digest,
+                               weights=fp32_weights(selection.chosen, transferred=transferred, compressed=compressed),
+                               tracker=tracker)
     noise = {"tie_upper_bound_points_at_12_discordant": tie_upper_bound_points(len(labels), 12)}
     return {"test_images": len(labels), "variants": results, "noise": noise,
             "selection": {"chosen": selection.chosen, "rule": selection.rule, "standings": selection.standings,

@@ -76,7 +76,7 @@ def run(params: Params, *, model: Path, target: Path, incoming: Path, table_out:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point (the DVC stage's cmd)."""
     return stage_cli("monitor", __doc__, run, argv, paths={
-        "model": "the model whose outputs are tested (.pt)",
+        "model": "the champion's fp32 weights (.pt; models/champion/champion.pt), whose outputs are tested",
         "target": "target dataset (.npz) from ingest: its test split is the reference",
         "incoming": "folder of arrived batches (.npz files, or folders of images)",
         "table_out": "per-batch drift table (.csv) to write",

@@ -17,15 +17,17 @@ from PIL import Image
 from scipy.stats import binom
 from torch import nn
 
+from groundwork.adaptive.champion import ChampionError, read_pointer, save_pointer
 from groundwork.adaptive.drift import check_batch, ks_softmax, mmd_permutation
 from groundwork.adaptive.incoming import batch_digest, read_arrivals
-from groundwork.adaptive.labels import read_labels
+from groundwork.adaptive.labels import arrivals_and_labels, read_labels
 from groundwork.adaptive.power import promotion_power
 from groundwork.adaptive.selection import entropy, informativeness, pick
 from groundwork.adaptive.shifts import apply_shift, class_prior_weights
 from groundwork.adaptive.simulate import answer_queue, unseen_images, write_stream
 from groundwork.data.datasets import load_dataset
-from groundwork.errors import DataError
+from groundwork.errors import CheckpointError, DataError
+from groundwork.evaluation.champion import image_ids
 from groundwork.models.checkpoint import load_model
 from groundwork.params import Params, ParamsError, parse_params
 from groundwork.params.adaptive import MonitorParams
@@ -255,7 +257,7 @@ def loop_project(tmp_path: Path, tiny_params: Params, tiny_data: dict[str, Path]
     """The tiny stream written into an incoming folder, with the paths the loop's stages use."""
     paths = {"incoming": tmp_path / "incoming", "truth": tmp_path / "truth", "labels": tmp_path / "labels",
              "drift": tmp_path / "drift.csv", "plot": tmp_path / "drift.png", "queue": tmp_path / "queue",
-             "challenger": tmp_path / "challenger"}
+             "challenger": tmp_path / "challenger", "champion": tmp_path / "champion"}
     written = write_stream(tiny_params, target=tiny_data["target"], incoming=paths["incoming"], truth=paths["truth"])
     assert [p.name for p in written] == ["stream-000.npz", "stream-001.npz", "stream-002.npz"]
     return paths
@@ -311,15 +313,17 @@ def test_monitor_ask_annotate_adapt_on_the_tiny_stream(tiny_params: Params, tiny
                     drift=paths["drift"], queue_dir=paths["queue"])
     assert third["holdout_queued"] == 0, "the holdout is full: only training labels are asked"
 
-    adapted = adapt.run(tiny_params, model=model, target=tiny_data["target"], source=tiny_data["source"],
-                        incoming=paths["incoming"], labels=paths["labels"], out_dir=paths["challenger"])
-    assert adapted["adapted"] and adapted["train_labels"] == 2 * cfg.queue_size
+    save_pointer(paths["champion"], model="digits", version="1", form="int8", weights=model, labels=())
+    adapted = adapt.run(tiny_params, champion=paths["champion"], target=tiny_data["target"],
+                        source=tiny_data["source"], incoming=paths["incoming"], labels=paths["labels"],
+                        out_dir=paths["challenger"])
+    assert adapted["adapted"] and adapted["train_labels"] == 2 * cfg.queue_size and adapted["learnt_labels"] == 0
     assert adapted["holdout_labels"] == cfg.holdout_size and adapted["replayed"] == 40
     assert adapted["registry"] == {"registered": False}, "no tracking: nothing registered"
     manifest = json.loads((paths["challenger"] / "challenger.json").read_text())
     assert manifest["promote"] == adapted["promoted"] and manifest["reason"] == adapted["reason"]
     assert {p.name for p in paths["challenger"].iterdir()} == {"challenger.json", "challenger.pt", "challenger.onnx",
-                                                               "challenger_int8.onnx"}
+                                                               "challenger_int8.onnx"}, "an int8 champion's form"
     # the gate's paired test on the holdout, with the power such a holdout gives
     gate = adapted["gate"]
     assert gate["test"] == "exact McNemar" and int(gate["holdout.images"]) == cfg.holdout_size
@@ -336,7 +340,9 @@ def test_adapt_waits_for_enough_labels_and_refuses_a_bad_labels_file(tiny_params
                                                                      tiny_transferred: dict[str, Any],
                                                                      loop_project: dict[str, Path]) -> None:
     paths = loop_project
-    arguments = {"model": tiny_transferred["model"], "target": tiny_data["target"], "source": tiny_data["source"],
+    save_pointer(paths["champion"], model="digits", version="1", form="int8", weights=tiny_transferred["model"],
+                 labels=())
+    arguments = {"champion": paths["champion"], "target": tiny_data["target"], "source": tiny_data["source"],
                  "incoming": paths["incoming"], "labels": paths["labels"], "out_dir": paths["challenger"]}
     waiting = adapt.run(tiny_params, **arguments)
     assert not waiting["adapted"] and "waits for adaptive.adapt.min_labels=10" in waiting["reason"]
@@ -346,3 +352,60 @@ def test_adapt_waits_for_enough_labels_and_refuses_a_bad_labels_file(tiny_params
     with pytest.raises(DataError, match=r"mine.csv:2: label 12 is outside the classes"):
         adapt.run(tiny_params, **{**arguments, "out_dir": paths["challenger"] / "second"})
     assert not (paths["challenger"] / "second").exists(), "nothing from a refused labels file is applied"
+
+
+def labelled_stream(params: Params, paths: dict[str, Path], model: Path) -> None:
+    """Monitor and ask on the tiny stream, and the queue answered with the stream's true labels."""
+    monitor.run(params, model=model, target=paths["target"], incoming=paths["incoming"], table_out=paths["drift"],
+                plot_out=paths["plot"])
+    ask.run(params, model=model, incoming=paths["incoming"], labels=paths["labels"], drift=paths["drift"],
+            queue_dir=paths["queue"])
+    assert answer_queue(paths["queue"] / "queue.csv", paths["truth"], paths["labels"]) is not None
+
+
+def test_adapt_learns_only_the_labels_the_champion_lacks_in_the_champion_s_form(
+        tiny_params: Params, tiny_data: dict[str, Path], tiny_compressed: dict[str, Any],
+        loop_project: dict[str, Path]) -> None:
+    """A pruned champion gives a pruned fp32 challenger (its zeros kept, no int8 file); labels the champion already
+    learnt are replayed, not learnt again, and when none is new the adapt path waits."""
+    paths = {**loop_project, "target": tiny_data["target"]}
+    pruned = tiny_compressed["dir"] / "pruned.pt"
+    labelled_stream(tiny_params, paths, pruned)
+    arguments = {"target": tiny_data["target"], "source": tiny_data["source"], "incoming": paths["incoming"],
+                 "labels": paths["labels"]}
+    save_pointer(paths["champion"], model="digits", version="3", form="pruned", weights=pruned, labels=())
+    adapted = adapt.run(tiny_params, champion=paths["champion"], out_dir=paths["challenger"], **arguments)
+    assert adapted["adapted"] and adapted["learnt_labels"] == 0
+    assert {p.name for p in paths["challenger"].iterdir()} == {"challenger.json", "challenger.pt", "challenger.onnx"}
+    before = load_model(pruned)[0].state_dict()
+    after = load_model(paths["challenger"] / "challenger.pt")[0].state_dict()
+    zeros = [(before[key] == 0) for key in before if key.endswith("weight") and before[key].dim() > 1]
+    assert sum(int(z.sum()) for z in zeros) > 0
+    assert all(bool((after[key][before[key] == 0] == 0).all()) for key in before
+               if key.endswith("weight") and before[key].dim() > 1), "the pruned zeros stay zero"
+    assert any(not torch.equal(before[key], after[key]) for key in before), "the weights were fine-tuned"
+
+    # the same labels, learnt by the champion: nothing new to learn, so the adapt path waits
+    _, images, given = arrivals_and_labels(tiny_params, paths["incoming"], paths["labels"])
+    learnt = image_ids(np.stack([images[image_id] for image_id, label in given.items() if label.purpose == "train"]))
+    save_pointer(paths["champion"], model="digits", version="4", form="pruned", weights=pruned, labels=learnt)
+    waiting = adapt.run(tiny_params, champion=paths["champion"], out_dir=paths["challenger"] / "again", **arguments)
+    assert not waiting["adapted"] and waiting["train_labels"] == 0 and waiting["learnt_labels"] > 0
+    assert "that digits version 4 has not learnt" in waiting["reason"]
+
+
+def test_the_champion_pointer_refuses_a_damaged_checkpoint_and_names_missing_parts(
+        tmp_path: Path, tiny_transferred: dict[str, Any]) -> None:
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes(b"not a checkpoint")
+    folder = tmp_path / "champion"
+    save_pointer(folder, model="digits", version="1", form="int8", weights=tiny_transferred["model"], labels=["b", "a"])
+    with pytest.raises(CheckpointError, match=r"damaged\.pt: corrupt"):
+        save_pointer(folder, model="digits", version="2", form="int8", weights=damaged, labels=())
+    kept = read_pointer(folder)
+    assert (kept.version, kept.form, kept.labels) == ("1", "int8", frozenset({"a", "b"})), "the pointer stayed"
+    with pytest.raises(ChampionError, match="unknown form 'sparse8'"):
+        save_pointer(folder, model="digits", version="2", form="sparse8", weights=tiny_transferred["model"], labels=())
+    (folder / "champion.json").unlink()
+    with pytest.raises(ChampionError, match=r"champion\.json: missing"):
+        read_pointer(folder)

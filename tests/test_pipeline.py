@@ -38,6 +38,7 @@ from flows.repro import (
     stages_to_run,
 )
 from flows.summary import mlflow_address
+from groundwork.adaptive.champion import read_pointer
 from groundwork.compression.names import SERVED, VARIANTS
 from groundwork.params import ParamsError
 from groundwork.project import ROOT, copy_project, tiny_params_dict
@@ -466,8 +467,8 @@ def test_every_stage_started_cold_writes_what_the_flow_s_warm_stages_wrote(first
     assert done.returncode == 0, done.stderr[-3000:]
     client = MlflowClient(tracking_uri(project))
     experiment = client.get_experiment_by_name(DEFAULT_EXPERIMENT).experiment_id
-    cold_runs = client.search_runs([experiment], "tags.stage_start = 'cold'")
-    assert sorted(run.data.tags["stage"] for run in cold_runs) == sorted(STAGES)
+    cold_runs = client.search_runs([experiment], "tags.stage_start = 'cold'")  # stage runs and their item runs
+    assert sorted(run.data.tags["stage"] for run in cold_runs if "item_of" not in run.data.tags) == sorted(STAGES)
     cold = output_digests(project)
     assert set(cold) == set(warm)
     differ = sorted(name for name in warm if cold[name] != warm[name] and not name.startswith(MEASURED_EACH_RUN)
@@ -573,6 +574,10 @@ def test_the_adaptive_loop_notices_drift_asks_for_labels_and_gates_a_challenger(
     assert first.is_completed(), first
     assert statuses(first.result()) == dict.fromkeys(ADAPTIVE, RAN)
     assert (project / "data" / "incoming.dvc").exists() and (project / "data" / "labels.dvc").exists()
+    evaluated = json.loads((project / "reports" / "evaluate.json").read_text())
+    pointer = read_pointer(project / "models" / "champion")  # the loop watches what the pipeline registered
+    assert (project / "models" / "champion.dvc").exists() and pointer.labels == frozenset()
+    assert (pointer.version, pointer.form) == (str(evaluated["registry"]["version"]), evaluated["selection"]["chosen"])
     watched = json.loads((project / "reports/adaptive/monitor.json").read_text())
     assert (watched["batches"], watched["alarms"], watched["latest_alarm"]) == (3, 2, True)
     asked = json.loads((project / "reports/adaptive/ask.json").read_text())
@@ -611,6 +616,7 @@ def test_the_adaptive_loop_notices_drift_asks_for_labels_and_gates_a_challenger(
     tags = client.get_model_version(name, version).tags
     assert tags["gate.decision"] == ("promoted" if adapted["promoted"] else "kept champion")
     assert tags["learnt_from"].startswith("runs:/") and tags["gate.test"] == "exact McNemar"
+    assert tags["fp32_weights"].endswith("/challenger.pt") and tags["form"] == pointer.form, "served in its form"
     card = client.get_model_version(name, version).description
     assert "a challenger from the adaptive loop" in card and adapted["reason"] in card
     rows = [line.split("|")[1].strip() for line in card.splitlines() if line.startswith("| ")]
@@ -625,6 +631,22 @@ def test_the_adaptive_loop_notices_drift_asks_for_labels_and_gates_a_challenger(
     assert sorted(run.data.tags["stage"] for run in child_runs(client, loops[-1].info.run_id)) == ["adapt", "ask"]
     assert "decision: " in flow_artifacts(second.state_details.flow_run_id)["adaptive-summary"]
     assert "up to date" in dvc(project, "status", "adaptive/dvc.yaml")
+
+    # no new labels: the next iteration follows the alias; a promoted challenger, which learnt every label given,
+    # has nothing to learn; a kept champion's iteration is the one just run, so DVC skips every stage
+    third = adaptive_loop(project_dir=str(project), return_state=True)
+    assert third.is_completed(), third
+    holder = read_pointer(project / "models" / "champion")
+    assert holder.version == str(client.get_registered_model(name).aliases["champion"])
+    if adapted["promoted"]:
+        assert holder.version == version and len(holder.labels) == purposes["train"]
+        assert statuses(third.result()) == dict.fromkeys(ADAPTIVE, RAN), "a new champion: monitored and asked anew"
+        again = json.loads((project / "reports/adaptive/adapt.json").read_text())
+        assert not again["adapted"] and again["learnt_labels"] == purposes["train"]
+        assert f"0 training label(s) that {name} version {version} has not learnt" in again["reason"]
+    else:
+        assert holder.version == pointer.version
+        assert statuses(third.result()) == dict.fromkeys(ADAPTIVE, SKIPPED)
 
 
 def test_a_loop_killed_mid_adapt_leaves_the_champion_and_no_challenger(project: Path) -> None:
@@ -643,6 +665,8 @@ def test_a_loop_killed_mid_adapt_leaves_the_champion_and_no_challenger(project: 
     name = tiny_params_dict()["evaluate"]["registered_model"]
     champion = client.get_registered_model(name).aliases["champion"]
     env = stage_environment({"MLFLOW_TRACKING_URI": tracking_uri(project)})  # the venv's python for dvc's command
+    # the champion pointer, as a user running `dvc repro adaptive/dvc.yaml` by hand writes it
+    subprocess.run([sys.executable, "-m", "groundwork.adaptive.champion"], cwd=project, check=True, env=env)
     victim = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "--single-item", "adaptive/dvc.yaml:adapt"],
                               cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               start_new_session=True, env=env)
@@ -651,7 +675,7 @@ def test_a_loop_killed_mid_adapt_leaves_the_champion_and_no_challenger(project: 
         assert victim.stdout is not None
         for line in victim.stdout:
             lines.append(line)
-            if "adapt epoch 2/500" in line:
+            if "adapt epoch 1/500" in line:  # (epochs 2-49 log at DEBUG)
                 os.killpg(victim.pid, signal.SIGKILL)  # dvc and the stage with it, as an OOM kill or a lost node
                 break
     finally:

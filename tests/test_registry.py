@@ -425,3 +425,48 @@ def test_ctrl_c_to_groundwork_ui_stops_every_server_process_and_frees_the_port(r
         assert_the_signal_stops_the_whole_tree(process, port, signal.SIGINT)
     finally:
         stop_server(process)
+
+
+def test_the_champion_pointer_follows_the_alias_with_the_weights_form_and_labels_each_version_recorded(
+        registered: Registered, tiny_params: Params, tiny_compressed: dict[str, Any], tmp_path: Path) -> None:
+    """The adaptive loop's pointer (groundwork.adaptive.champion) on a copy of the store: the pipeline's version
+    records the fp32 weights behind its chosen variant, in that variant's form, with no loop labels learnt; a
+    promoted version's own weights, form and labels follow the alias; a champion whose version records no weights
+    is refused by name and leaves the pointer where it was."""
+    import shutil
+
+    import mlflow
+
+    from groundwork.adaptive.champion import ChampionError, write_pointer
+    from groundwork.tracking.registry import GateDecision, apply_gate
+    from groundwork.tracking.registry_gate import MlflowRegistry
+
+    project = shutil.copytree(registered.project, tmp_path / "project")
+    store = f"sqlite:///{project / 'mlflow.db'}"
+    name, folder = tiny_params.evaluate.registered_model, tmp_path / "champion"
+    client = MlflowClient(store)
+    first = client.get_model_version_by_alias(name, CHAMPION)
+    mlflow.set_tracking_uri(store)
+    try:
+        registry = MlflowRegistry(mlflow)
+        pointer = write_pointer(registry, name, folder)
+        assert (pointer.version, pointer.form, pointer.labels) == ("1", registered.metrics["selection"]["chosen"],
+                                                                   frozenset())
+        promoted = GateDecision(promote=True, reason="more accurate", metric="accuracy", candidate=0.9, champion=0.8,
+                                champion_version="1")
+        second = str(client.create_model_version(name, first.source, model_id=logged_model_id(first)).version)
+        with mlflow.start_run(experiment_id=mlflow.get_experiment_by_name("gate").experiment_id):
+            registry.record_weights(name, second, tiny_compressed["dir"] / "pruned.pt", form="pruned",
+                                    labels=["b2", "a1"])
+        apply_gate(client, name, second, promoted)
+        pointer = write_pointer(registry, name, folder)
+        assert (pointer.version, pointer.form, pointer.labels) == (second, "pruned", frozenset({"a1", "b2"}))
+        assert pointer.weights.read_bytes() == (tiny_compressed["dir"] / "pruned.pt").read_bytes()
+
+        third = str(client.create_model_version(name, first.source, model_id=logged_model_id(first)).version)
+        apply_gate(client, name, third, promoted)
+        with pytest.raises(ChampionError, match=rf"version {third}: its version has no `fp32_weights`"):
+            write_pointer(registry, name, folder)
+    finally:
+        mlflow.set_tracking_uri(None)  # set_tracking_uri exports MLFLOW_TRACKING_URI: later tests must not see it
+    assert (folder / "champion.json").read_text().count(f'"version": "{second}"') == 1, "the pointer stayed"

@@ -22,7 +22,7 @@ from groundwork.params import Params
 from groundwork.params.training import ModelParams
 from groundwork.tracking.runs import RunLog
 from groundwork.training.distill import distillation, with_unlabelled
-from groundwork.training.loop import derived_seed, fit, seed_everything, validation
+from groundwork.training.loop import derived_seed, epochs_logged_at, fit, seed_everything, validation
 from groundwork.training.precision import autocast_dtype
 from groundwork.training.transforms import online_augmentation
 
@@ -49,9 +49,12 @@ def fine_tuner(params: Params, data: Dataset, teacher: DigitNet, device: torch.d
         # not depend on which other variants ran before it, nor on how many rounds they took
         seed = derived_seed(params.seed, variant, round_)
         seed_everything(seed)
-        history = fit(model, train.tensors(), cfg.finetune, device=device, seed=seed, objective=objective,
-                      validate=validate, desc=f"{variant} {round_}", precision=precision)
+        with epochs_logged_at(logging.DEBUG):  # one line per round in the log, the epochs at DEBUG
+            history = fit(model, train.tensors(), cfg.finetune, device=device, seed=seed, objective=objective,
+                          validate=validate, desc=f"{variant} {round_}", precision=precision)
         tracker.log_metrics({f"variants.{variant}.round_val_accuracy": history[-1]["val_accuracy"]}, step=round_)
+        log.info("%s round %d: val_accuracy %.4f after %d epoch(s)", variant, round_, history[-1]["val_accuracy"],
+                 len(history))
         return history[-1]["val_accuracy"]
     return tune
 

@@ -22,3 +22,12 @@ SERVED: tuple[str, ...] = get_args(ServedVariant)
 VARIANTS: tuple[str, ...] = get_args(VariantName)
 # The fp32 model in each runtime: the fastest of them is the speed baseline.
 FP32_RUNTIMES = (REFERENCE, "fp32_onnx")
+
+# How each served variant is made from fp32 weights, so that a model fine-tuned from a champion's weights can be
+# served in the champion's own form: the checkpoint behind it (compress's file of that name; the reference's is the
+# transferred model), whether its pruned zeros must stay zero, and whether it is quantized to int8.
+FP32_WEIGHTS: dict[str, str] = {"fp32_onnx": REFERENCE, "int8": REFERENCE, "pruned": "pruned",
+                                "structured": "structured", "searched": "searched", "lowrank": "lowrank",
+                                "structured_int8": "structured", "searched_int8": "searched"}
+SPARSE: frozenset[str] = frozenset({"pruned"})
+QUANTIZED: frozenset[str] = frozenset({"int8", "structured_int8", "searched_int8"})

@@ -31,6 +31,13 @@ def prune_to(model: nn.Module, target: float) -> None:
         prune.custom_from_mask(module, name, mask=getattr(module, name).detach().abs() > threshold)
 
 
+def keep_zeros(model: nn.Module) -> None:
+    """Mask every prunable weight that is zero now, so that training leaves a pruned model's zeros at zero (until
+    make_permanent folds the masks in)."""
+    for module, name in prunable_layers(model):
+        prune.custom_from_mask(module, name, mask=getattr(module, name).detach() != 0)
+
+
 def make_permanent(model: nn.Module) -> None:
     """Fold the masks into the weights, leaving plain tensors with zeros (a normal state dict)."""
     for module, name in prunable_layers(model):

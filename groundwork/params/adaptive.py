@@ -58,12 +58,15 @@ class AskParams(Section):
 
 
 class AdaptParams(Section):
-    """Continual fine-tuning of the champion's fp32 model on the new labels plus a replay of earlier data, and the
-    gate that may promote the result."""
+    """Continual fine-tuning of the champion's fp32 model on the labels it has not learnt plus a replay of earlier
+    data, and the gate that may promote the result."""
 
-    min_labels: int = Field(ge=1, le=100000, description="training labels needed before the adapt path runs")
+    min_labels: int = Field(ge=1, le=100000, description="training labels the champion has not learnt, needed "
+                                                              "before the adapt path runs")
     replay_target: int = Field(ge=0, le=100000, description="labelled target training images replayed")
     replay_source: int = Field(ge=0, le=100000, description="source training images replayed")
+    replay_learnt: int = Field(ge=0, le=100000, description="the loop's earlier labels the champion already learnt, "
+                                                            "replayed")
     finetune: TrainParams
     max_forgetting: float = Field(ge=0.0, le=1.0, description="largest accuracy loss allowed on the original target "
                                                              "test split (point estimate; a significant loss blocks "

@@ -1,6 +1,7 @@
 """The Model Registry's side of the champion gate: the decision as tags, moving the `champion` and `challenger`
-aliases, and what a version records of itself for a later gate (its ONNX file, the images it learnt from). The
-rule that decides lives in groundwork.evaluation.gate."""
+aliases, and what a version records of itself for a later gate and for the adaptive loop (its ONNX file, the
+images it learnt from, its fp32 weights and variant form). The rule that decides lives in
+groundwork.evaluation.gate."""
 
 from __future__ import annotations
 
@@ -15,18 +16,30 @@ log = logging.getLogger(__name__)
 CHAMPION = "champion"
 LEARNT_FROM_TAG = "learnt_from"  # on a model version: runs:/<run>/<file> listing the ids of the images it learnt from
 LEARNT_FROM_FILE = "learnt_from.txt"  # one image id a line
+# on a model version: runs:/<run>/<file>, the fp32 checkpoint behind its served file, which the adaptive loop fine-tunes
+WEIGHTS_TAG = "fp32_weights"
+# on a model version: the variant whose recipe made its served file from those weights (groundwork.compression.names)
+FORM_TAG = "form"
+# on a model version: runs:/<run>/<file> listing the ids of the adaptive loop's labelled images it was trained on
+LABELS_LEARNT_TAG = "labels_learnt"
+LABELS_LEARNT_FILE = "labels_learnt.txt"  # one image id a line
 # on a version the gate promoted: the version that held `champion` before it, where `groundwork rollback` goes back to
 PREVIOUS_CHAMPION_TAG = "champion.previous"
 
 
 @dataclass(frozen=True)
 class Champion:
-    """The registered champion: its version, its ONNX file (downloaded), and the ids of the images it learnt or
-    was validated on (None: its version does not record them)."""
+    """The registered champion: its version, its ONNX file (downloaded), the ids of the images it learnt or was
+    validated on (None: its version does not record them), its fp32 checkpoint (downloaded) with the variant form
+    its served file has, and the ids of the loop's labelled images it was trained on (None: its version does not
+    record them)."""
 
     version: str
     path: Path
     learnt_from: frozenset[str] | None
+    weights: Path | None = None
+    form: str | None = None
+    labels_learnt: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,12 @@ import torch
 
 from groundwork.tracking.registry import (
     CHAMPION,
+    FORM_TAG,
+    LABELS_LEARNT_FILE,
+    LABELS_LEARNT_TAG,
     LEARNT_FROM_FILE,
     LEARNT_FROM_TAG,
+    WEIGHTS_TAG,
     Champion,
     GateDecision,
     apply_gate,
@@ -32,6 +36,8 @@ class ModelRegistry(Protocol):
     def register_model(self, model_id: str, registered_name: str) -> str | None: ...
     def champion(self, registered_name: str, into: Path) -> Champion | None: ...
     def record_learnt_from(self, registered_name: str, version: str, image_ids: Sequence[str]) -> None: ...
+    def record_weights(self, registered_name: str, version: str, checkpoint: Path, *, form: str,
+                       labels: Sequence[str]) -> None: ...
     def apply_gate(self, registered_name: str, version: str, decision: GateDecision) -> None: ...
     def set_version_tags(self, registered_name: str, version: str, tags: Mapping[str, str]) -> None: ...
     def champion_predictor(self, registered_name: str) -> Predict | None: ...
@@ -51,6 +57,10 @@ class NullRegistry:
         return None
 
     def record_learnt_from(self, registered_name: str, version: str, image_ids: Sequence[str]) -> None:
+        """No registry: nothing to record."""
+
+    def record_weights(self, registered_name: str, version: str, checkpoint: Path, *, form: str,
+                       labels: Sequence[str]) -> None:
         """No registry: nothing to record."""
 
     def apply_gate(self, registered_name: str, version: str, decision: GateDecision) -> None:
@@ -92,10 +102,18 @@ class MlflowRegistry:
         found = sorted(local.rglob("*.onnx"))
         if not found:
             raise FileNotFoundError(f"models:/{registered_name}/{version}: no ONNX file among its artifacts")
-        listed = client.get_model_version(registered_name, version).tags.get(LEARNT_FROM_TAG)
-        learnt = None if not listed else frozenset(Path(self._mlflow.artifacts.download_artifacts(
-            artifact_uri=listed, dst_path=str(into / "learnt_from"))).read_text().split())
-        return Champion(version, found[0], learnt)
+        tags = client.get_model_version(registered_name, version).tags
+
+        def downloaded(tag: str) -> Path | None:
+            return None if not tags.get(tag) else Path(self._mlflow.artifacts.download_artifacts(
+                artifact_uri=tags[tag], dst_path=str(into / tag)))
+
+        def ids(tag: str) -> frozenset[str] | None:
+            listed = downloaded(tag)
+            return None if listed is None else frozenset(listed.read_text().split())
+
+        return Champion(version, found[0], ids(LEARNT_FROM_TAG), downloaded(WEIGHTS_TAG), tags.get(FORM_TAG),
+                        ids(LABELS_LEARNT_TAG))
 
     def record_learnt_from(self, registered_name: str, version: str, image_ids: Sequence[str]) -> None:
         """Log the ids of the images a registered version learnt from as this run's artifact, and point the
@@ -105,6 +123,19 @@ class MlflowRegistry:
         run_id = self._mlflow.active_run().info.run_id
         self._mlflow.MlflowClient().set_model_version_tag(registered_name, version, LEARNT_FROM_TAG,
                                                           f"runs:/{run_id}/{artifact}")
+
+    def record_weights(self, registered_name: str, version: str, checkpoint: Path, *, form: str,
+                       labels: Sequence[str]) -> None:
+        """Log the fp32 checkpoint behind a registered version's served file and the ids of the loop's labelled
+        images it was trained on as this run's artifacts, and point the version's WEIGHTS_TAG and
+        LABELS_LEARNT_TAG at them, with the variant form (FORM_TAG) that made the served file: the adaptive loop
+        fine-tunes the champion from these weights on the labels it lacks, and serves the result in its form."""
+        folder = f"registry/{registered_name}-{version}"
+        self._mlflow.log_artifact(str(checkpoint), folder)
+        self._mlflow.log_text("".join(f"{image_id}\n" for image_id in labels), f"{folder}/{LABELS_LEARNT_FILE}")
+        run = f"runs:/{self._mlflow.active_run().info.run_id}/{folder}"
+        self.set_version_tags(registered_name, version, {
+            WEIGHTS_TAG: f"{run}/{checkpoint.name}", FORM_TAG: form, LABELS_LEARNT_TAG: f"{run}/{LABELS_LEARNT_FILE}"})
 
     def apply_gate(self, registered_name: str, version: str, decision: GateDecision) -> None:
         """Tag the version with the gate's decision and move the alias if it promotes; tag this run too."""
