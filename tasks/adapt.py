@@ -104,7 +104,8 @@ def run(params: Params, *, champion: Path, target: Path, source: Path, incoming:
     source_data, source_digest = load_dataset(source, splits=("train",))
     tracker.log_dataset("target", target, target_digest, context="replay")
     tracker.log_dataset("source", source, source_digest, context="replay")
-    replay = replay_buffer(target_data["train"], source_data["train"], learnt_labels, cfg, seed=params.seed)
+    replay = replay_buffer(target_data["train"], source_data["train"], cfg, seed=params.seed,
+                           learnt_labels=learnt_labels)
     log.info("adapting %s version %s (%s) on %d new label(s) and %d replayed image(s)", pointer.model,
              pointer.version, pointer.form, len(new), len(replay))
     device = resolve_device(params.device)

@@ -18,14 +18,14 @@ from groundwork.training.loop import derived_seed, fit, supervised
 from groundwork.training.transforms import online_augmentation
 
 
-def replay_buffer(target_train: Split, source_train: Split, learnt_labels: Split, cfg: AdaptParams, *,
-                  seed: int) -> Split:
+def replay_buffer(target_train: Split, source_train: Split, cfg: AdaptParams, *, seed: int,
+                  learnt_labels: Split | None = None) -> Split:
     """Up to `replay_target` labelled target images, `replay_source` source images and `replay_learnt` of the
     loop's labels the champion already learnt, drawn with a seed: the buffer's size does not grow with the labels
     given so far, so neither does an iteration's cost."""
     rng = np.random.default_rng(derived_seed(seed, "replay"))
     parts = [split for split, count in ((target_train, cfg.replay_target), (source_train, cfg.replay_source),
-                                        (learnt_labels, cfg.replay_learnt))
+                                        *([(learnt_labels, cfg.replay_learnt)] if learnt_labels else []))
              for split in [_draw(split, count, rng)] if len(split)]
     if not parts:
         return Split(np.zeros((0, *target_train.images.shape[1:]), np.uint8), np.zeros(0, np.int64))
