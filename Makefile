@@ -8,7 +8,7 @@ export PATH := $(BIN):$(PATH)
 UI_PORT ?= 5000
 SERVE_PORT ?= 5001
 
-.PHONY: help run lock check test test-fast fuzz repro ui serve-model schedule clean stream loop annotate schedule-loop
+.PHONY: help run lock check test test-fast fuzz repro ui serve-model schedule clean stream loop annotate schedule-loop watch
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
@@ -74,8 +74,11 @@ loop: $(VENV)/.installed  ## one iteration of the adaptive loop through its Pref
 annotate: $(VENV)/.installed  ## answer the labelling queue with the simulated stream's true labels, into data/labels
 	$(BIN)/groundwork annotate
 
-schedule-loop: $(VENV)/.installed  ## serve the hourly-adaptive deployment of prefect.yaml; Ctrl-C stops
+schedule-loop: $(VENV)/.installed  ## serve the hourly-adaptive deployment of prefect.yaml (hourly, and on each arrival); Ctrl-C stops
 	$(BIN)/groundwork schedule --deployment hourly-adaptive
+
+watch: $(VENV)/.installed  ## emit a Prefect event for each batch that arrives in data/incoming (needs PREFECT_API_URL); Ctrl-C stops
+	$(BIN)/groundwork watch
 
 clean:  ## remove pipeline outputs and the tracking store (keeps the venv and DVC's cache)
 	rm -rf data models reports mlflow.db mlartifacts dvc.lock adaptive/dvc.lock

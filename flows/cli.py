@@ -216,7 +216,9 @@ def rollback(args: argparse.Namespace) -> int:
 
 
 def schedule(args: argparse.Namespace) -> int:
-    """Serve a deployment of prefect.yaml from this process: its schedule, one run at a time; Ctrl-C stops."""
+    """Serve a deployment of prefect.yaml from this process: its schedule and event triggers (hourly-adaptive runs
+    when `groundwork watch` reports an arrival), one run at a time; Ctrl-C stops. Run it in the project folder:
+    the deployment's project_dir is "."."""
     from flows import serve
 
     # Prefect's runner stops gracefully on SIGTERM once it runs; before that (while the flow is imported and the
@@ -235,6 +237,20 @@ def schema(args: argparse.Namespace) -> int:
     from groundwork import schema as params_schema
 
     return params_schema.main(["--out", str(args.project_dir / params_schema.SCHEMA_FILE)])
+
+
+def watch(args: argparse.Namespace) -> int:
+    """Watch data/incoming and emit a Prefect event (groundwork.batch.arrived) for each arrival, once the folder
+    has been still for --settle seconds: the hourly-adaptive deployment's trigger then runs the loop at once.
+    Needs a running Prefect server (PREFECT_API_URL), the one the served loop uses; Ctrl-C stops."""
+    from flows import watch as arrivals
+
+    try:
+        print(f"events to {arrivals.require_event_server()}", flush=True)
+    except arrivals.NoEventServer as exc:
+        raise BadInput(str(exc)) from None
+    arrivals.watch(args.project_dir.resolve(), interval=args.interval, settle=args.settle)
+    return 0
 
 
 def report(args: argparse.Namespace) -> int:
@@ -283,6 +299,10 @@ def parser() -> argparse.ArgumentParser:
     rollback_parser.add_argument("--reason", required=True, help="why, recorded on both versions")
     schedule_parser = command("schedule", schedule, "serve a deployment of prefect.yaml on its schedule")
     schedule_parser.add_argument("--deployment", default="nightly", help="nightly (the pipeline) or hourly-adaptive")
+    watch_parser = command("watch", watch, "emit a Prefect event when a batch arrives in data/incoming")
+    watch_parser.add_argument("--interval", type=float, default=1.0, help="seconds between looks at the folder")
+    watch_parser.add_argument("--settle", type=float, default=2.0,
+                              help="seconds the folder must stay unchanged before an arrival is reported")
     command("schema", schema, "write params.schema.json from the params models")
     from groundwork.report import add_arguments as report_arguments  # standard library only: --help stays instant
 

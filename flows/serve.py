@@ -1,7 +1,8 @@
 """Serve a deployment of prefect.yaml from this process, no work pool needed: `nightly` (the pipeline, `make
 serve`) or `hourly-adaptive` (the adaptive loop, `make schedule-loop`).
 
-The schedule, concurrency limit and parameters are read from prefect.yaml, the one place they are declared.
+The schedule, event triggers, concurrency limit and parameters are read from prefect.yaml, the one place they are
+declared.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import yaml
 from prefect.client.schemas.objects import ConcurrencyLimitConfig
+from prefect.events import DeploymentEventTrigger
 from prefect.schedules import Cron
 
 
@@ -28,7 +30,8 @@ def deployment_spec(root: Path, name: str) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Register the deployment with the Prefect API and run its scheduled flow runs until interrupted."""
+    """Register the deployment with the Prefect API and run its scheduled and triggered flow runs until
+    interrupted."""
     parser = argparse.ArgumentParser(prog="python -m flows.serve", description=__doc__)
     parser.add_argument("--project-dir", type=Path, default=Path("."), help="the project holding prefect.yaml")
     parser.add_argument("--deployment", default="nightly", help="the deployment of prefect.yaml to serve")
@@ -41,6 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         name=spec["name"],
         description=spec.get("description"),
         schedules=[Cron(s["cron"], timezone=s.get("timezone", "UTC")) for s in spec.get("schedules", [])],
+        triggers=[DeploymentEventTrigger(**{key: value for key, value in trigger.items() if key != "type"})
+                  for trigger in spec.get("triggers", [])],
         global_limit=ConcurrencyLimitConfig(**limit) if limit else None,
         parameters=spec.get("parameters"),
     )

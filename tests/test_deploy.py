@@ -71,6 +71,13 @@ def test_hourly_deployment_of_the_adaptive_loop(deployments: tuple[Path, dict[st
     assert loop.concurrency_options.collision_strategy == "CANCEL_NEW" and loop.global_concurrency_limit.limit == 1
     assert loop.parameters == {"project_dir": "."}
     assert loop.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(project)}}]
+    # the arrival trigger, as the automation `prefect deploy` made of it: an arrival event runs this deployment
+    with get_client(sync_client=True) as client:
+        [automation] = client.read_automations_by_name("hourly-adaptive__automation_1")
+    assert automation.trigger.expect == {"groundwork.batch.arrived"} and automation.enabled
+    assert automation.trigger.match.root == {"prefect.resource.id": "groundwork.incoming.*"}
+    [action] = automation.actions
+    assert (action.type, action.deployment_id) == ("run-deployment", loop.id)
 
 
 @pytest.mark.parametrize("name", ["nightly-docker", "nightly-kubernetes"])
