@@ -9,6 +9,9 @@ process, side by side in one run: batch throughput, single-image latency, and a 
 2. Latency of one image: p50 and p95 of each path.
 3. Load: `--clients` threads send single-image requests for `--seconds`; every failed request is counted, and the
    server's resident memory (its process tree, from /proc) is read after a warm-up and at the end.
+4. Capture (params adaptive.capture): the served classifier on the champion's ONNX file, built twice, the capture
+   off and on (a batch file every 250 images, into a temporary folder), timed interleaved on batches and on single
+   images. Ratio: capturing over not, per path.
 
 Needs a pipeline run (`make run`: the champion and data/processed/target.npz). Linux only (/proc).
 Usage: PYTHONPATH=. .venv/bin/python bench/serving.py [--runs N] [--clients C] [--seconds S]
@@ -21,18 +24,26 @@ import base64
 import io
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
+
+from groundwork.serving.capture import CAPTURE_BATCH_ENV, CAPTURE_DIR_ENV
+from groundwork.serving.classifier import ONNX_ARTIFACT, DigitClassifier
+from groundwork.serving.package import served_contract
 
 BATCH = 256
 
@@ -117,6 +128,13 @@ def load_test(url: str, body: bytes, clients: int, seconds: float) -> tuple[int,
     return counts["ok"], counts["failed"]
 
 
+def classifier(onnx: Path, contract: dict[str, Any]) -> DigitClassifier:
+    """The served classifier on `onnx`, loaded as MLflow loads it (its artifact and model config)."""
+    model = DigitClassifier()
+    model.load_context(SimpleNamespace(artifacts={ONNX_ARTIFACT: str(onnx)}, model_config=contract))
+    return model
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=30, help="timed batch calls per path (latency: 10x as many)")
@@ -141,6 +159,16 @@ def main() -> None:
 
     mlflow.set_tracking_uri(tracking_uri(project))
     model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    # the classifier the server runs, on the champion's ONNX file, built twice: the capture off and on (it reads
+    # its settings from the environment as it loads)
+    onnx = next(Path(mlflow.artifacts.download_artifacts(f"models:/{name}@champion")).rglob("*.onnx"))
+    contract = served_contract(load_params(project / "params.yaml").ingest.target)
+    plain = classifier(onnx, contract)
+    captured_into = Path(tempfile.mkdtemp(prefix="capture-"))
+    os.environ.update({CAPTURE_DIR_ENV: str(captured_into), CAPTURE_BATCH_ENV: "250"})
+    capturing = classifier(onnx, contract)
+    for variable in (CAPTURE_DIR_ENV, CAPTURE_BATCH_ENV):  # the server below must not capture
+        del os.environ[variable]
     url = f"http://127.0.0.1:{free_port()}"
     log = open(project / "serve-bench.log", "wb")  # noqa: SIM115 - open for the server's whole life
     server = subprocess.Popen([str(Path(sys.executable).parent / "groundwork"), "serve", "--project-dir",
@@ -169,6 +197,13 @@ def main() -> None:
             calls["in process, PNG files"] += timed_ms(lambda: model.predict(batch_files), args.runs)
             calls["HTTP, PNG files"] += timed_ms(lambda: post(url, files_body), args.runs)
         rates = {path: BATCH / (statistics.median(times) / 1000) for path, times in calls.items()}
+        capture_calls: dict[str, list[float]] = {"batch": [], "batch, capturing": [], "one": [], "one, capturing": []}
+        for _round in range(2):
+            capture_calls["batch"] += timed_ms(lambda: plain.predict(None, batch), args.runs)
+            capture_calls["batch, capturing"] += timed_ms(lambda: capturing.predict(None, batch), args.runs)
+            capture_calls["one"] += timed_ms(lambda: plain.predict(None, single), 5 * args.runs)
+            capture_calls["one, capturing"] += timed_ms(lambda: capturing.predict(None, single), 5 * args.runs)
+        written = len(list(captured_into.glob("*.npz")))
         local_one = timed_ms(lambda: model.predict(single), 10 * args.runs)
         http_one = timed_ms(lambda: post(url, single_body), 10 * args.runs)
 
@@ -194,6 +229,12 @@ def main() -> None:
           f"({answered / args.seconds:.0f}/s), {failed} failed")
     print(f"  server memory {before / 2**20:.1f} MiB after warm-up -> {after / 2**20:.1f} MiB after "
           f"({(after / before - 1) * 100:+.1f}%)")
+    print(f"capture on against off, in process, interleaved (median ms; {written} batch files written):")
+    for path in ("batch", "one"):
+        plain, kept = (statistics.median(capture_calls[key]) for key in (path, f"{path}, capturing"))
+        print(f"  {path:6s} off {plain:7.3f}  on {kept:7.3f}   ratio {kept / plain:.3f}  (p95 ratio "
+              f"{percentile(capture_calls[f'{path}, capturing'], 0.95) / percentile(capture_calls[path], 0.95):.3f})")
+    shutil.rmtree(captured_into)
 
 
 if __name__ == "__main__":

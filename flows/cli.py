@@ -174,17 +174,20 @@ def serve(args: argparse.Namespace) -> int:
     """The champion as an HTTP service (MLflow's scoring server, in this environment), on this machine only by
     default. POST /invocations with {"inputs": [...]}: image arrays of any size and range, or PNG / JPEG files in
     base64; each image's class and probabilities come back. GET /ping answers once it is ready. SIGTERM or
-    Ctrl-C stops the server and every worker it started."""
+    Ctrl-C stops the server and every worker it started. With adaptive.capture.enabled, what it is asked is
+    written into data/incoming as batches, for the adaptive loop."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    from groundwork.serving.capture import CAPTURE_BATCH_ENV, CAPTURE_DIR_ENV
     from groundwork.tracking.registry import CHAMPION
     from groundwork.tracking.runs import tracking_uri
 
     store = tracking_uri(args.project_dir.resolve())
+    params = _checked_params(args.project_dir, {})
     model = args.model
     if model is None:
-        name = _checked_params(args.project_dir, {}).evaluate.registered_model
+        name = params.evaluate.registered_model
         try:
             MlflowClient(store).get_model_version_by_alias(name, CHAMPION)
         except MlflowException:
@@ -193,7 +196,12 @@ def serve(args: argparse.Namespace) -> int:
         model = f"models:/{name}@{CHAMPION}"
     command = [sys.executable, "-m", "mlflow", "models", "serve", "--model-uri", model, "--env-manager", "local",
                "--host", args.host, "--port", str(args.port), "--workers", str(args.workers)]
-    return _hand_over(command, args.project_dir, {**_environment(), "MLFLOW_TRACKING_URI": store})
+    capture, captured = params.adaptive.capture, {}
+    if capture.enabled:  # each server process's model reads these (groundwork.serving.capture)
+        incoming = args.project_dir.resolve() / "data" / "incoming"
+        captured = {CAPTURE_DIR_ENV: str(incoming), CAPTURE_BATCH_ENV: str(capture.batch_size)}
+        print(f"capturing requests into {incoming}, a batch every {capture.batch_size} images", flush=True)
+    return _hand_over(command, args.project_dir, {**_environment(), "MLFLOW_TRACKING_URI": store, **captured})
 
 
 def rollback(args: argparse.Namespace) -> int:

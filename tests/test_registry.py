@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -277,6 +278,10 @@ def test_the_champion_served_over_http_answers_as_it_does_in_process(registered:
     assert list(expected["class"]) == onnx_logits(session, torch.from_numpy(images)).argmax(1).tolist()
 
     url, log = f"http://127.0.0.1:{free_port()}", tmp_path / "serve.log"
+    # with the capture on (adaptive.capture), a batch of 32 images: the first request fills one
+    params_file, incoming = registered.project / "params.yaml", registered.project / "data" / "incoming"
+    kept = params_file.read_text()
+    params_file.write_text(yaml.safe_dump(tiny_params_dict(adaptive={"capture": {"enabled": True, "batch_size": 32}})))
     with log.open("wb") as output:
         process = subprocess.Popen([str(Path(sys.executable).parent / "groundwork"), "serve", "--project-dir",
                                     str(registered.project), "--port", url.rsplit(":", 1)[1]], stdout=output,
@@ -288,6 +293,9 @@ def test_the_champion_served_over_http_answers_as_it_does_in_process(registered:
         served = answer["predictions"]
         assert [row["class"] for row in served] == list(expected["class"])
         assert np.allclose([row["probabilities"] for row in served], np.stack(expected["probabilities"]), atol=1e-6)
+        [captured] = incoming.glob("served-*.npz")  # what it was asked, as the model took it, and its answers
+        with np.load(captured) as batch:
+            assert np.array_equal(batch["images"], images) and batch["predicted"].tolist() == list(expected["class"])
         for body in ({"inputs": photos}, {"dataframe_split": {"columns": ["image"], "data": [[p] for p in photos]}}):
             status, answer = _post(url, body)
             assert status == 200, answer
@@ -300,9 +308,12 @@ def test_the_champion_served_over_http_answers_as_it_does_in_process(registered:
             assert status == 400 and reason in answer["message"], (status, answer)
         status, answer = _post(url, {"inputs": images[:2].tolist()})
         assert status == 200 and len(answer["predictions"]) == 2, "the server keeps serving after bad requests"
+        assert len(list(incoming.iterdir())) == 1, "18 images since: no second batch yet, nothing half-written"
         assert_the_signal_stops_the_whole_tree(process, int(url.rsplit(":", 1)[1]), signal.SIGTERM)
     finally:
         stop_server(process)
+        params_file.write_text(kept)
+        shutil.rmtree(incoming, ignore_errors=True)
 
 
 @pytest.mark.parametrize("damage", ["truncated", "missing"])

@@ -7,6 +7,7 @@ import base64
 import io
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from groundwork.data.canvas import IMAGE_SIDE, to_source_format
+from groundwork.params import Params
 from groundwork.project import ROOT
 from groundwork.serving.classifier import RequestError, request_images, softmax, to_model_input
 
@@ -139,3 +141,26 @@ def test_a_stage_drops_mlflows_type_hint_warning_and_logs_other_warnings() -> No
     shown = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
     assert "Add type hints" not in shown.stderr
     assert "WARNING py.warnings" in shown.stderr and "UserWarning: another warning" in shown.stderr, shown.stderr
+
+
+def test_the_capture_writes_each_full_batch_whole_with_its_answers_and_the_loop_reads_it(tmp_path: Path,
+                                                                                         tiny_params: Params) -> None:
+    """Requests held until batch_size images, then one .npz the loop's reader takes as an arrived batch: the
+    images as the model took them, with its classes and confidences; nothing half-written is ever visible."""
+    from groundwork.adaptive.incoming import read_arrivals
+    from groundwork.serving.capture import RequestCapture
+
+    rng = np.random.default_rng(0)
+    capture = RequestCapture(tmp_path / "incoming", batch_size=5)
+    images = rng.integers(0, 256, (7, IMAGE_SIDE, IMAGE_SIDE), dtype=np.uint8)
+    probabilities = softmax(rng.normal(size=(7, 10)))
+    assert capture.add(images[:3], probabilities[:3]) is None and not (tmp_path / "incoming").exists()
+    written = capture.add(images[3:], probabilities[3:])
+    assert written is not None and [p.name for p in (tmp_path / "incoming").iterdir()] == [written.name]
+    with np.load(written) as batch:
+        assert np.array_equal(batch["images"], images) and batch["predicted"].tolist() == probabilities.argmax(
+            1).tolist()
+        assert np.allclose(batch["confidence"], probabilities.max(1))
+    [arrived] = read_arrivals(tmp_path / "incoming", tiny_params.ingest.target, min_batch=5).batches
+    assert np.array_equal(arrived.images, images), "the loop reads the served images unchanged"
+    assert capture.add(images[:2], probabilities[:2]) is None, "the next batch starts empty"

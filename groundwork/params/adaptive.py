@@ -73,6 +73,13 @@ class AdaptParams(Section):
                                                              "as well)")
 
 
+class CaptureParams(Section):
+    """What `groundwork serve` keeps of the requests it answers, for the loop to watch (groundwork.serving.capture)."""
+
+    enabled: bool = Field(description="write the served model's formatted inputs and answers into data/incoming")
+    batch_size: int = Field(ge=1, le=100000, description="images per batch file written")
+
+
 class AdaptiveParams(Section):
     """The adaptive-learning loop: a stream of batches is monitored for drift, informative images are queued for
     labelling, and the champion is fine-tuned on the labels and gated against forgetting."""
@@ -81,3 +88,4 @@ class AdaptiveParams(Section):
     monitor: MonitorParams
     ask: AskParams
     adapt: AdaptParams
+    capture: CaptureParams

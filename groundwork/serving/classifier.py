@@ -33,6 +33,7 @@ from mlflow.pyfunc import PythonModel
 
 from groundwork.data.canvas import IMAGE_SIDE, to_gray, to_source_format
 from groundwork.data.untrusted import MAX_IMAGE_PIXELS, decode_image
+from groundwork.serving.capture import capture_from_environment
 
 IMAGE_COLUMN = "image"
 MAX_IMAGES = 4096  # per request: bounds the server's memory for one call (a batch of 256 is the usual)
@@ -155,16 +156,26 @@ def _ink(image: np.ndarray) -> np.ndarray:
     return image[rows.min():rows.max() + 1, columns.min():columns.max() + 1]
 
 
-def to_model_input(images: list[np.ndarray], *, size: int, color: str) -> np.ndarray:
-    """Gray 0..1 images as the ONNX file takes them: float32 (N, 1, 28, 28), on ingest's 8-bit levels."""
-    laid_out = np.empty((len(images), IMAGE_SIDE, IMAGE_SIDE), np.uint8)
+def laid_out(images: list[np.ndarray], *, size: int, color: str) -> np.ndarray:
+    """Gray 0..1 images in the training data's format: uint8 (N, 28, 28), light ink on black."""
+    formatted = np.empty((len(images), IMAGE_SIDE, IMAGE_SIDE), np.uint8)
     for index, image in enumerate(images):
         image = _light_on_dark(image)
         if image.shape == (IMAGE_SIDE, IMAGE_SIDE):
-            laid_out[index] = np.round(image * 255.0)
+            formatted[index] = np.round(image * 255.0)
         else:
-            laid_out[index] = to_source_format(_ink(image)[None], max_value=1.0, size=size, color=color)[0]
-    return (laid_out / np.float32(255.0)).astype(np.float32)[:, None]
+            formatted[index] = to_source_format(_ink(image)[None], max_value=1.0, size=size, color=color)[0]
+    return formatted
+
+
+def as_model_input(formatted: np.ndarray) -> np.ndarray:
+    """uint8 (N, 28, 28) images as the ONNX file takes them: float32 (N, 1, 28, 28) in 0..1."""
+    return (formatted / np.float32(255.0)).astype(np.float32)[:, None]
+
+
+def to_model_input(images: list[np.ndarray], *, size: int, color: str) -> np.ndarray:
+    """Gray 0..1 images as the ONNX file takes them: float32 (N, 1, 28, 28), on ingest's 8-bit levels."""
+    return as_model_input(laid_out(images, size=size, color=color))
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -186,6 +197,7 @@ class DigitClassifier(PythonModel):
         self._input = self._session.get_inputs()[0].name
         self._size = int(context.model_config["size"])
         self._color = str(context.model_config["color"])
+        self._capture = capture_from_environment()  # None unless `groundwork serve` turned capture on
 
     # model_input unannotated: MLflow reads a type hint there as an input schema to enforce (and warns on Any)
     def predict(self, context: Any, model_input, params: dict[str, Any] | None = None) -> pd.DataFrame:
@@ -194,7 +206,9 @@ class DigitClassifier(PythonModel):
             images = request_images(model_input)
         except RequestError as exc:
             raise _refused(str(exc)) from None
-        batch = to_model_input(images, size=self._size, color=self._color)
-        probabilities = softmax(self._session.run(None, {self._input: batch})[0].astype(np.float64))
+        formatted = laid_out(images, size=self._size, color=self._color)
+        probabilities = softmax(self._session.run(None, {self._input: as_model_input(formatted)})[0].astype(np.float64))
+        if self._capture is not None:
+            self._capture.add(formatted, probabilities)
         return pd.DataFrame({"class": probabilities.argmax(axis=1),
                              "probabilities": [row.tolist() for row in probabilities]})

@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 # the modules a logged copy imports, copied as a package tree MLflow puts on sys.path when it loads the model
 SERVED_CODE = ("groundwork/__init__.py", "groundwork/data/__init__.py", "groundwork/data/canvas.py",
-               "groundwork/data/untrusted.py", "groundwork/serving/__init__.py", "groundwork/serving/classifier.py")
+               "groundwork/data/untrusted.py", "groundwork/serving/__init__.py", "groundwork/serving/capture.py",
+               "groundwork/serving/classifier.py")
 # the served environment: MLflow (its scoring server) and what the classifier imports; distribution names, pinned
 # to this environment. No cloudpickle: the model is logged from code, nothing of it is pickled.
 SERVED_PACKAGES = ("mlflow", "numpy", "pandas", "pillow", "onnxruntime")
