@@ -10,16 +10,26 @@
    reach random sampling's accuracy at the largest count.
 3. Forgetting: at the largest count, accuracy on the shifted evaluation set and on the original target test
    split, with and without the replay buffer, and the share of the lost accuracy recovered.
+4. A sequence of worlds (`--parts sequence`): five shifts in turn (rotation 15, 30, 45 degrees, thickness, noise),
+   each world's images split into a pool and an evaluation set; per world, the current model's most uncertain
+   `ask.queue_size` pool images are labelled and learnt, four ways: the loop as built (from the current model,
+   the new labels plus replay of target, source and earlier worlds' labels), fine-tuning on the new labels alone,
+   retraining from the pipeline's model on every label so far (with the target and source replay), and online
+   EWC (from the current model, the new labels alone, weight `--ewc-weight`). After every world, the accuracy on
+   every world seen so far. Printed: average accuracy over all worlds at the end, backward transfer (each earlier
+   world's final accuracy minus its accuracy right after it was learnt), the loop's paired difference from the
+   others on the same evaluation images (95% interval), and seconds per iteration (first and last).
 
 Needs the data and models of a pipeline run (`make run`). Every figure is measured in this run, side by side.
 
-Usage: PYTHONPATH=. .venv/bin/python bench/adaptive.py [--parts drift labels] [--window 250] [--trials 200]
-       [--seeds 3] [--shift rotation]
+Usage: PYTHONPATH=. .venv/bin/python bench/adaptive.py [--parts drift labels sequence] [--window 250]
+       [--trials 200] [--seeds 3] [--shift rotation] [--ewc-weight 1000]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 from pathlib import Path
@@ -29,14 +39,17 @@ import torch
 
 from groundwork.adaptive.continual import adapted, replay_buffer
 from groundwork.adaptive.drift import check_batch, model_outputs
+from groundwork.adaptive.ewc import Consolidation, consolidate, with_consolidation
 from groundwork.adaptive.selection import informativeness, pick
 from groundwork.adaptive.shifts import apply_shift, class_prior_weights
 from groundwork.adaptive.simulate import unseen_images
 from groundwork.data.datasets import Split, load_dataset
+from groundwork.evaluation.statistics import paired_test
 from groundwork.models.checkpoint import load_model
 from groundwork.params import Params, load_params
 from groundwork.params.adaptive import AdaptParams
-from groundwork.training.loop import derived_seed, logits_of
+from groundwork.training.loop import derived_seed, fit, logits_of, supervised
+from groundwork.training.transforms import online_augmentation
 
 CPU = torch.device("cpu")
 DEFAULT_STRENGTHS = {"rotation": 30.0, "thickness": 2.0, "noise": 0.1, "contrast": 0.7, "class_prior": 0.9}
@@ -177,6 +190,92 @@ def forgetting(params: Params, model: torch.nn.Module, cfg: AdaptParams, data: d
               f"{100 * (original - original_before):+.1f} |")
 
 
+WORLDS = (("rotation", 15.0), ("rotation", 30.0), ("rotation", 45.0), ("thickness", 2.0), ("noise", 0.1))
+METHODS = ("loop (replay)", "fine-tune, no replay", "retrain on all labels", "EWC")
+
+
+def sequence(params: Params, model: torch.nn.Module, data: dict[str, Split], source: Split, unseen: Split, *,
+             ewc_weight: float) -> None:
+    cfg = params.adaptive.adapt
+    order = np.random.default_rng(17).permutation(len(unseen))
+    half = len(unseen) * 5 // 8
+    worlds = []
+    for index, (shift, strength) in enumerate(WORLDS):
+        moved = apply_shift(shift, strength, torch.from_numpy(unseen.images[order]),
+                            torch.Generator().manual_seed(1000 + index)).numpy()
+        worlds.append((Split(moved[:half], unseen.labels[order[:half]]),
+                       Split(moved[half:], unseen.labels[order[half:]])))
+    clean = accuracy(model, Split(unseen.images[order[half:]], unseen.labels[order[half:]]))
+    print(f"\n## A sequence of {len(WORLDS)} worlds, {params.adaptive.ask.queue_size} labels each "
+          f"({len(worlds[0][1])} evaluation images a world)\n")
+    print(f"the pipeline's model on the same images unshifted: {clean:.1%}; on each world before any adapting: " +
+          ", ".join(f"{shift} {strength:g}: {accuracy(model, evaluation):.1%}"
+                    for (shift, strength), (_, evaluation) in zip(WORLDS, worlds, strict=True)))
+    no_replay = cfg.model_copy(update={"replay_target": 0, "replay_source": 0, "replay_learnt": 0})
+    empty = Split(np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.int64))
+    results, correct, seconds = {}, {}, {}
+    for method in METHODS:
+        current, labelled, consolidation = model, [], None
+        after: list[list[float]] = []  # after[k][j]: world j's accuracy once world k was learnt
+        seconds[method] = []
+        for index, (pool, _) in enumerate(worlds):
+            scores = informativeness("entropy", current, torch.from_numpy(pool.images),
+                                     mc_samples=params.adaptive.ask.mc_samples, generator=torch.Generator())
+            chosen = pick(scores, params.adaptive.ask.queue_size)
+            new = Split(pool.images[chosen], pool.labels[chosen])
+            earlier = Split(np.concatenate([s.images for s in labelled] or [empty.images]),
+                            np.concatenate([s.labels for s in labelled] or [empty.labels]))
+            started = time.perf_counter()
+            seed = derived_seed(params.seed, "sequence", index)
+            if method == "loop (replay)":
+                replay = replay_buffer(data["train"], source, cfg, seed=seed, learnt_labels=earlier)
+                current, _ = adapted(current, new, replay, cfg, params.augment, device=CPU, seed=seed)
+            elif method == "fine-tune, no replay":
+                current, _ = adapted(current, new, empty, no_replay, params.augment, device=CPU, seed=seed)
+            elif method == "retrain on all labels":
+                everything = Split(np.concatenate([earlier.images, new.images]),
+                                   np.concatenate([earlier.labels, new.labels]))
+                current, _ = adapted(model, everything, replay_buffer(data["train"], source, cfg, seed=seed), cfg,
+                                     params.augment, device=CPU, seed=seed)
+            else:
+                current = ewc_fine_tune(current, new, consolidation, cfg, params, weight=ewc_weight, seed=seed)
+                consolidation = consolidate(current, *new.tensors(), earlier=consolidation)
+            seconds[method].append(time.perf_counter() - started)
+            labelled.append(new)
+            after.append([accuracy(current, evaluation) for _, evaluation in worlds[:index + 1]])
+        last = after[-1]
+        results[method] = (statistics.mean(last), statistics.mean(last[j] - after[j][j] for j in range(len(last) - 1)))
+        correct[method] = np.concatenate([
+            logits_of(current, torch.from_numpy(evaluation.images), device=CPU).argmax(1).numpy() == evaluation.labels
+            for _, evaluation in worlds])
+        print(f"  {method}: after each world, the average over the worlds seen: " +
+              ", ".join(f"{statistics.mean(row):.1%}" for row in after))
+    print("\n| method | average accuracy, all worlds | backward transfer (points) | loop minus it, paired (points, "
+          "95%) | seconds per iteration: first, last |")
+    print("| --- | --- | --- | --- | --- |")
+    for method in METHODS:
+        average, backward = results[method]
+        if method == METHODS[0]:
+            paired = "-"
+        else:
+            test = paired_test(correct[method], correct[METHODS[0]])
+            paired = (f"{-test.loss_points:+.2f} [{-test.loss_high_points:+.2f}, {-test.loss_low_points:+.2f}] "
+                      f"(p = {test.p_value:.2g})")
+        print(f"| {method} | {average:.2%} | {100 * backward:+.2f} | {paired} | "
+              f"{seconds[method][0]:.1f}, {seconds[method][-1]:.1f} |")
+
+
+def ewc_fine_tune(model: torch.nn.Module, new: Split, consolidation: Consolidation | None, cfg: AdaptParams,
+                  params: Params, *, weight: float, seed: int) -> torch.nn.Module:
+    """adapt's fine-tune on the new labels alone, with the online EWC penalty of the worlds before."""
+    learner = copy.deepcopy(model)
+    objective = supervised(online_augmentation(params.augment) if cfg.finetune.augmentation == "online" else None,
+                           cfg.finetune.loss)
+    fit(learner, new.tensors(), cfg.finetune, device=CPU, seed=seed,
+        objective=with_consolidation(objective, consolidation, weight), desc="ewc")
+    return learner.eval()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--window", type=int, default=250, help="images per window for the drift tests")
@@ -185,8 +284,10 @@ def main() -> None:
     parser.add_argument("--shift", default="rotation", choices=[s for s in DEFAULT_STRENGTHS if s != "class_prior"],
                         help="the shift the labelling rounds adapt to")
     parser.add_argument("--strategies", nargs="+", default=["random", "entropy", "margin", "bald"])
-    parser.add_argument("--parts", nargs="+", default=["drift", "labels"], choices=["drift", "labels"],
-                        help="drift: detection and false alarms; labels: labelling rounds and forgetting")
+    parser.add_argument("--parts", nargs="+", default=["drift", "labels"], choices=["drift", "labels", "sequence"],
+                        help="drift: detection and false alarms; labels: labelling rounds and forgetting; "
+                             "sequence: five worlds in turn")
+    parser.add_argument("--ewc-weight", type=float, default=1000.0, help="EWC's penalty weight (sequence)")
     args = parser.parse_args()
     if "random" not in args.strategies:
         parser.error("--strategies must include random, the baseline")
@@ -202,6 +303,8 @@ def main() -> None:
     if "labels" in args.parts:
         active_learning(params, model, data, source["train"], unseen, shift=args.shift, seeds=args.seeds,
                         strategies=args.strategies)
+    if "sequence" in args.parts:
+        sequence(params, model, data, source["train"], unseen, ewc_weight=args.ewc_weight)
 
 
 if __name__ == "__main__":

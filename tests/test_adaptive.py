@@ -409,3 +409,31 @@ def test_the_champion_pointer_refuses_a_damaged_checkpoint_and_names_missing_par
     (folder / "champion.json").unlink()
     with pytest.raises(ChampionError, match=r"champion\.json: missing"):
         read_pointer(folder)
+
+
+def test_ewc_holds_the_weights_an_earlier_world_needed(tiny_params: Params, tiny_data: dict[str, Path],
+                                                       tiny_transferred: dict[str, Any]) -> None:
+    """The penalty is zero at the anchors and grows as weights move; a fine-tune on a rotated world under a large
+    EWC weight ends nearer the anchors (by the Fisher-weighted distance) than the same fine-tune without it."""
+    from groundwork.adaptive.ewc import consolidate, with_consolidation
+    from groundwork.training.loop import fit, supervised
+
+    model = load_model(tiny_transferred["model"])[0]
+    data = load_dataset(tiny_data["target"], splits=("train", "test"))[0]
+    first = consolidate(model, *data["train"].tensors())
+    assert all(bool((value >= 0).all()) for value in first.fisher.values())
+    assert sum(float(value.sum()) for value in first.fisher.values()) > 0
+    assert float(first.penalty(model)) == 0.0
+    rotated = apply_shift("rotation", 45.0, torch.from_numpy(data["test"].images[:60]),
+                          torch.Generator().manual_seed(0))
+    world = (rotated, torch.from_numpy(data["test"].labels[:60]))
+    cfg = tiny_params.adaptive.adapt.finetune.model_copy(update={"epochs": 3, "lr": 0.003})
+    moved = {}
+    for weight in (0.0, 1e4):
+        learner = load_model(tiny_transferred["model"])[0]
+        fit(learner, world, cfg, device=torch.device("cpu"), seed=1,
+            objective=with_consolidation(supervised(), first, weight))
+        moved[weight] = float(first.penalty(learner))
+    assert 0 < moved[1e4] < moved[0.0] / 2, moved
+    second = consolidate(model, *world, earlier=first)
+    assert all(bool((second.fisher[name] >= first.fisher[name]).all()) for name in first.fisher), "online: summed"
