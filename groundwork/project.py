@@ -56,8 +56,9 @@ def copy_project(destination: Path, params: dict[str, Any]) -> Path:
     listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
                             capture_output=True, text=True, check=True).stdout.split()
     for name in listed:
-        # a fresh project: no record of earlier runs, no data that arrived here
-        if (ROOT / name).is_file() and name not in {"dvc.lock", "adaptive/dvc.lock"} and not name.startswith("data/"):
+        # a fresh project: no record of earlier runs, no data that arrived here, no champion pointer of its loop
+        if (ROOT / name).is_file() and name not in {"dvc.lock", "adaptive/dvc.lock"} and not name.startswith(
+                ("data/", "models/")):
             (destination / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, destination / name)
     (destination / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
