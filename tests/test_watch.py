@@ -121,3 +121,15 @@ def test_a_batch_dropped_into_a_served_project_starts_exactly_one_loop_run(prefe
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+
+
+def test_watch_without_a_prefect_server_says_how_to_set_one(tmp_path: Path) -> None:
+    """A temporary server would vanish with the command and no deployment could hear it: exit 2, one line."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("PREFECT_")}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect")  # no profile with a server in it
+    result = subprocess.run([str(Path(sys.executable).parent / "groundwork"), "watch", "--project-dir",
+                             str(tmp_path)], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [
+        "groundwork watch: PREFECT_API_URL is not set: events need a running Prefect server that the served loop "
+        "also uses (`prefect server start`, then `prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api`)"]
