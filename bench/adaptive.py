@@ -24,7 +24,7 @@
 Needs the data and models of a pipeline run (`make run`). Every figure is measured in this run, side by side.
 
 Usage: PYTHONPATH=. .venv/bin/python bench/adaptive.py [--parts drift labels sequence] [--window 250]
-       [--trials 200] [--seeds 3] [--shift rotation] [--ewc-weight 1000]
+       [--trials 200] [--seeds 3] [--shift rotation] [--ewc-weight 1000] [--model models/transfer.pt]
 """
 
 from __future__ import annotations
@@ -290,13 +290,15 @@ def main() -> None:
                         help="drift: detection and false alarms; labels: labelling rounds and forgetting; "
                              "sequence: five worlds in turn")
     parser.add_argument("--ewc-weight", type=float, default=1000.0, help="EWC's penalty weight (sequence)")
+    parser.add_argument("--model", type=Path, default=Path("models/transfer.pt"),
+                        help="the model that watches, picks and is adapted (the loop's: models/champion/champion.pt)")
     args = parser.parse_args()
     if "random" not in args.strategies:
         parser.error("--strategies must include random, the baseline")
     params = load_params()
     data, _ = load_dataset(Path("data/processed/target.npz"), splits=("train", "test"))
     source, _ = load_dataset(Path("data/processed/source.npz"), splits=("train",))
-    model, _ = load_model(Path("models/transfer.pt"))
+    model, _ = load_model(args.model)
     torch.set_num_threads(2)
     unseen = unseen_images(Path("data/processed/target.npz"))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {len(unseen)} unseen target images")
