@@ -49,7 +49,7 @@ from groundwork.evaluation.statistics import paired_test
 from groundwork.models.checkpoint import load_model
 from groundwork.params import Params, load_params
 from groundwork.params.adaptive import AdaptParams
-from groundwork.training.loop import derived_seed, fit, logits_of, supervised
+from groundwork.training.loop import derived_seed, fit, logits_of, seed_everything, supervised
 from groundwork.training.transforms import online_augmentation
 
 CPU = torch.device("cpu")
@@ -271,6 +271,7 @@ def ewc_fine_tune(model: torch.nn.Module, new: Split, consolidation: Consolidati
                   params: Params, *, weight: float, seed: int) -> torch.nn.Module:
     """adapt's fine-tune on the new labels alone, with the online EWC penalty of the worlds before."""
     learner = copy.deepcopy(model)
+    seed_everything(seed)
     objective = supervised(online_augmentation(params.augment) if cfg.finetune.augmentation == "online" else None,
                            cfg.finetune.loss)
     fit(learner, new.tensors(), cfg.finetune, device=CPU, seed=seed,

@@ -14,7 +14,7 @@ from groundwork.data.datasets import Split
 from groundwork.models.digitnet import DigitNet
 from groundwork.params.adaptive import AdaptParams
 from groundwork.params.data import AugmentParams
-from groundwork.training.loop import derived_seed, fit, supervised
+from groundwork.training.loop import derived_seed, fit, seed_everything, supervised
 from groundwork.training.transforms import online_augmentation
 
 
@@ -50,6 +50,9 @@ def adapted(model: DigitNet, new: Split, replay: Split, cfg: AdaptParams, augmen
     labels = torch.from_numpy(np.concatenate([new.labels, replay.labels]))
     objective = supervised(online_augmentation(augment) if cfg.finetune.augmentation == "online" else None,
                            cfg.finetune.loss)
+    # the global RNG (dropout) seeded too, as compress's fine-tunes do: the same challenger whatever ran before
+    # in the process (a benchmark's earlier fine-tunes, a warm stage server)
+    seed_everything(derived_seed(seed, "adapt"))
     history = fit(challenger, (images, labels), cfg.finetune, device=device, seed=derived_seed(seed, "adapt"),
                   objective=objective, desc="adapt", precision=precision)
     make_permanent(challenger)
