@@ -11,15 +11,15 @@
 3. Forgetting: at the largest count, accuracy on the shifted evaluation set and on the original target test
    split, with and without the replay buffer, and the share of the lost accuracy recovered.
 4. A sequence of worlds (`--parts sequence`): five shifts in turn (rotation 30, 45 degrees, thickness, noise,
-   contrast),
-   each world's images split into a pool and an evaluation set; per world, the current model's most uncertain
-   `ask.queue_size` pool images are labelled and learnt, four ways: the loop as built (from the current model,
-   the new labels plus replay of target, source and earlier worlds' labels), fine-tuning on the new labels alone,
-   retraining from the pipeline's model on every label so far (with the target and source replay), and online
-   EWC (from the current model, the new labels alone, weight `--ewc-weight`). After every world, the accuracy on
-   every world seen so far. Printed: average accuracy over all worlds at the end, backward transfer (each earlier
-   world's final accuracy minus its accuracy right after it was learnt), the loop's paired difference from the
-   others on the same evaluation images (95% interval), and seconds per iteration (first and last).
+   contrast), each world's images split into a pool and an evaluation set; per world, the current model's most
+   uncertain `ask.queue_size` pool images are labelled and learnt, four ways: the loop as built (from the current
+   model, the new labels plus replay of target, source and earlier worlds' labels), fine-tuning on the new labels
+   alone, retraining from the pipeline's model on every label so far (with the target and source replay), and
+   online EWC (adapt's fine-tune from the current model on the new labels alone, plus the penalty at
+   `--ewc-weight`). After every world, the accuracy on every world seen so far. Printed: average accuracy over all
+   worlds at the end, backward transfer (each earlier world's final accuracy minus its accuracy right after it was
+   learnt), the loop's paired difference from the others on the same evaluation images (95% interval), and
+   seconds per iteration (first and last).
 
 Needs the data and models of a pipeline run (`make run`). Every figure is measured in this run, side by side.
 
@@ -30,9 +30,9 @@ Usage: PYTHONPATH=. .venv/bin/python bench/adaptive.py [--parts drift labels seq
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +40,7 @@ import torch
 
 from groundwork.adaptive.continual import adapted, replay_buffer
 from groundwork.adaptive.drift import check_batch, model_outputs
-from groundwork.adaptive.ewc import Consolidation, consolidate, with_consolidation
+from groundwork.adaptive.ewc import consolidate, with_consolidation
 from groundwork.adaptive.selection import informativeness, pick
 from groundwork.adaptive.shifts import apply_shift, class_prior_weights
 from groundwork.adaptive.simulate import unseen_images
@@ -49,8 +49,7 @@ from groundwork.evaluation.statistics import paired_test
 from groundwork.models.checkpoint import load_model
 from groundwork.params import Params, load_params
 from groundwork.params.adaptive import AdaptParams
-from groundwork.training.loop import derived_seed, fit, logits_of, seed_everything, supervised
-from groundwork.training.transforms import online_augmentation
+from groundwork.training.loop import derived_seed, logits_of
 
 CPU = torch.device("cpu")
 DEFAULT_STRENGTHS = {"rotation": 30.0, "thickness": 2.0, "noise": 0.1, "contrast": 0.7, "class_prior": 0.9}
@@ -240,7 +239,10 @@ def sequence(params: Params, model: torch.nn.Module, data: dict[str, Split], sou
                 current, _ = adapted(model, everything, replay_buffer(data["train"], source, cfg, seed=seed), cfg,
                                      params.augment, device=CPU, seed=seed)
             else:
-                current = ewc_fine_tune(current, new, consolidation, cfg, params, weight=ewc_weight, seed=seed)
+                # the loop's fine-tune on the new labels alone, paying for moving what earlier worlds needed
+                current, _ = adapted(current, new, empty, no_replay, params.augment, device=CPU, seed=seed,
+                                     regularised=partial(with_consolidation, consolidation=consolidation,
+                                                         weight=ewc_weight))
                 consolidation = consolidate(current, *new.tensors(), earlier=consolidation)
             seconds[method].append(time.perf_counter() - started)
             labelled.append(new)
@@ -265,18 +267,6 @@ def sequence(params: Params, model: torch.nn.Module, data: dict[str, Split], sou
                       f"(p = {test.p_value:.2g})")
         print(f"| {method} | {average:.2%} | {100 * backward:+.2f} | {paired} | "
               f"{seconds[method][0]:.1f}, {seconds[method][-1]:.1f} |")
-
-
-def ewc_fine_tune(model: torch.nn.Module, new: Split, consolidation: Consolidation | None, cfg: AdaptParams,
-                  params: Params, *, weight: float, seed: int) -> torch.nn.Module:
-    """adapt's fine-tune on the new labels alone, with the online EWC penalty of the worlds before."""
-    learner = copy.deepcopy(model)
-    seed_everything(seed)
-    objective = supervised(online_augmentation(params.augment) if cfg.finetune.augmentation == "online" else None,
-                           cfg.finetune.loss)
-    fit(learner, new.tensors(), cfg.finetune, device=CPU, seed=seed,
-        objective=with_consolidation(objective, consolidation, weight), desc="ewc")
-    return learner.eval()
 
 
 def main() -> None:

@@ -5,6 +5,7 @@ shared training loop, on the labels it has not learnt yet mixed with a replay bu
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -14,7 +15,7 @@ from groundwork.data.datasets import Split
 from groundwork.models.digitnet import DigitNet
 from groundwork.params.adaptive import AdaptParams
 from groundwork.params.data import AugmentParams
-from groundwork.training.loop import derived_seed, fit, seed_everything, supervised
+from groundwork.training.loop import Objective, derived_seed, fit, seed_everything, supervised
 from groundwork.training.transforms import online_augmentation
 
 
@@ -38,11 +39,12 @@ def _draw(split: Split, count: int, rng: np.random.Generator) -> Split:
 
 
 def adapted(model: DigitNet, new: Split, replay: Split, cfg: AdaptParams, augment: AugmentParams, *,
-            device: torch.device, seed: int, precision: torch.dtype | None = None, sparse: bool = False
-            ) -> tuple[DigitNet, list[dict[str, float]]]:
+            device: torch.device, seed: int, precision: torch.dtype | None = None, sparse: bool = False,
+            regularised: Callable[[Objective], Objective] | None = None) -> tuple[DigitNet, list[dict[str, float]]]:
     """A copy of `model` fine-tuned on the new labels plus the replay buffer (training steps autocast to
     `precision`, see groundwork.training.precision), its zero weights kept at zero when `sparse` (a pruned
-    champion gives a pruned challenger); the original is left untouched."""
+    champion gives a pruned challenger), its objective wrapped by `regularised` where given (a penalty such as
+    groundwork.adaptive.ewc's); the original is left untouched."""
     challenger = copy.deepcopy(model)
     if sparse:
         keep_zeros(challenger)
@@ -50,6 +52,8 @@ def adapted(model: DigitNet, new: Split, replay: Split, cfg: AdaptParams, augmen
     labels = torch.from_numpy(np.concatenate([new.labels, replay.labels]))
     objective = supervised(online_augmentation(augment) if cfg.finetune.augmentation == "online" else None,
                            cfg.finetune.loss)
+    if regularised is not None:
+        objective = regularised(objective)
     # the global RNG (dropout) seeded too, as compress's fine-tunes do: the same challenger whatever ran before
     # in the process (a benchmark's earlier fine-tunes, a warm stage server)
     seed_everything(derived_seed(seed, "adapt"))
