@@ -57,18 +57,18 @@ def start_tracking_server(folder: Path, port: int | None = None) -> tuple[subpro
 
 
 def wait_until_healthy(process: subprocess.Popen[bytes], url: str, log: Path) -> None:
-    """Return once the server at `url` (an MLflow tracking or model server) answers /health; fail with its log
-    when it exits or takes over 120 s."""
+    """Return once the server at `url` (an MLflow tracking, model or UI server; a Prefect API) answers /health;
+    fail with its log when it exits or takes over 120 s."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        assert process.poll() is None, f"mlflow server exited {process.returncode}:\n{log.read_text()[-3000:]}"
+        assert process.poll() is None, f"the server exited {process.returncode}:\n{log.read_text()[-3000:]}"
         try:
             with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
                 if response.status == 200:
                     return
         except OSError:
             time.sleep(0.5)
-    raise AssertionError(f"mlflow server not healthy after 120 s:\n{log.read_text()[-3000:]}")
+    raise AssertionError(f"the server is not healthy after 120 s:\n{log.read_text()[-3000:]}")
 
 
 def stop_server(process: subprocess.Popen[bytes]) -> None:
@@ -175,33 +175,23 @@ def page_text(dom: str) -> str:
     return html.unescape(re.sub(r"<[^>]+>", "", dom))
 
 
-def wait_for(address: str, seconds: float = 60) -> None:
-    """Return once `address` answers, or after `seconds` (the caller's next request then fails, saying why)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(address, timeout=1)
-            return
-        except OSError:
-            time.sleep(0.5)
-
-
 @contextmanager
-def prefect_ui() -> Iterator[str]:
+def prefect_ui(log: Path) -> Iterator[str]:
     """`prefect server start` with its UI and no services, on the running test server's database (the test
-    harness serves the API alone); its address, once it answers."""
+    harness serves the API alone), its output in `log`; its address, once it answers."""
     from prefect.settings import get_current_settings
 
     database = get_current_settings().server.database.connection_url
     assert database is not None, "the Prefect test server's database is not set"
     port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port),
-         "--no-services", "--ui"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        env={**os.environ, "PREFECT_SERVER_DATABASE_CONNECTION_URL": database.get_secret_value(),
-             "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"})
+    with log.open("wb") as output:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port),
+             "--no-services", "--ui"], stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "PREFECT_SERVER_DATABASE_CONNECTION_URL": database.get_secret_value(),
+                 "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"})
     try:
-        wait_for(f"http://127.0.0.1:{port}/api/health")
+        wait_until_healthy(server, f"http://127.0.0.1:{port}/api", log)
         yield f"http://127.0.0.1:{port}"
     finally:
         os.killpg(server.pid, signal.SIGTERM)
@@ -209,15 +199,17 @@ def prefect_ui() -> Iterator[str]:
 
 
 @contextmanager
-def mlflow_ui(project: Path) -> Iterator[str]:
-    """`mlflow ui` on the project's SQLite store, on a free port; its address, once it answers."""
+def mlflow_ui(project: Path, log: Path) -> Iterator[str]:
+    """`mlflow ui` on the project's SQLite store, on a free port, its output in `log`; its address, once it
+    answers."""
     port = free_port()
-    ui = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri",
-                           f"sqlite:///{project / 'mlflow.db'}", "--host", "127.0.0.1", "--port", str(port)],
-                          cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                          env={**without_job_runners(), "MLFLOW_TRACKING_URI": ""})
+    with log.open("wb") as output:
+        ui = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri",
+                               f"sqlite:///{project / 'mlflow.db'}", "--host", "127.0.0.1", "--port", str(port)],
+                              cwd=project, stdout=output, stderr=subprocess.STDOUT,
+                              env={**without_job_runners(), "MLFLOW_TRACKING_URI": ""})
     try:
-        wait_for(f"http://127.0.0.1:{port}/health")
+        wait_until_healthy(ui, f"http://127.0.0.1:{port}", log)
         yield f"http://127.0.0.1:{port}"
     finally:
         ui.terminate()

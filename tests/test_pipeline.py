@@ -275,7 +275,7 @@ def test_what_a_user_opens_shows_the_answer_in_a_browser(first_run: FirstRun, tm
     experiment = parent.info.experiment_id
     evaluated = json.loads((project / "reports" / "evaluate.json").read_text())
     chosen = evaluated["selection"]["chosen"]
-    with mlflow_ui(project) as address:
+    with mlflow_ui(project, tmp_path / "mlflow-ui.log") as address:
         runs = browse(mlflow_address("sqlite:///", experiment, ui=address), tmp_path / "chromium",
                       screenshot=tmp_path / "experiment.png")
         assert parent.info.run_name in runs and "matching runs" in runs, "the runs table (Model training)"
@@ -298,7 +298,7 @@ def test_what_a_user_opens_shows_the_answer_in_a_browser(first_run: FirstRun, tm
                                 screenshot=tmp_path / "champion-version.png"))
         assert f"version 1: the {chosen} variant" in card and f"{chosen} (this version)" in card
     flow_run_id = first_run.state.state_details.flow_run_id
-    with prefect_ui() as address:
+    with prefect_ui(tmp_path / "prefect-ui.log") as address:
         flow_run = page_text(browse(f"{address}/runs/flow-run/{flow_run_id}", tmp_path / "chromium",
                                     screenshot=tmp_path / "prefect-flow-run.png"))
         assert all(stage in flow_run for stage in STAGES), "the task runs are listed"

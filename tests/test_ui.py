@@ -51,7 +51,7 @@ def record_runs(root: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 @needs_browser
 def test_runs_appear_in_the_mlflow_ui(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     experiment = record_runs(tmp_path, monkeypatch)
-    with mlflow_ui(tmp_path) as address:
+    with mlflow_ui(tmp_path, tmp_path / "mlflow-ui.log") as address:
         page = mlflow_address("sqlite:///mlflow.db", experiment, ui=address)  # the address `groundwork ui` prints
         shot = tmp_path / "mlflow-runs.png"
         dom = browse(page, tmp_path / "chromium", screenshot=shot)
