@@ -15,7 +15,7 @@ from mlflow.exceptions import MlflowException
 
 from groundwork.data.atomic import write_json
 from groundwork.dvc_graph import declared_params, graph_file
-from groundwork.errors import CheckpointError, DataError, OutputNotWritten, TrainingDiverged
+from groundwork.errors import CheckpointError, DataError, JobEngineError, OutputNotWritten, TrainingDiverged
 from groundwork.params import DEFAULT_PARAMS_PATH, Params, ParamsError, load_params
 from groundwork.tracking.outcome import Kind, Outcome, record_outcome
 from groundwork.tracking.runs import NullTracker, Tracker, stage_run, tracking_uri
@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 # Failures with a clear cause: reported in one line, no traceback. Exit code 2 marks bad params (nothing ran);
 # 1 a stage that started and failed, and will fail again on the same inputs; 75 (EX_TEMPFAIL in sysexits.h) a
 # failure whose cause may pass, such as a tracking server that is down: only that one is worth a retry.
-EXPECTED_FAILURES = (DataError, CheckpointError, TrainingDiverged, OutputNotWritten, FileNotFoundError, ValueError)
+EXPECTED_FAILURES = (DataError, CheckpointError, TrainingDiverged, OutputNotWritten, JobEngineError, FileNotFoundError,
+                     ValueError)
 EXIT_BAD_PARAMS = 2
 EXIT_FAILED = 1
 EXIT_TRANSIENT = 75
@@ -75,6 +76,9 @@ def configure_logging(marker: str = "") -> None:
                         format=f"%(asctime)s %(levelname)s {marker}%(name)s: %(message)s")
     for noisy in ("alembic", "mlflow", "urllib3", "matplotlib", "PIL", "onnx_ir", "onnxscript", "torch.onnx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Dask's loggers are set up from its config when distributed is imported, overriding levels set here: its
+    # scheduler and nannies would log every start and stop at INFO (this process's and its workers', which inherit it)
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     logging.captureWarnings(True)  # Python warnings as log records: a level, and SILENCED_WARNINGS applied
     logging.getLogger("py.warnings").addFilter(SILENCER)
     if not sys.stderr.isatty():  # relayed into a log (DVC's, the flow's): each refresh of a bar would be a line

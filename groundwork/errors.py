@@ -19,3 +19,8 @@ class TrainingDiverged(RuntimeError):
 class OutputNotWritten(OSError):
     """An output that could not be written for want of room (a full disk, a quota, a file size limit); the
     message names the file, and the previous version of it is left as it was."""
+
+
+class JobEngineError(RuntimeError):
+    """Independent jobs could not be run: the scheduler they were sent to is unreachable, or a job's worker process
+    died again after the retry; the message names the address or the job."""

@@ -19,7 +19,7 @@ from filelock import FileLock
 
 from groundwork import forkserver
 from groundwork.params import Params, parse_params
-from groundwork.project import tiny_params_dict
+from groundwork.project import ROOT, tiny_params_dict
 from tasks import ingest
 
 # `make fuzz` sets it: more cases, each run with a new seed
@@ -210,3 +210,37 @@ def tiny_compressed(tmp_path_factory: pytest.TempPathFactory, tiny_params: Param
         return {"dir": folder, "metrics": metrics, "policy": tiny_searched["policy"]}
 
     return built_once(tmp_path_factory, "compressed", build)
+
+
+@pytest.fixture(scope="session")
+def dask_scheduler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Dask cluster on localhost, as a user would start one: `dask scheduler`, and `dask worker` with two
+    worker processes of one thread each; yields the scheduler's address. The scheduler and workers unpickle the
+    tests' job functions (modules of tests/, imported by pytest as top-level modules), so both folders are on
+    their path."""
+    from distributed import Client
+
+    folder = tmp_path_factory.mktemp("dask")
+    scheduler_file = folder / "scheduler.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
+           "DASK_LOGGING__DISTRIBUTED": "warning"}
+    dask = [sys.executable, "-m", "dask"]
+    with (folder / "scheduler.log").open("w") as log_file:
+        scheduler = subprocess.Popen([*dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                                      "--scheduler-file", str(scheduler_file)], cwd=ROOT, env=env, stdout=log_file,
+                                     stderr=subprocess.STDOUT)
+        workers = subprocess.Popen([*dask, "worker", "--scheduler-file", str(scheduler_file), "--nworkers", "2",
+                                    "--nthreads", "1", "--no-dashboard"], cwd=ROOT, env=env, stdout=log_file,
+                                   stderr=subprocess.STDOUT)
+    try:
+        with Client(scheduler_file=str(scheduler_file), timeout=120) as client:
+            client.wait_for_workers(2, timeout=120)
+            address = client.scheduler.address
+        yield address
+    finally:
+        for process in (workers, scheduler):
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()

@@ -108,3 +108,28 @@ def test_methods_differ_only_in_semi_supervision(tiny_params: Params) -> None:
     plain = method_params(tiny_params, "transfer").transfer
     assert (semi.semi_supervised.method, plain.semi_supervised.method) == ("fixmatch", "none")
     assert semi.model_copy(update={"semi_supervised": plain.semi_supervised}) == plain
+
+
+@pytest.mark.server
+def test_a_two_worker_dask_cluster_scores_the_draws_exactly_as_this_process(
+        tiny_params: Params, tiny_data: dict[str, Path], tiny_pretrained: dict[str, Any], dask_scheduler: str) -> None:
+    """The sweep sent to a scheduler on localhost with two one-thread workers (`dask scheduler`, `dask worker`)
+    gives the same table as the draws trained here one after the other on one thread."""
+    import dask
+
+    from groundwork.data.datasets import load_dataset
+    from groundwork.tracking.runs import NullTracker
+
+    data, _ = load_dataset(tiny_data["target"], splits=("pool", "val", "test"))
+    section = tiny_params.budget.model_copy(update={"labels_per_class": [1], "workers": 1})
+    params = tiny_params.model_copy(update={"budget": section})
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        here = sweep(tiny_pretrained["model"], data, params, NullTracker())
+    finally:
+        torch.set_num_threads(before)
+    with dask.config.set({"scheduler-address": dask_scheduler}):
+        on_the_cluster = sweep(tiny_pretrained["model"], data, params, NullTracker())
+    assert len(here) == tiny_params.budget.draws
+    pd.testing.assert_frame_equal(here, on_the_cluster)

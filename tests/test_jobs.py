@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,7 +16,8 @@ import pytest
 import torch
 
 from groundwork.project import ROOT
-from groundwork.training.jobs import PARENT_POLL_S, run_jobs, worker_count
+from groundwork.errors import JobEngineError
+from groundwork.training.jobs import CONNECT_TIMEOUT_S, run_jobs, worker_count
 
 
 def where_it_ran(job: int) -> tuple[int, int, int]:
@@ -89,7 +91,7 @@ def test_workers_stop_when_the_process_they_work_for_is_killed(tmp_path: Path) -
     finally:
         parent.send_signal(signal.SIGKILL)  # no shutdown of the pool: the workers are left to notice
         parent.wait()
-    _, alive = psutil.wait_procs(workers, timeout=10 * PARENT_POLL_S + 10)
+    _, alive = psutil.wait_procs(workers, timeout=30)
     alive = [worker for worker in alive if worker.status() != psutil.STATUS_ZOMBIE]  # exited, not yet reaped
     for worker in alive:
         worker.kill()
@@ -104,3 +106,59 @@ def test_a_workers_log_lines_reach_stderr_marked_with_its_process(capfd: pytest.
     lines = capfd.readouterr().err.splitlines()
     for job, pid in enumerate(pids):
         assert any(f"INFO [worker {pid}] groundwork.training.loop: job {job} logged" in line for line in lines), lines
+
+
+def dies_the_first_time(folder: str) -> int:
+    """Kills its own process unless it has run before (a marker in `folder`): a worker lost mid-job, once."""
+    marker = Path(folder, "ran")
+    if not marker.exists():
+        marker.touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return os.getpid()
+
+
+def always_dies(_: str) -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@pytest.mark.subprocess
+def test_a_job_whose_worker_dies_is_retried_once_on_a_fresh_worker(tmp_path: Path) -> None:
+    [pid] = run_jobs(dies_the_first_time, [str(tmp_path)], 2)
+    assert (tmp_path / "ran").exists() and pid != os.getpid()
+
+
+class Named(str):
+    """A job whose name (str) differs from its repr, as the stages' jobs do."""
+
+
+@pytest.mark.subprocess
+def test_a_job_whose_worker_dies_twice_fails_the_caller_naming_the_job() -> None:
+    with pytest.raises(JobEngineError, match="job 'labels/class 5, draw 2' was lost: the worker process running it "
+                                             "died, and died again on the retry"):
+        list(run_jobs(always_dies, [Named("labels/class 5, draw 2")], 2))
+
+
+@pytest.mark.server
+def test_jobs_go_to_the_scheduler_that_is_set_and_run_on_its_workers(dask_scheduler: str) -> None:
+    import dask
+
+    with dask.config.set({"scheduler-address": dask_scheduler}):
+        results = list(run_jobs(where_it_ran, list(range(6)), 1))  # a scheduler set: its workers, whatever the count
+    assert [job for job, _, _ in results] == list(range(6))
+    pids = {pid for _, pid, _ in results}
+    assert os.getpid() not in pids and len(pids) == 2, "both of the cluster's worker processes took jobs"
+    assert {threads for _, _, threads in results} == {1}, "the workers keep the threads they were started with"
+
+
+def test_an_unreachable_scheduler_is_an_error_naming_its_address_before_any_job_runs(tmp_path: Path) -> None:
+    import dask
+
+    with socket.socket() as unused:  # a port nothing listens on
+        unused.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{unused.getsockname()[1]}"
+    started = time.monotonic()
+    with dask.config.set({"scheduler-address": address}), \
+            pytest.raises(JobEngineError, match=f"the Dask scheduler at {address} .* did not answer"):
+        list(run_jobs(records_pid_then_waits, [str(tmp_path)], 2))
+    assert time.monotonic() - started < CONNECT_TIMEOUT_S + 10
+    assert not list(tmp_path.iterdir()), "no job ran"

@@ -38,6 +38,9 @@ class VariantJob:
     params: Params
     searched: ModelParams  # the widths the search stage chose, for the searched variant
 
+    def __str__(self) -> str:  # how an error of groundwork.training.jobs names it
+        return f"variant {self.name}"
+
 
 @dataclass(frozen=True)
 class TrainedVariant:

@@ -65,6 +65,9 @@ class Draw:
     def label(self) -> str:
         return "all" if self.per_class is None else str(self.per_class)
 
+    def __str__(self) -> str:  # how an error of groundwork.training.jobs names it
+        return f"labels/class {self.label}, draw {self.index + 1}"
+
 
 def draws(pretrained: Path, target: Dataset, params: Params) -> list[Draw]:
     """Every draw of the sweep, budget by budget."""
@@ -92,7 +95,8 @@ def train_draw(draw: Draw) -> dict[str, Any]:
 
 def sweep(pretrained: Path, target: Dataset, params: Params, tracker: RunLog) -> pd.DataFrame:
     """One row per (budget, draw): the draw's size, and source-only, scratch, transfer and semi-supervised
-    transfer accuracy on the target's test split. The draws train in `budget.workers` processes."""
+    transfer accuracy on the target's test split. The draws train in `budget.workers` processes, or on the Dask
+    cluster whose scheduler is set (groundwork.training.jobs)."""
     source_only = target_test_accuracy(load_model(pretrained)[0], target, params)  # the same at every draw
     jobs = draws(pretrained, target, params)
     workers = worker_count(params.budget.workers, len(jobs), resolve_device(params.device))

@@ -1,0 +1,157 @@
+"""The default pipeline trained in fp32 against the same pipeline with `precision: auto` (bf16 autocast where the
+CPU computes bf16 natively), side by side over several seeds: the decision on `auto` as the default.
+
+Each cell (seed, precision) is a fresh copy of the project whose stages `dvc repro` runs one at a time, each timed.
+A cell is cached in --workdir when done (its stage seconds and the results it compares), so the benchmark resumes
+where it stopped and prints the pairs it has with their count.
+
+Compared per seed, on the same test images (the seed draws the splits, so each seed has its own): every evaluated
+variant's accuracy, paired (exact McNemar), and pooled over seeds as the mean difference with a bootstrap interval
+that resamples images within each seed; the budget sweep's mean accuracy per method; each stage's seconds and the
+training stages' ratio.
+
+Usage: PYTHONPATH=. .venv/bin/python bench/precision.py --workdir /tmp/precision [--seeds 42 43 44]
+A cell takes the time of one `make run` (about 10 to 20 minutes on two cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from flows.repro import stage_environment, stage_order
+from groundwork.evaluation.statistics import CONFIDENCE, paired_test
+from groundwork.forkserver import SERVER_ENV
+from groundwork.project import copy_project, deep_update, project_params_dict
+from groundwork.training.precision import bf16_native
+
+PRECISIONS = ("fp32", "auto")
+TRAINING_STAGES = ("pretrain", "transfer", "budget", "search", "compress")
+BOOTSTRAP_DRAWS = 10_000
+
+
+def run_cell(root: Path, seed: int, precision: str) -> dict[str, Any]:
+    """One pipeline run in a fresh copy at `root`, stage by stage; what the comparison needs from it."""
+    root.mkdir(parents=True, exist_ok=True)
+    copy_project(root, deep_update(project_params_dict(), {"seed": seed, "precision": precision}))
+    env = {key: value for key, value in stage_environment({}).items() if key != SERVER_ENV}
+    seconds: dict[str, float] = {}
+    for stage in stage_order(root):
+        started = time.perf_counter()
+        result = subprocess.run(["python", "-m", "dvc", "repro", "--single-item", stage], cwd=root, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if result.returncode != 0:
+            raise SystemExit(f"stage {stage} failed in {root} (exit {result.returncode}):\n{result.stderr[-3000:]}")
+        seconds[stage] = time.perf_counter() - started
+        print(f"  seed {seed}, {precision}: {stage} {seconds[stage]:.1f} s", flush=True)
+    reports = root / "reports"
+    predictions = {path.stem: pd.read_csv(path).to_dict(orient="list")
+                   for path in sorted((reports / "predictions").glob("*.csv"))}
+    budget = pd.read_csv(reports / "budget.csv")
+    methods = [column for column in budget.columns if column.endswith("_accuracy")]
+    used = {stage: json.loads((reports / f"{stage}.json").read_text()).get("training_precision")
+            for stage in TRAINING_STAGES}
+    return {"seconds": seconds, "predictions": predictions, "training_precision": used,
+            "budget": {method: float(budget[method].mean()) for method in methods}}
+
+
+def cell(workdir: Path, seed: int, precision: str) -> dict[str, Any]:
+    """The cached cell, or run it and cache it (written whole, after the run: a killed run leaves no cell)."""
+    cached = workdir / f"seed{seed}-{precision}.json"
+    if cached.exists():
+        return json.loads(cached.read_text())
+    print(f"seed {seed}, precision {precision}: running", flush=True)
+    result = run_cell(workdir / f"seed{seed}-{precision}", seed, precision)
+    partial = cached.with_suffix(".part")
+    partial.write_text(json.dumps(result))
+    partial.replace(cached)
+    return result
+
+
+def correct(run: dict[str, Any], variant: str) -> np.ndarray:
+    table = run["predictions"][variant]
+    return np.asarray(table["actual"]) == np.asarray(table["predicted"])
+
+
+def pooled_interval(differences: list[np.ndarray], seed: int = 0) -> tuple[float, float, float]:
+    """Mean over seeds of each seed's accuracy difference (points), and its bootstrap interval: images resampled
+    within each seed. `differences` holds, per seed, bf16-correct minus fp32-correct per image (-1, 0, 1)."""
+    rng = np.random.default_rng(seed)
+    mean = float(np.mean([d.mean() for d in differences])) * 100
+    draws = np.zeros(BOOTSTRAP_DRAWS)
+    for per_image in differences:
+        picks = rng.integers(0, len(per_image), size=(BOOTSTRAP_DRAWS, len(per_image)))
+        draws += per_image[picks].mean(axis=1)
+    draws = draws / len(differences) * 100
+    tail = (1 - CONFIDENCE) / 2 * 100
+    return mean, float(np.percentile(draws, tail)), float(np.percentile(draws, 100 - tail))
+
+
+def report(pairs: dict[int, dict[str, dict[str, Any]]]) -> None:
+    seeds = sorted(pairs)
+    print(f"\n{len(seeds)} complete pair(s) of cells (seeds {', '.join(map(str, seeds))})")
+    first = pairs[seeds[0]]
+    print("training precision used:", {p: first[p]["training_precision"]["pretrain"] for p in PRECISIONS})
+
+    print("\n| stage | fp32 s (mean) | auto s (mean) | auto / fp32 |\n| --- | --- | --- | --- |")
+    for stage in first["fp32"]["seconds"]:
+        fp32 = np.mean([pairs[s]["fp32"]["seconds"][stage] for s in seeds])
+        auto = np.mean([pairs[s]["auto"]["seconds"][stage] for s in seeds])
+        print(f"| {stage} | {fp32:.1f} | {auto:.1f} | {auto / fp32:.2f}x |")
+    for label, stages in (("training stages", TRAINING_STAGES), ("whole run", tuple(first["fp32"]["seconds"]))):
+        fp32 = sum(np.mean([pairs[s]["fp32"]["seconds"][st] for s in seeds]) for st in stages)
+        auto = sum(np.mean([pairs[s]["auto"]["seconds"][st] for s in seeds]) for st in stages)
+        print(f"| **{label}** | {fp32:.1f} | {auto:.1f} | **{auto / fp32:.2f}x** |")
+
+    header = " | ".join(f"seed {s}: fp32 / auto (losses-wins, p)" for s in seeds)
+    print(f"\n| variant | {header} | auto - fp32, mean over seeds [{CONFIDENCE:.0%} interval] |")
+    print("| --- |" + " --- |" * (len(seeds) + 1))
+    for variant in first["fp32"]["predictions"]:
+        cells, differences = [], []
+        for s in seeds:
+            reference, model = correct(pairs[s]["fp32"], variant), correct(pairs[s]["auto"], variant)
+            test = paired_test(reference, model)
+            differences.append(model.astype(float) - reference.astype(float))
+            cells.append(f"{reference.mean():.2%} / {model.mean():.2%} ({test.losses}-{test.wins}, "
+                         f"p {test.p_value:.2f})")
+        mean, low, high = pooled_interval(differences)
+        print(f"| {variant} | {' | '.join(cells)} | {mean:+.2f} [{low:+.2f}, {high:+.2f}] |")
+
+    print("\n| budget sweep, mean over draws | " + " | ".join(f"seed {s}: fp32 / auto" for s in seeds) + " |")
+    print("| --- |" + " --- |" * len(seeds))
+    for method in first["fp32"]["budget"]:
+        print(f"| {method} | " + " | ".join(f"{pairs[s]['fp32']['budget'][method]:.2%} / "
+                                            f"{pairs[s]['auto']['budget'][method]:.2%}" for s in seeds) + " |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", type=Path, required=True, help="cells are cached here; rerun to resume")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
+    parser.add_argument("--report-only", action="store_true", help="print the cached pairs; run nothing")
+    args = parser.parse_args()
+    import torch
+
+    if not bf16_native(torch.device("cpu")):
+        print("this CPU has no native bf16: `auto` trains in fp32 here, so both cells would be the same run")
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    pairs: dict[int, dict[str, dict[str, Any]]] = {}
+    for seed in args.seeds:
+        cached = [args.workdir / f"seed{seed}-{p}.json" for p in PRECISIONS]
+        if args.report_only and not all(path.exists() for path in cached):
+            continue
+        pairs[seed] = {p: cell(args.workdir, seed, p) for p in PRECISIONS}
+    if not pairs:
+        raise SystemExit(f"no complete pair of cells in {args.workdir}")
+    report(pairs)
+
+
+if __name__ == "__main__":
+    main()
