@@ -15,8 +15,8 @@ import psutil
 import pytest
 import torch
 
-from groundwork.project import ROOT
 from groundwork.errors import JobEngineError
+from groundwork.project import ROOT
 from groundwork.training.jobs import CONNECT_TIMEOUT_S, run_jobs, worker_count
 
 

@@ -13,7 +13,6 @@ queue for the one device anyway.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Literal, TypeVar
@@ -88,7 +87,8 @@ def _client(address: str | None, workers: int) -> Iterator[object]:
             client = Client(address, timeout=CONNECT_TIMEOUT_S)
         except OSError as error:
             raise JobEngineError(f"the Dask scheduler at {address} (DASK_SCHEDULER_ADDRESS or Dask's config "
-                                 f"'scheduler-address') did not answer within {CONNECT_TIMEOUT_S} s: {error}") from error
+                                 f"'scheduler-address') did not answer within {CONNECT_TIMEOUT_S} s: {error}"
+                                 ) from error
         log.info("jobs go to the Dask scheduler at %s (%d workers)", address, len(client.scheduler_info()["workers"]))
         with client:
             client.register_plugin(WorkerSetup(threads=None))
