@@ -98,7 +98,8 @@ def _client(address: str | None, workers: int) -> Iterator[object]:
     # spawned processes (Dask's default), not forked: a fork of a process whose OpenMP pool has run is unsafe with
     # GNU OpenMP. A worker exits when this process dies, killed or not: Dask's nanny watches its parent.
     with dask.config.set({"distributed.scheduler.allowed-failures": RETRIES_AFTER_WORKER_DEATH}), \
-            LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+            LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                         dashboard_address="127.0.0.1:0",  # its HTTP server on a free port: 8787 may be taken
                          silence_logs=logging.WARNING, env={"OMP_NUM_THREADS": str(threads), "TQDM_DISABLE": "1"}
                          ) as cluster, Client(cluster) as client:
         client.register_plugin(WorkerSetup(threads=threads))
