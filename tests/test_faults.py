@@ -166,3 +166,18 @@ def test_a_full_disk_fails_the_stage_and_leaves_outputs_and_lock_as_they_were(tm
         assert output_digests(project) == before
     finally:
         stop_server(server_process)
+
+
+def test_an_unreachable_dask_scheduler_fails_the_budget_stage_naming_it_with_nothing_written(
+        workdir: Path, tiny_data: dict[str, Path], tiny_pretrained: dict[str, object]) -> None:
+    address = f"tcp://127.0.0.1:{free_port()}"  # nothing listens there
+    result = subprocess.run(stage_command("budget", "--pretrained", str(tiny_pretrained["model"]), "--target",
+                                          str(tiny_data["target"]), "--table-out", "budget.csv", "--curve-out",
+                                          "curve.png", "--metrics", "budget.json"),
+                            cwd=workdir, env=environment(workdir, DASK_SCHEDULER_ADDRESS=address), capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 1, result.stderr
+    assert f"budget failed: the Dask scheduler at {address} (DASK_SCHEDULER_ADDRESS" in result.stderr
+    assert "Traceback" not in result.stderr, "a known failure is one line"
+    assert not any((workdir / name).exists() for name in ("budget.csv", "curve.png", "budget.json"))
+    assert read_outcome(workdir / "outcomes", "budget").kind == "failed"

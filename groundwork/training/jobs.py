@@ -13,6 +13,7 @@ queue for the one device anyway.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Literal, TypeVar
@@ -23,6 +24,7 @@ from groundwork.errors import JobEngineError
 
 Job = TypeVar("Job")
 Result = TypeVar("Result")
+SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"  # Dask's own name for its `scheduler-address` setting
 CONNECT_TIMEOUT_S = 10  # an address that answers nothing within this is reported, not waited on for Dask's 30 s
 # A job whose worker process dies is given to another worker once; a second death fails the stage naming the job.
 # (For a cluster of one's own, the scheduler's `distributed.scheduler.allowed-failures` decides it.)
@@ -40,10 +42,12 @@ def worker_count(setting: int | Literal["auto"], jobs: int, device: torch.device
 
 
 def scheduler_address() -> str | None:
-    """The Dask scheduler the jobs go to, if one is set (DASK_SCHEDULER_ADDRESS, or Dask's config files)."""
+    """The Dask scheduler the jobs go to, if one is set (DASK_SCHEDULER_ADDRESS, or Dask's config files). The
+    variable is read here, not only through Dask's config: that is collected when dask is first imported, which in
+    a stage forked from a warm server (groundwork.forkserver) may have been before the command's environment."""
     import dask
 
-    address = dask.config.get("scheduler-address", None)
+    address = os.environ.get(SCHEDULER_ENV) or dask.config.get("scheduler-address", None)
     return str(address) if address else None
 
 
@@ -86,7 +90,7 @@ def _client(address: str | None, workers: int) -> Iterator[object]:
         try:
             client = Client(address, timeout=CONNECT_TIMEOUT_S)
         except OSError as error:
-            raise JobEngineError(f"the Dask scheduler at {address} (DASK_SCHEDULER_ADDRESS or Dask's config "
+            raise JobEngineError(f"the Dask scheduler at {address} ({SCHEDULER_ENV} or Dask's config "
                                  f"'scheduler-address') did not answer within {CONNECT_TIMEOUT_S} s: {error}"
                                  ) from error
         log.info("jobs go to the Dask scheduler at %s (%d workers)", address, len(client.scheduler_info()["workers"]))
