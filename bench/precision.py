@@ -34,6 +34,7 @@ from groundwork.training.precision import bf16_native
 
 PRECISIONS = ("fp32", "auto")
 TRAINING_STAGES = ("pretrain", "transfer", "budget", "search", "compress")
+BUDGET_METHODS = ("scratch", "transfer", "semi_supervised")
 BOOTSTRAP_DRAWS = 10_000
 
 
@@ -51,33 +52,40 @@ def run_cell(root: Path, seed: int, precision: str) -> dict[str, Any]:
             raise SystemExit(f"stage {stage} failed in {root} (exit {result.returncode}):\n{result.stderr[-3000:]}")
         seconds[stage] = time.perf_counter() - started
         print(f"  seed {seed}, {precision}: {stage} {seconds[stage]:.1f} s", flush=True)
-    reports = root / "reports"
-    predictions = {path.stem: pd.read_csv(path).to_dict(orient="list")
-                   for path in sorted((reports / "predictions").glob("*.csv"))}
-    budget = pd.read_csv(reports / "budget.csv")
-    methods = [column for column in budget.columns if column.endswith("_accuracy")]
-    used = {stage: json.loads((reports / f"{stage}.json").read_text()).get("training_precision")
+    used = {stage: json.loads((root / "reports" / f"{stage}.json").read_text()).get("training_precision")
             for stage in TRAINING_STAGES}
-    return {"seconds": seconds, "predictions": predictions, "training_precision": used,
-            "budget": {method: float(budget[method].mean()) for method in methods}}
+    return {"seconds": seconds, "training_precision": used}
+
+
+def results_of(root: Path) -> dict[str, Any]:
+    """What is compared, read from a finished cell's reports: every variant's test predictions, the source test
+    accuracy after pretraining, and the budget sweep's mean accuracy per budget and method."""
+    reports = root / "reports"
+    predictions = {path.stem: pd.read_csv(path) for path in sorted((reports / "predictions").glob("*.csv"))}
+    budget = pd.read_csv(reports / "budget.csv", dtype={"budget": str})
+    means = {f"{row['budget']} labels/class, {method}": float(row[f"{method}_accuracy_mean"])
+             for _, row in budget.iterrows() for method in BUDGET_METHODS}
+    pretrain = json.loads((reports / "pretrain.json").read_text())["source_test_accuracy"]
+    return {"predictions": predictions, "budget": means, "source_test_accuracy": pretrain}
 
 
 def cell(workdir: Path, seed: int, precision: str) -> dict[str, Any]:
-    """The cached cell, or run it and cache it (written whole, after the run: a killed run leaves no cell)."""
+    """The cached cell, or run it and cache it (written whole, after the run: a killed run leaves no cell), with
+    its results read from its folder."""
     cached = workdir / f"seed{seed}-{precision}.json"
     if cached.exists():
-        return json.loads(cached.read_text())
+        return json.loads(cached.read_text()) | results_of(workdir / f"seed{seed}-{precision}")
     print(f"seed {seed}, precision {precision}: running", flush=True)
     result = run_cell(workdir / f"seed{seed}-{precision}", seed, precision)
     partial = cached.with_suffix(".part")
     partial.write_text(json.dumps(result))
     partial.replace(cached)
-    return result
+    return result | results_of(workdir / f"seed{seed}-{precision}")
 
 
 def correct(run: dict[str, Any], variant: str) -> np.ndarray:
     table = run["predictions"][variant]
-    return np.asarray(table["actual"]) == np.asarray(table["predicted"])
+    return (table["actual"] == table["predicted"]).to_numpy()
 
 
 def pooled_interval(differences: list[np.ndarray], seed: int = 0) -> tuple[float, float, float]:
@@ -124,11 +132,17 @@ def report(pairs: dict[int, dict[str, dict[str, Any]]]) -> None:
         mean, low, high = pooled_interval(differences)
         print(f"| {variant} | {' | '.join(cells)} | {mean:+.2f} [{low:+.2f}, {high:+.2f}] |")
 
-    print("\n| budget sweep, mean over draws | " + " | ".join(f"seed {s}: fp32 / auto" for s in seeds) + " |")
-    print("| --- |" + " --- |" * len(seeds))
-    for method in first["fp32"]["budget"]:
-        print(f"| {method} | " + " | ".join(f"{pairs[s]['fp32']['budget'][method]:.2%} / "
-                                            f"{pairs[s]['auto']['budget'][method]:.2%}" for s in seeds) + " |")
+    print("\n| source test accuracy after pretraining | " + " | ".join(
+        f"seed {s}: {pairs[s]['fp32']['source_test_accuracy']:.2%} / {pairs[s]['auto']['source_test_accuracy']:.2%}"
+        for s in seeds) + " |")
+    print("\n| budget sweep, mean over draws | " + " | ".join(f"seed {s}: fp32 / auto" for s in seeds)
+          + " | auto - fp32, mean over seeds (points) |")
+    print("| --- |" + " --- |" * (len(seeds) + 1))
+    for item in first["fp32"]["budget"]:
+        values = [(pairs[s]["fp32"]["budget"][item], pairs[s]["auto"]["budget"][item]) for s in seeds]
+        change = np.mean([auto - fp32 for fp32, auto in values]) * 100
+        print(f"| {item} | " + " | ".join(f"{fp32:.2%} / {auto:.2%}" for fp32, auto in values)
+              + f" | {change:+.2f} |")
 
 
 def main() -> None:
