@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 from mlflow import MlflowClient
 from mlflow.artifacts import download_artifacts
@@ -44,6 +45,7 @@ from groundwork.params import ParamsError
 from groundwork.project import ROOT, copy_project, tiny_params_dict
 from groundwork.tracking.registry import logged_model_id
 from groundwork.tracking.runs import DEFAULT_EXPERIMENT, tracking_uri
+from groundwork.training.precision import precision_used
 from tests.helpers import (
     browse,
     change_params,
@@ -193,12 +195,14 @@ def test_first_run_executes_every_stage_and_records_them(first_run: FirstRun) ->
                      for sub in (value if isinstance(value, dict) else [None])}
     assert set(logged["evaluate"]) == evaluate_keys | {
         "ingest.target.size", "ingest.target.color"}  # the served contract, for a candidate compress did not log
-    # the stages that train record the arithmetic they used (fp32 here: tiny params say fp32), the others do not
+    # the stages that train record the arithmetic they used (params.yaml's `auto`: bf16 on a CPU with native bf16,
+    # else fp32), the others do not
+    used = precision_used(tiny_params_dict()["precision"], torch.device("cpu"))
     trained = {"pretrain", "transfer", "budget", "compress"}
     assert {stage for stage, run_params in logged.items() if "training_precision" in run_params} == trained
-    assert {logged[stage]["training_precision"] for stage in trained} == {"fp32"}
+    assert {logged[stage]["training_precision"] for stage in trained} == {used}
     assert {stage: json.loads((project / "reports" / f"{stage}.json").read_text()).get("training_precision")
-            for stage in STAGES} == {stage: "fp32" if stage in trained else None for stage in STAGES}
+            for stage in STAGES} == {stage: used if stage in trained else None for stage in STAGES}
     pretrain_history = client.get_metric_history(by_stage["pretrain"].info.run_id, "val_accuracy")
     assert [m.step for m in pretrain_history] == list(range(1, tiny_params_dict()["pretrain"]["epochs"] + 1))
     experiment = client.get_experiment_by_name(DEFAULT_EXPERIMENT)
