@@ -16,11 +16,14 @@ import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Literal, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import torch
 
 from groundwork.errors import JobEngineError
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 Job = TypeVar("Job")
 Result = TypeVar("Result")
@@ -78,7 +81,7 @@ def run_jobs(function: Callable[[Job], Result], jobs: Sequence[Job], workers: in
 
 
 @contextmanager
-def _client(address: str | None, workers: int) -> Iterator[object]:
+def _client(address: str | None, workers: int) -> Iterator[Client]:
     """A Dask client of the cluster at `address`, or of a local cluster of `workers` processes made for these jobs
     and closed after them (on any exit: a failed job cancels the rest)."""
     import dask
@@ -100,7 +103,8 @@ def _client(address: str | None, workers: int) -> Iterator[object]:
         return
     threads = max(1, torch.get_num_threads() // workers)
     # spawned processes (Dask's default), not forked: a fork of a process whose OpenMP pool has run is unsafe with
-    # GNU OpenMP. A worker exits when this process dies, killed or not: Dask's nanny watches its parent.
+    # GNU OpenMP. A worker process exits when this one dies, killed or not: Dask's process wrapper watches its
+    # parent (tests/test_jobs.py kills the parent with SIGKILL)
     with dask.config.set({"distributed.scheduler.allowed-failures": RETRIES_AFTER_WORKER_DEATH}), \
             LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                          dashboard_address="127.0.0.1:0",  # its HTTP server on a free port: 8787 may be taken
