@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -33,7 +34,6 @@ from groundwork.project import copy_project, deep_update, project_params_dict
 from groundwork.training.precision import bf16_native
 
 PRECISIONS = ("fp32", "auto")
-TRAINING_STAGES = ("pretrain", "transfer", "budget", "search", "compress")
 TRAINED_STAGES = ("pretrain", "transfer", "budget", "compress")  # those whose steps `precision` changes
 BUDGET_METHODS = ("scratch", "transfer", "semi_supervised")
 BOOTSTRAP_DRAWS = 10_000
@@ -41,7 +41,8 @@ BOOTSTRAP_DRAWS = 10_000
 
 def run_cell(root: Path, seed: int, precision: str) -> dict[str, Any]:
     """One pipeline run in a fresh copy at `root`, stage by stage; what the comparison needs from it."""
-    root.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(root, ignore_errors=True)  # what a killed run of this cell left: it starts again from nothing
+    root.mkdir(parents=True)
     copy_project(root, deep_update(project_params_dict(), {"seed": seed, "precision": precision}))
     env = {key: value for key, value in stage_environment({}).items() if key != SERVER_ENV}
     seconds: dict[str, float] = {}
@@ -54,7 +55,7 @@ def run_cell(root: Path, seed: int, precision: str) -> dict[str, Any]:
         seconds[stage] = time.perf_counter() - started
         print(f"  seed {seed}, {precision}: {stage} {seconds[stage]:.1f} s", flush=True)
     used = {stage: json.loads((root / "reports" / f"{stage}.json").read_text()).get("training_precision")
-            for stage in TRAINING_STAGES}
+            for stage in TRAINED_STAGES}
     return {"seconds": seconds, "training_precision": used}
 
 
