@@ -5,6 +5,7 @@ and the stage's outputs."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -88,21 +89,57 @@ def test_every_architecture_counts_its_multiply_adds_and_prunes_through_its_own_
 
 
 @settings(max_examples=60, deadline=None)
-@given(actions=st.lists(st.floats(0.0, 1.0), min_size=5, max_size=5), budget=st.floats(0.08, 0.9))
-def test_the_action_wall_keeps_every_episode_within_budget(actions: list[float], budget: float) -> None:
-    env = PruningEnv(ARCH, lambda keeps: 0.0, budget=budget, min_keep=0.1)
+@given(actions=st.lists(st.floats(0.0, 1.0), min_size=5, max_size=5), budget=st.floats(0.08, 0.9),
+       multiple=st.sampled_from([1, 8, 16]))
+def test_the_action_wall_keeps_every_episode_within_budget_on_the_width_grid(actions: list[float], budget: float,
+                                                                             multiple: int) -> None:
+    env = PruningEnv(ARCH, lambda keeps: 0.0, budget=budget, min_keep=0.1, width_multiple=multiple)
+    if ARCH.macs_kept(env.lowest) > budget:  # params refuse such a budget (test below)
+        return
     observation, info = env.reset(seed=0)
     assert info == {} and observation.shape == (len(FEATURES),) and observation.dtype == np.float32
     for layer, action in enumerate(actions):
-        low, high = env.allowed()
+        high = env.allowed()[1]
         observation, _, terminated, truncated, info = env.step(action)
-        assert low <= info["keep"] <= high and info["keep"] >= env.lowest[layer]
+        assert info["keep"] <= high and info["keep"] >= env.lowest[layer]
         assert terminated == (layer == len(actions) - 1) and not truncated
-        if not terminated:
-            assert observation.min() >= 0.0 and observation.max() <= 1.0
+        assert observation in env.observation_space
     assert info["macs_kept"] <= budget + 1e-9
-    widths = per_layer(ARCH, info["keeps"]).layer_widths()  # rounding down never spends more than the shares
-    assert ARCH.macs_kept([w / f for w, f in zip(widths, ARCH.layer_widths(), strict=True)]) <= budget + 1e-9
+    widths = per_layer(ARCH, info["keeps"]).layer_widths()  # the shares are the grid's widths exactly
+    assert [w / f for w, f in zip(widths, ARCH.layer_widths(), strict=True)] == pytest.approx(info["keeps"])
+    assert all(width % multiple == 0 or width == full for width, full in zip(widths, ARCH.layer_widths(),
+                                                                            strict=True)), widths
+
+
+def test_the_environment_passes_gymnasiums_own_checks() -> None:
+    from gymnasium.utils.env_checker import check_env
+
+    env = PruningEnv(ARCH, lambda keeps: float(sum(keeps)), budget=0.3, min_keep=0.1, width_multiple=8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_env(env, skip_render_check=True)
+    assert [str(warning.message) for warning in caught] == []
+
+
+def test_baselines_keep_to_the_width_grid() -> None:
+    env = PruningEnv(ARCH, lambda keeps: float(keeps[0]), budget=0.3, min_keep=0.1, width_multiple=8)
+    found = [uniform(env), global_ranking(env, DigitNet(ARCH)), random_search(env, candidates=10, seed=1)]
+    for result in found:
+        for widths, macs in zip(result.widths, result.macs_kept, strict=True):
+            assert all(width % 8 == 0 for width in widths) and macs <= 0.3, (result.method, widths)
+    assert all(macs >= 0.27 for macs in found[2].macs_kept), "random search keeps to its window on the grid"
+
+
+def test_ddpg_replays_a_bounded_buffer_of_raw_rewards() -> None:
+    env = PruningEnv(ARCH, first_layer_reward, budget=0.3, min_keep=0.1)
+    agent = DDPG(len(FEATURES), seed=0, replay_size=12)
+    run_agent(env, agent, "ddpg", episodes=6, warmup=4, seed=0)
+    assert len(agent.replay) == 12, "the oldest steps dropped"
+    rewards = [transition.reward for transition in agent.replay]
+    assert set(rewards) <= set(run_agent(PruningEnv(ARCH, first_layer_reward, budget=0.3, min_keep=0.1),
+                                         DDPG(len(FEATURES), seed=0, replay_size=12), "ddpg", episodes=6,
+                                         warmup=4, seed=0).rewards), "stored as scored, no baseline taken off"
+    assert agent.baseline.value is not None and agent.baseline.value > 0, "the baseline moves with the batches"
 
 
 def test_baselines_meet_the_budget_and_random_search_scores_its_candidates() -> None:
@@ -113,9 +150,10 @@ def test_baselines_meet_the_budget_and_random_search_scores_its_candidates() -> 
         return float(keeps[0])
 
     env = PruningEnv(ARCH, score, budget=0.3, min_keep=0.1)
-    one = uniform(env)
-    share = one.best_policy[0]
-    assert ARCH.macs_kept([share] * 5) <= 0.3 < ARCH.macs_kept([share + 0.01] * 5), "the largest single share"
+    keeps = uniform(env).best_policy
+    wider = [keep + 1 / width for keep, width in zip(keeps, ARCH.layer_widths(), strict=True)]  # a channel more
+    assert ARCH.macs_kept(keeps) <= 0.3 < ARCH.macs_kept(wider), "the largest single share"
+    assert max(keeps) - min(keeps) < 1 / 32, "one share, each layer rounded down to whole channels"
     ranked = global_ranking(env, DigitNet(ARCH))
     assert ranked.macs_kept[0] <= 0.3
     found = random_search(env, candidates=20, seed=3)
@@ -221,6 +259,11 @@ def test_a_rerun_gives_the_same_policy_and_an_interrupted_one_leaves_the_last(
 def test_an_unreachable_budget_is_a_params_error_naming_the_key() -> None:
     with pytest.raises(ParamsError, match=r"search\.macs_kept=0\.01 is below"):
         parse_params(tiny_params_dict(search={"macs_kept": 0.01}))
+    with pytest.raises(ParamsError, match=r"search\.macs_kept=0\.1 is below 0\.1\d+.*search\.width_multiple=4"):
+        parse_params(tiny_params_dict(search={"macs_kept": 0.1}))  # the message says what sets the narrowest
+    with pytest.raises(ParamsError, match=r"search\.width_multiple=8 leaves no narrower width to search in a "
+                                          r"layer of 8"):
+        parse_params(tiny_params_dict(search={"width_multiple": 8}))
     with pytest.raises(ParamsError, match=r"warmup_episodes \(6\) must be below episodes \(6\)"):
         parse_params(tiny_params_dict(search={"warmup_episodes": 6}))
 

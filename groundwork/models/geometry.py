@@ -5,6 +5,8 @@ the three agree on what a layer is."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 from groundwork.data.canvas import IMAGE_SIDE  # every image, source or target, is brought to 28x28 gray by ingest
@@ -84,11 +86,19 @@ class LayerGeometry:
         return tuple(min(width, MIN_EMBEDDING if index == len(widths) - 1 else MIN_WIDTH)
                      for index, width in enumerate(widths))
 
-    def lowest_keeps(self, min_keep: float) -> tuple[float, ...]:
+    def lowest_keeps(self, min_keep: float, multiple: int = 1) -> tuple[float, ...]:
         """The smallest share of its outputs each prunable layer may keep: `min_keep`, or more where that would
-        leave a layer narrower than its floor."""
-        return tuple(max(min_keep, floor / width) for floor, width in
-                     zip(self.layer_floors(), self.layer_widths(), strict=True))
+        leave a layer narrower than its floor, rounded up to the layer's width grid (see `aligned_widths`)."""
+        return tuple(min(width, math.ceil(max(min_keep * width, floor) / multiple - 1e-9) * multiple) / width
+                     for floor, width in zip(self.layer_floors(), self.layer_widths(), strict=True))
+
+    def aligned_widths(self, keeps: Sequence[float], multiple: int = 1) -> tuple[int, ...]:
+        """Each prunable layer's width when it keeps share keeps[i] of its outputs, rounded down to its grid: the
+        multiples of `multiple` below its full width, and the full width itself (vectorised kernels run whole
+        blocks of 8 or 16 channels, so a width between two multiples costs what the next one up does). Rounding
+        down never spends more than the shares say; the tolerance absorbs float error in w * (8 / w)."""
+        return tuple(width if width * keep + 1e-9 >= width else int((width * keep + 1e-9) // multiple) * multiple
+                     for width, keep in zip(self.layer_widths(), keeps, strict=True))
 
     def macs_kept(self, keeps: tuple[float, ...] | list[float]) -> float:
         """Share of the prunable layers' multiply-adds left when layer i keeps share keeps[i] of its outputs

@@ -66,12 +66,23 @@ class Params(Section):
         return self
 
     @model_validator(mode="after")
+    def _search_grid_fits_the_layers(self) -> Params:
+        widths, multiple = self.model.layer_widths(), self.search.width_multiple
+        if multiple >= min(widths):
+            raise ValueError(f"search.width_multiple={multiple} leaves no narrower width to search in a layer of "
+                             f"{min(widths)} (the model's prunable widths are {list(widths)}): it must be below the "
+                             "narrowest")
+        return self
+
+    @model_validator(mode="after")
     def _search_budget_is_reachable(self) -> Params:
-        least = self.model.macs_kept(self.model.lowest_keeps(self.search.min_keep))
-        if self.search.macs_kept < least:
-            raise ValueError(f"search.macs_kept={self.search.macs_kept} is below {least:.4f}, the share left with "
-                             f"every layer at its narrowest (search.min_keep={self.search.min_keep}, at least "
-                             f"{MIN_WIDTH} channels and {MIN_EMBEDDING} embedding units)")
+        cfg = self.search
+        least = self.model.macs_kept(self.model.lowest_keeps(cfg.min_keep, cfg.width_multiple))
+        if cfg.macs_kept < least:
+            raise ValueError(f"search.macs_kept={cfg.macs_kept} is below {least:.4f}, the share left with every "
+                             f"layer at its narrowest (search.min_keep={cfg.min_keep}, at least {MIN_WIDTH} "
+                             f"channels and {MIN_EMBEDDING} embedding units, widths in multiples of "
+                             f"search.width_multiple={cfg.width_multiple})")
         return self
 
 

@@ -58,6 +58,9 @@ class SearchParams(Section):
     )
     macs_kept: Fraction = Field(description="share of the prunable layers' multiply-adds the pruned model keeps")
     min_keep: Fraction = Field(description="smallest share of its channels any layer keeps")
+    width_multiple: int = Field(ge=1, le=4096, description="every searched width is a multiple of this (or the "
+                                                           "layer's full width): vectorised kernels run whole "
+                                                           "blocks of 8 or 16 channels")
     episodes: int = Field(ge=2, le=100000, description="candidates the agent scores (random search gets as many)")
     warmup_episodes: int = Field(ge=1, le=100000, description="episodes of random actions before the agent learns")
     calibration_images: int = Field(ge=16, le=100000,

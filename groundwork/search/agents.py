@@ -9,6 +9,10 @@
 Both see the reward of a whole episode at its end (AMC gives it to every step), minus a moving-average baseline
 so that "better than usual" has a sign. With a terminal reward and discount 1 the return of every step is that
 reward, so DDPG's critic regresses on it directly (a Monte-Carlo target): no bootstrapping, no target networks.
+DDPG stores each step with its episode's raw reward in a bounded replay buffer (the last `replay_size` steps,
+AMC's 100 episodes of this model's five layers) and subtracts the baseline when it samples a batch, the moving
+average of the batches' mean rewards, as AMC and HAQ do: a target is then always relative to the current
+baseline, never to the one of the episode that stored it.
 Both propose a point of the range the environment allows (the layer's lowest share up to the action wall), so
 the critic is never asked about a share the wall would have clipped. Both are seeded and deterministic on the CPU.
 
@@ -21,9 +25,10 @@ poor policy with too little noise left to leave it. REINFORCE's learning rate (1
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -42,6 +47,17 @@ class Step:
     taken: float
     low: float
     high: float
+
+
+class Transition(NamedTuple):
+    """What DDPG's replay buffer keeps of a step: the state, the share taken, the allowed range, and the raw
+    reward of its episode."""
+
+    state: np.ndarray
+    taken: float
+    low: float
+    high: float
+    reward: float
 
 
 class Agent(Protocol):
@@ -93,7 +109,7 @@ class DDPG:
 
     def __init__(self, state_size: int, *, seed: int, hidden: int = 64, actor_lr: float = 1e-4,
                  critic_lr: float = 1e-3, batch_size: int = 64, noise: float = 0.5, noise_decay: float = 0.97,
-                 min_noise: float = 0.05, baseline_weight: float = 0.9) -> None:
+                 min_noise: float = 0.05, baseline_weight: float = 0.9, replay_size: int = 500) -> None:
         with torch.random.fork_rng():  # the networks' initial weights from this seed, the global RNG untouched
             torch.manual_seed(seed)
             self.actor = nn.Sequential(_mlp(state_size, hidden, 1), nn.Sigmoid())
@@ -104,10 +120,7 @@ class DDPG:
         self.batch_size = batch_size
         self.noise, self.noise_decay, self.min_noise = noise, noise_decay, min_noise
         self.baseline = MovingAverage(baseline_weight)
-        self.states: list[np.ndarray] = []
-        self.actions: list[float] = []
-        self.ranges: list[tuple[float, float]] = []
-        self.targets: list[float] = []
+        self.replay: deque[Transition] = deque(maxlen=replay_size)
         self.learnt_episodes = 0
 
     def act(self, state: np.ndarray, low: float, high: float) -> float:
@@ -120,12 +133,7 @@ class DDPG:
         return truncated_normal(self.rng, mean, sigma, low, high)
 
     def learn(self, steps: Sequence[Step], reward: float, *, explored: bool) -> None:
-        advantage = self.baseline.advantage(reward)
-        for step in steps:
-            self.states.append(step.state)
-            self.actions.append(step.taken)
-            self.ranges.append((step.low, step.high))
-            self.targets.append(advantage)
+        self.replay.extend(Transition(step.state, step.taken, step.low, step.high, reward) for step in steps)
         if explored:
             return
         for _ in range(len(steps)):  # one update per decision taken, as AMC
@@ -133,10 +141,13 @@ class DDPG:
         self.learnt_episodes += 1
 
     def _update(self) -> None:
-        picked = self.rng.integers(len(self.states), size=min(self.batch_size, len(self.states)))
-        states = torch.from_numpy(np.stack([self.states[i] for i in picked]))
-        actions = torch.tensor([[self.actions[i]] for i in picked], dtype=torch.float32)
-        targets = torch.tensor([[self.targets[i]] for i in picked], dtype=torch.float32)
+        picked = [self.replay[i] for i in self.rng.integers(len(self.replay),
+                                                            size=min(self.batch_size, len(self.replay)))]
+        states = torch.from_numpy(np.stack([sample.state for sample in picked]))
+        actions = torch.tensor([[sample.taken] for sample in picked], dtype=torch.float32)
+        rewards = np.array([sample.reward for sample in picked])
+        self.baseline.update(float(rewards.mean()))
+        targets = torch.tensor(rewards - self.baseline.value, dtype=torch.float32)[:, None]
         critic_loss = nn.functional.mse_loss(self.critic(torch.cat([states, actions], 1)), targets)
         if not torch.isfinite(critic_loss):
             raise TrainingDiverged(f"the DDPG critic's loss became {critic_loss.item()}: the search stopped "
@@ -144,7 +155,7 @@ class DDPG:
         self.critic_optimizer.zero_grad()
         critic_loss.backward()
         self.critic_optimizer.step()
-        low, high = torch.tensor([self.ranges[i] for i in picked], dtype=torch.float32).unbind(1)
+        low, high = torch.tensor([[sample.low, sample.high] for sample in picked], dtype=torch.float32).unbind(1)
         proposed = low[:, None] + (high - low)[:, None] * self.actor(states)
         actor_loss = -self.critic(torch.cat([states, proposed], 1)).mean()
         self.actor_optimizer.zero_grad()

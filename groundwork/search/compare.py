@@ -26,7 +26,8 @@ def compare_methods(model: DigitNet, cfg: SearchParams, *, calibration: torch.Te
     """Every method's scored candidates, keyed `agent` (the params' agent) and by baseline name. The agent and
     random search score `cfg.episodes` candidates each; `on_episode(method, episode, reward, keeps)`."""
     scorer = AdaptiveBNScorer(model, calibration, val, device=device)
-    env = PruningEnv(model.arch, scorer, budget=cfg.macs_kept, min_keep=cfg.min_keep)
+    env = PruningEnv(model.arch, scorer, budget=cfg.macs_kept, min_keep=cfg.min_keep,
+                     width_multiple=cfg.width_multiple)
 
     def report(method: str) -> OnEpisode | None:
         if on_episode is None:

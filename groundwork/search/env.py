@@ -7,8 +7,12 @@ tracks latency (the convolutions dominate both). An "action wall" clips each act
 still lets the layers after it meet the budget at their lowest shares, so every episode ends within budget and
 the agent never spends its evaluations on candidates that would be thrown away.
 
-The signature is gymnasium's (`reset(seed=...) -> (observation, info)`, `step(action) -> (observation, reward,
-terminated, truncated, info)`), hand-written: the environment needs nothing else from that library.
+Each layer's width lies on a grid: the multiples of `width_multiple` (and the layer's full width), as AMC's code
+rounds channels to multiples of 8, since vectorised kernels run whole blocks of channels and a width between two
+multiples costs what the next one up does. An action is rounded down to the grid after the wall has clipped it.
+
+It is a `gymnasium.Env` (and passes gymnasium's `check_env`): the observation is the layer's row of FEATURES in
+[0, 1], the action a one-element Box of the share to keep; after the last layer the observation is all zeros.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import gymnasium
 import numpy as np
+from gymnasium import spaces
 
 from groundwork.params.training import ModelParams
 
@@ -40,18 +46,29 @@ def wall(arch: ModelParams, decided: Sequence[float], lowest: Sequence[float], b
     return min(1.0, (budget - at_zero) / slope)
 
 
-class PruningEnv:
+class PruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
     """Per-layer channel pruning of one architecture under a multiply-add budget; see the module docstring."""
 
-    def __init__(self, arch: ModelParams, score: Score, *, budget: float, min_keep: float) -> None:
+    def __init__(self, arch: ModelParams, score: Score, *, budget: float, min_keep: float,
+                 width_multiple: int = 1) -> None:
         self.arch = arch
         self.score = score
         self.budget = budget
-        self.lowest = arch.lowest_keeps(min_keep)
+        self.width_multiple = width_multiple
+        self.lowest = arch.lowest_keeps(min_keep, width_multiple)
         self.layers = len(self.lowest)
         self._static = self._layer_table(arch)
         self._total = sum(arch.layer_macs())
         self.keeps: list[float] = []
+        self.observation_space = spaces.Box(0.0, 1.0, (len(FEATURES),), np.float32)
+        self.action_space = spaces.Box(0.0, 1.0, (1,), np.float32)
+
+    def aligned(self, keeps: Sequence[float]) -> list[float]:
+        """`keeps` rounded down to each layer's width grid, as shares (never below a layer's lowest share, which
+        is on the grid)."""
+        return [max(width / full, low) for width, full, low in
+                zip(self.arch.aligned_widths(keeps, self.width_multiple), self.arch.layer_widths(), self.lowest,
+                    strict=True)]
 
     @staticmethod
     def _layer_table(arch: ModelParams) -> np.ndarray:
@@ -76,7 +93,9 @@ class PruningEnv:
         return (row / np.where(scale > 0, scale, 1.0)).astype(np.float32)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
-        """Start an episode at the first layer."""
+        """Start an episode at the first layer (the environment draws nothing at random: `seed` only seeds
+        gymnasium's `np_random`, as the API asks)."""
+        super().reset(seed=seed)
         self.keeps = []
         return self._observation(), {}
 
@@ -85,12 +104,15 @@ class PruningEnv:
         t = len(self.keeps)
         return self.lowest[t], max(self.lowest[t], wall(self.arch, self.keeps, self.lowest, self.budget))
 
-    def step(self, action: float) -> tuple[np.ndarray | None, float, bool, bool, dict[str, Any]]:
-        """Keep share `action` of the current layer (clipped to `allowed()`); the reward comes at the end."""
+    def step(self, action: float | np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        """Keep share `action` of the current layer (clipped to `allowed()`, then rounded down to the layer's width
+        grid); the reward comes at the end."""
         low, high = self.allowed()
-        self.keeps.append(float(np.clip(action, low, high)))
+        clipped = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], low, high))
+        t = len(self.keeps)
+        self.keeps.append(self.aligned([*self.keeps, clipped, *self.lowest[t + 1:]])[t])
         if len(self.keeps) < self.layers:
             return self._observation(), 0.0, False, False, {"keep": self.keeps[-1]}
-        reward = self.score(self.keeps)
-        return None, reward, True, False, {"keep": self.keeps[-1], "keeps": list(self.keeps),
-                                            "macs_kept": self.arch.macs_kept(self.keeps)}
+        reward = float(self.score(self.keeps))
+        return (np.zeros(len(FEATURES), np.float32), reward, True, False,
+                {"keep": self.keeps[-1], "keeps": list(self.keeps), "macs_kept": self.arch.macs_kept(self.keeps)})

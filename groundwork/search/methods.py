@@ -103,17 +103,18 @@ def run_agent(env: PruningEnv, agent: Agent, method: str, *, episodes: int, warm
 
 
 def random_candidate(env: PruningEnv, rng: np.random.Generator) -> list[float]:
-    """Shares drawn uniformly per layer until the network uses 90-100% of the budget; if that keeps failing (a
-    budget near the lowest shares), one walk through the environment's wall with uniform actions."""
+    """Shares drawn uniformly per layer, rounded down to the width grid, until the network uses 90-100% of the
+    budget; if that keeps failing (a budget near the lowest shares), one walk through the environment's wall with
+    uniform actions."""
     lowest = np.asarray(env.lowest)
     for _ in range(DRAWS_PER_CANDIDATE):
-        keeps = list(rng.uniform(lowest, 1.0))
+        keeps = env.aligned(list(rng.uniform(lowest, 1.0)))
         if WINDOW * env.budget <= env.arch.macs_kept(keeps) <= env.budget:
             return keeps
     env.reset()
     while len(env.keeps) < env.layers - 1:
         env.step(float(rng.uniform(env.allowed()[0], 1.0)))
-    return [*env.keeps, float(rng.uniform(*env.allowed()))]
+    return env.aligned([*env.keeps, float(rng.uniform(*env.allowed()))])
 
 
 def random_search(env: PruningEnv, *, candidates: int, seed: int,
@@ -131,15 +132,16 @@ def random_search(env: PruningEnv, *, candidates: int, seed: int,
 
 
 def uniform(env: PruningEnv) -> SearchResult:
-    """The largest single share (each layer at least at its lowest) that meets the budget, by bisection."""
+    """The largest single share (each layer at least at its lowest, rounded down to its width grid) that meets
+    the budget, by bisection."""
     low, high = 0.0, 1.0
     for _ in range(60):
         middle = (low + high) / 2
-        if env.arch.macs_kept([max(middle, floor) for floor in env.lowest]) <= env.budget:
+        if env.arch.macs_kept(env.aligned([middle] * env.layers)) <= env.budget:
             low = middle
         else:
             high = middle
-    keeps = [max(low, floor) for floor in env.lowest]
+    keeps = env.aligned([low] * env.layers)
     result = SearchResult("uniform")
     result.add(env, env.score(keeps), keeps)
     return result
@@ -151,19 +153,23 @@ def _relative(strengths: torch.Tensor) -> torch.Tensor:
 
 def global_ranking(env: PruningEnv, model: DigitNet) -> SearchResult:
     """Remove channels across all layers, weakest |gamma| first (no layer below its lowest share), until the
-    network meets the budget."""
+    network, each layer rounded down to its width grid, meets the budget."""
     widths = env.arch.layer_widths()
     counts = list(widths)
     floors = [math.ceil(width * low - 1e-9) for width, low in zip(widths, env.lowest, strict=True)]
     scales = [norm.weight.detach().abs() if norm is not None else _relative(unit_strengths(layer, None))
               for layer, norm in model.prunable()]
     order = sorted((float(scale), layer) for layer, values in enumerate(scales) for scale in values)
+
+    def keeps() -> list[float]:
+        return env.aligned([count / width for count, width in zip(counts, widths, strict=True)])
+
     for _, layer in order:
-        if env.arch.macs_kept([count / width for count, width in zip(counts, widths, strict=True)]) <= env.budget:
+        if env.arch.macs_kept(keeps()) <= env.budget:
             break
         if counts[layer] > floors[layer]:
             counts[layer] -= 1
-    keeps = [count / width for count, width in zip(counts, widths, strict=True)]
+    chosen = keeps()
     result = SearchResult("global_ranking")
-    result.add(env, env.score(keeps), keeps)
+    result.add(env, env.score(chosen), chosen)
     return result
