@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from groundwork.models.checkpoint import load_model
 from groundwork.params import Params
 from groundwork.plots import search_rewards
 from groundwork.search.compare import BASELINES, compare_methods
+from groundwork.search.latency import LatencyTable, read_latency_table
 from groundwork.search.methods import SearchResult
 from groundwork.search.policy import write_policy
 from groundwork.tracking.runs import NullTracker, RunLog
@@ -45,19 +46,36 @@ def reward_table(results: dict[str, SearchResult]) -> pd.DataFrame:
     return table
 
 
-def summary(results: dict[str, SearchResult], widths: dict[str, tuple[int, ...]]) -> dict[str, dict[str, Any]]:
-    """Per method: its best reward, the episode it came in, that policy's shares, widths and budget used."""
+def summary(results: dict[str, SearchResult], widths: dict[str, tuple[int, ...]],
+            latency: Callable[[tuple[int, ...]], dict[str, float]]) -> dict[str, dict[str, Any]]:
+    """Per method: its best reward, the episode it came in, that policy's shares, widths and budget used, and
+    the latency table's estimate of that network in int8 (`latency`)."""
     return {method: {"best_reward": result.best_reward, "best_episode": result.best,
                      "macs_kept": result.macs_kept[result.best], "candidates": len(result.rewards),
-                     "keeps": [round(keep, 4) for keep in result.best_policy], "widths": list(widths[method])}
+                     "keeps": [round(keep, 4) for keep in result.best_policy], "widths": list(widths[method]),
+                     **latency(widths[method])}
             for method, result in results.items()}
 
 
-def run(params: Params, *, transferred: Path, target: Path, policy_out: Path, table_out: Path, plot_out: Path,
-        tracker: RunLog | None = None) -> dict[str, Any]:
+def int8_latency(table: LatencyTable, params: Params) -> Callable[[tuple[int, ...]], dict[str, float]]:
+    """Milliseconds per call at each of the table's batches of a network shipped as compress ships its int8
+    variants: every layer in int8, but the first and the head in fp32 when `compress.quantization` keeps the
+    ends in fp32."""
+    def estimate(widths: tuple[int, ...]) -> dict[str, float]:
+        cells = len(widths) + 1
+        ends = (0, cells - 1) if params.compress.quantization.keep_ends_fp32 else ()
+        precisions = ["fp32" if cell in ends else "int8" for cell in range(cells)]
+        return {f"int8_latency_ms_b{batch}": round(table.network_ms(widths, precisions, batch), 4)
+                for batch in table.batches}
+    return estimate
+
+
+def run(params: Params, *, transferred: Path, target: Path, latency: Path, policy_out: Path, table_out: Path,
+        plot_out: Path, tracker: RunLog | None = None) -> dict[str, Any]:
     """Search, write the agent's best policy, the reward table (CSV) and its plot (PNG); return the comparison."""
     tracker = tracker or NullTracker()
     cfg = params.search
+    latency_table = read_latency_table(latency)
     data, digest = load_dataset(target, splits=("val", "pool"))  # pool: unlabelled images for BatchNorm
     tracker.log_dataset("target", target, digest, context="input")
     model, _ = load_model(transferred)
@@ -66,7 +84,7 @@ def run(params: Params, *, transferred: Path, target: Path, policy_out: Path, ta
                               val=data["val"].tensors(), seed=params.seed, device=resolve_device(params.device))
     seconds = time.perf_counter() - started
     widths = {method: result.widths[result.best] for method, result in results.items()}
-    methods = summary(results, widths)
+    methods = summary(results, widths, int8_latency(latency_table, params))
     agent = methods["agent"]
     for method in BASELINES:
         log.info("%-15s best validation accuracy %.4f, widths %s", method, methods[method]["best_reward"],
@@ -104,6 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return stage_cli("search", __doc__, run, argv, paths={
         "transferred": "transferred checkpoint (.pt)",
         "target": "target dataset (.npz) with its val and pool splits",
+        "latency": "the latency table (.csv) the latency stage wrote on this machine",
         "policy_out": "the agent's best per-layer policy (.json) to write, for compress",
         "table_out": "rewards per episode of every method (.csv) to write",
         "plot_out": "reward per episode against the baselines (.png) to write",

@@ -21,6 +21,7 @@ from groundwork import forkserver
 from groundwork.params import Params, parse_params
 from groundwork.project import ROOT, tiny_params_dict
 from tasks import ingest
+from tests.helpers import measure_latency
 
 # `make fuzz` sets it: more cases, each run with a new seed
 RANDOM_SEEDS_ENV = "GROUNDWORK_FUZZ_CASES"
@@ -182,8 +183,14 @@ def tiny_transferred(tmp_path_factory: pytest.TempPathFactory, tiny_params: Para
 
 
 @pytest.fixture(scope="session")
+def tiny_latency(tmp_path_factory: pytest.TempPathFactory, tiny_params: Params) -> dict[str, Any]:
+    """The latency table of the tiny model's width grid on this machine, with the fingerprint and metrics."""
+    return built_once(tmp_path_factory, "latency", lambda folder: measure_latency(tiny_params, folder))
+
+
+@pytest.fixture(scope="session")
 def tiny_searched(tmp_path_factory: pytest.TempPathFactory, tiny_params: Params, tiny_data: dict[str, Path],
-                  tiny_transferred: dict[str, Any]) -> dict[str, Any]:
+                  tiny_transferred: dict[str, Any], tiny_latency: dict[str, Any]) -> dict[str, Any]:
     """search per-layer widths for the tiny transferred model: the policy, table, plot and metrics."""
 
     def build(folder: Path) -> dict[str, Any]:
@@ -191,8 +198,9 @@ def tiny_searched(tmp_path_factory: pytest.TempPathFactory, tiny_params: Params,
 
         paths = {"policy": folder / "policy.json", "table": folder / "search.csv", "plot": folder / "search.png"}
         metrics = search.run(tiny_params, transferred=tiny_transferred["model"], target=tiny_data["target"],
-                             policy_out=paths["policy"], table_out=paths["table"], plot_out=paths["plot"])
-        return {**paths, "metrics": metrics}
+                             latency=tiny_latency["table"], policy_out=paths["policy"], table_out=paths["table"],
+                             plot_out=paths["plot"])
+        return {**paths, "latency": tiny_latency["table"], "metrics": metrics}
 
     return built_once(tmp_path_factory, "search", build)
 

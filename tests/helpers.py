@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import html
+import json
 import os
 import re
 import shutil
@@ -26,6 +27,7 @@ import yaml
 from mlflow import MlflowClient
 
 from flows.cli import without_job_runners
+from groundwork.params import Params
 from groundwork.tracking.runs import DEFAULT_EXPERIMENT
 
 
@@ -86,6 +88,14 @@ def dvc(project: Path, *args: str) -> str:
     """`dvc <args>` in `project`; its standard output (CalledProcessError when it fails)."""
     return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project, capture_output=True, text=True,
                           check=True).stdout
+
+
+def pipeline_status(project: Path, dvc_file: str = "dvc.yaml") -> dict[str, Any]:
+    """`dvc status --json` of the pipeline, less the machine stage, which DVC runs every time (always_changed: the
+    fingerprint the latency table depends on is read afresh); {} when nothing would change."""
+    status = json.loads(dvc(project, "status", "--json", dvc_file))
+    assert status.pop("machine", ["always changed"]) == ["always changed"]
+    return status
 
 
 def output_digests(project: Path) -> dict[str, str]:
@@ -219,3 +229,14 @@ def mlflow_ui(project: Path, log: Path) -> Iterator[str]:
 # skipped where Chromium is missing, except where it is required (.ci/run: CI fails rather than skip the check)
 needs_browser = pytest.mark.skipif(CHROMIUM is None and not os.environ.get("GROUNDWORK_REQUIRE_BROWSER"),
                                    reason="Debian's chromium is not installed (.ci/run installs it)")
+
+
+def measure_latency(params: Params, folder: Path) -> dict[str, Any]:
+    """The machine and latency stages' work for `params` in `folder`: the fingerprint, the table and its metrics."""
+    from groundwork.data.atomic import write_json
+    from groundwork.tracking.runs import NullTracker
+    from tasks import latency, machine
+
+    paths = {"machine": folder / "machine.json", "table": folder / "latency.csv"}
+    write_json(paths["machine"], machine.run(params, NullTracker()))
+    return {**paths, "metrics": latency.run(params, machine=paths["machine"], table_out=paths["table"])}

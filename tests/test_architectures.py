@@ -19,6 +19,7 @@ from groundwork.params import parse_params
 from groundwork.project import tiny_params_dict
 from groundwork.training.loop import loss_and_accuracy
 from tasks import budget, compress, evaluate, pretrain, search, transfer
+from tests.helpers import measure_latency
 
 ARCHITECTURES = {
     "mlp": {"arch": "mlp", "hidden": [48, 24], "dropout": 0.0, "pixel_mean": 0.5, "pixel_std": 0.5},
@@ -44,7 +45,8 @@ def test_lenet5_runs_through_every_stage(tmp_path: Path, tiny_data: dict[str, Pa
     budget.run(params, pretrained=out["pretrained.pt"], target=tiny_data["target"], table_out=tmp_path / "b.csv",
                curve_out=tmp_path / "b.png")
     searched = search.run(params, transferred=out["transfer.pt"], target=tiny_data["target"],
-                          policy_out=out["policy.json"], table_out=tmp_path / "s.csv", plot_out=tmp_path / "s.png")
+                          latency=measure_latency(params, tmp_path)["table"], policy_out=out["policy.json"],
+                          table_out=tmp_path / "s.csv", plot_out=tmp_path / "s.png")
     assert len(searched["methods"]["agent"]["widths"]) == len(params.model.layer_widths())
     compressed = compress.run(params, transferred=out["transfer.pt"], target=tiny_data["target"],
                               policy=out["policy.json"], out_dir=out["compressed"])

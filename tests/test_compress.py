@@ -294,7 +294,7 @@ def test_int8_options_change_the_quantized_graph_as_asked(tmp_path: Path, tiny_d
                                                         tiny_compressed: dict[str, Any]) -> None:
     """compress.quantization: per-tensor weights have one scale each, the kept ends stay fp32 (their weights are
     not quantized), and every calibration method gives a file that predicts as fp32 mostly does."""
-    from groundwork.compression.export import calibration_images, end_nodes, quantize_int8
+    from groundwork.compression.export import calibration_images, quantize_int8, weighted_nodes
     from groundwork.params.compression import QuantizationParams
 
     fp32 = tiny_compressed["dir"] / "fp32.onnx"
@@ -303,9 +303,9 @@ def test_int8_options_change_the_quantized_graph_as_asked(tmp_path: Path, tiny_d
     images = data["test"].tensors()[0]
     reference = onnx_logits(onnx_session(fp32), images).argmax(1)
 
-    def quantized(name: str, **options: Any) -> onnx.ModelProto:
+    def quantized(name: str, fp32_layers: list[int] | None = None, **options: Any) -> onnx.ModelProto:
         settings = {"method": "minmax", "per_channel": True, "keep_ends_fp32": False, **options}
-        quantize_int8(fp32, tmp_path / f"{name}.onnx", calibration, QuantizationParams(**settings))
+        quantize_int8(fp32, tmp_path / f"{name}.onnx", calibration, QuantizationParams(**settings), fp32_layers)
         agree = (onnx_logits(onnx_session(tmp_path / f"{name}.onnx"), images).argmax(1) == reference).float().mean()
         assert agree > 0.8, f"{name}: int8 agrees with fp32 on only {agree:.0%} of the test images"
         return onnx.load(str(tmp_path / f"{name}.onnx"))
@@ -320,10 +320,15 @@ def test_int8_options_change_the_quantized_graph_as_asked(tmp_path: Path, tiny_d
     assert set(weight_scales(quantized("per_tensor", per_channel=False))) == {1}
     for method in ("entropy", "percentile"):
         quantized(method, method=method)
-    kept = quantized("kept", keep_ends_fp32=True)
-    first, last = end_nodes(fp32)
-    by_name = {node.name: node for node in kept.graph.node}
-    producers = {output: node.op_type for node in kept.graph.node for output in node.output}
-    for name in (first, last):
-        assert producers.get(by_name[name].input[1]) != "DequantizeLinear", f"{name}: its weight was quantized"
-    assert len(weight_scales(kept)) == len(weight_scales(quantized("all"))) - 2
+    weighted = weighted_nodes(fp32)
+
+    def fp32_nodes(model: onnx.ModelProto) -> list[str]:
+        """The weighted nodes whose weights were left unquantized."""
+        by_name = {node.name: node for node in model.graph.node}
+        producers = {output: node.op_type for node in model.graph.node for output in node.output}
+        return [name for name in weighted if producers.get(by_name[name].input[1]) != "DequantizeLinear"]
+
+    assert fp32_nodes(quantized("kept", keep_ends_fp32=True)) == [weighted[0], weighted[-1]]
+    assert fp32_nodes(quantized("all")) == []
+    # a per-layer choice (the search's mixed precision) overrides the ends' rule
+    assert fp32_nodes(quantized("second", fp32_layers=[1], keep_ends_fp32=True)) == [weighted[1]]

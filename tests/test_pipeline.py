@@ -59,13 +59,15 @@ from tests.helpers import (
     output_digests,
     page_text,
     parent_runs,
+    pipeline_status,
     prefect_ui,
     published_artifacts,
     statuses,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.server]
-STAGES = ["ingest", "augment", "pretrain", "transfer", "budget", "search", "compress", "evaluate"]
+STAGES = ["ingest", "augment", "pretrain", "transfer", "budget", "machine", "latency", "search", "compress", "evaluate"]
+UNCHANGED = dict.fromkeys(STAGES, SKIPPED) | {"machine": RAN}  # the fingerprint is read every run (always_changed)
 
 
 @pytest.fixture(scope="module")
@@ -328,11 +330,11 @@ def test_what_a_user_opens_shows_the_answer_in_a_browser(first_run: FirstRun, tm
 
 def test_second_run_executes_nothing(project: Path) -> None:
     results = pipeline(project_dir=str(project))
-    assert statuses(results) == dict.fromkeys(STAGES, SKIPPED)
+    assert statuses(results) == UNCHANGED
     client = MlflowClient(tracking_uri(project))
     second = parent_runs(client)[-1]
-    assert child_runs(client, second.info.run_id) == []
-    assert "up to date" in dvc(project, "status", "dvc.yaml")
+    assert [run.data.tags["stage"] for run in child_runs(client, second.info.run_id)] == ["machine"]
+    assert pipeline_status(project) == {}
 
 
 def test_overrides_run_as_a_dvc_experiment(project: Path) -> None:
@@ -408,10 +410,12 @@ def test_served_deployment_runs_on_its_schedule_and_on_demand(project: Path) -> 
 def test_transfer_param_change_reruns_exactly_the_stages_that_read_it(project: Path) -> None:
     change_params(project, "transfer", epochs=tiny_params_dict()["transfer"]["epochs"] + 1)
     # what the flow hands to `dvc repro`: the changed stage and those downstream of it, not budget (a sibling)
-    assert stages_to_run(project, stage_environment({})) == ["transfer", "search", "compress", "evaluate"]
+    # (and the machine's fingerprint, read every run, with the stages after it: DVC finds the table unchanged)
+    assert stages_to_run(project, stage_environment({})) == ["transfer", "machine", "latency", "search", "compress",
+                                                              "evaluate"]
     results = pipeline(project_dir=str(project))
     ran = [stage for stage, status in statuses(results).items() if status == RAN]
-    assert ran == ["transfer", "search", "compress", "evaluate"]  # budget sets its own epochs from budget.steps
+    assert ran == ["transfer", "machine", "search", "compress", "evaluate"]  # budget sets its epochs from budget.steps
     assert "transfer.epochs" in dvc(project, "params", "diff")
 
 
@@ -423,14 +427,14 @@ def test_a_key_a_stage_does_not_read_never_reruns_it(project: Path) -> None:
                    check=True, env={k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"})
     assert any((project / "groundwork").rglob("*.pyc"))
     change_params(project, "tracking", system_metrics=True, system_metrics_interval=5.0)
-    assert json.loads(dvc(project, "status", "--json", "dvc.yaml")) == {}
+    assert pipeline_status(project) == {}
     change_params(project, "transfer", nproc=2)
-    assert set(json.loads(dvc(project, "status", "--json", "dvc.yaml"))) == {"transfer"}
+    assert set(pipeline_status(project)) == {"transfer"}
     change_params(project, "transfer", nproc=1)
     change_params(project, "augment", preview_images=tiny_params_dict()["augment"]["preview_images"] + 1)
-    assert set(json.loads(dvc(project, "status", "--json", "dvc.yaml"))) == {"augment"}
+    assert set(pipeline_status(project)) == {"augment"}
     results = pipeline(project_dir=str(project))
-    assert [stage for stage, status in statuses(results).items() if status == RAN] == ["augment"]
+    assert [stage for stage, status in statuses(results).items() if status == RAN] == ["augment", "machine"]
 
 
 def test_groundwork_repro_starts_the_stages_that_run_warm(project: Path) -> None:
@@ -497,7 +501,7 @@ def test_transient_failure_is_retried_by_prefect(project: Path, monkeypatch: pyt
     results = pipeline(project_dir=str(project))
     assert attempts.count("evaluate") == 2
     assert statuses(results)["evaluate"] == RAN
-    assert "up to date" in dvc(project, "status", "dvc.yaml")
+    assert pipeline_status(project) == {}
 
 
 @contextmanager
@@ -523,8 +527,8 @@ def test_second_flow_is_refused_while_one_runs(project: Path) -> None:
         with pytest.raises(PipelineBusy, match=rf"another pipeline run is in progress .*\(pid {holder}\)"):
             state.result()
     assert output_digests(project) == before
-    assert "up to date" in dvc(project, "status", "dvc.yaml")
-    assert statuses(pipeline(project_dir=str(project))) == dict.fromkeys(STAGES, SKIPPED)  # the lock is free
+    assert pipeline_status(project) == {}
+    assert statuses(pipeline(project_dir=str(project))) == UNCHANGED  # the lock is free
 
 
 def test_failing_stage_fails_the_flow_and_keeps_the_last_good_outputs(project: Path) -> None:

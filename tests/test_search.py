@@ -236,7 +236,8 @@ def test_a_rerun_gives_the_same_policy_and_an_interrupted_one_leaves_the_last(
     from tasks import search
 
     paths = {"policy_out": tmp_path / "policy.json", "table_out": tmp_path / "t.csv", "plot_out": tmp_path / "p.png"}
-    search.run(tiny_params, transferred=tiny_transferred["model"], target=tiny_data["target"], **paths)
+    search.run(tiny_params, transferred=tiny_transferred["model"], target=tiny_data["target"],
+               latency=tiny_searched["latency"], **paths)
     assert paths["policy_out"].read_bytes() == tiny_searched["policy"].read_bytes()
     before = {name: path.read_bytes() for name, path in paths.items()}
     calls = {"n": 0}
@@ -251,7 +252,7 @@ def test_a_rerun_gives_the_same_policy_and_an_interrupted_one_leaves_the_last(
     monkeypatch.setattr(AdaptiveBNScorer, "__call__", dies_mid_search)
     with pytest.raises(KeyboardInterrupt):
         search.run(tiny_params.model_copy(update={"seed": 7}), transferred=tiny_transferred["model"],
-                   target=tiny_data["target"], **paths)
+                   target=tiny_data["target"], latency=tiny_searched["latency"], **paths)
     assert {name: path.read_bytes() for name, path in paths.items()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths.values()), "no temporaries"
 

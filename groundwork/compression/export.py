@@ -7,6 +7,7 @@ import logging
 import tempfile
 import warnings
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,18 +62,22 @@ def calibration_images(data: Dataset, count: int) -> np.ndarray:
     return to_float(images).numpy()
 
 
-def end_nodes(path: Path) -> list[str]:
-    """Names of the first Conv / Gemm / MatMul node and the last one of an ONNX graph: the layers that see raw
-    pixels and that write the logits, the two most sensitive to int8 rounding."""
+WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
+
+
+def weighted_nodes(path: Path) -> list[str]:
+    """Names of the Conv / Gemm / MatMul nodes of an ONNX graph in order: each prunable layer's, then the head's."""
     import onnx
 
-    weighted = [node.name for node in onnx.load(str(path)).graph.node if node.op_type in ("Conv", "Gemm", "MatMul")]
-    return sorted({weighted[0], weighted[-1]}) if weighted else []
+    return [node.name for node in onnx.load(str(path)).graph.node if node.op_type in WEIGHTED_OPS]
 
 
-def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, quantization: QuantizationParams) -> None:
+def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, quantization: QuantizationParams,
+                  fp32_layers: Sequence[int] | None = None) -> None:
     """Static int8 quantization (QDQ, activations calibrated on real images) as `quantization` says: the
-    calibration method, per-channel or per-tensor weights, and the first and last layers kept in fp32 or not."""
+    calibration method, per-channel or per-tensor weights. The weighted layers at `fp32_layers` (indices in
+    forward order, the head last) stay fp32; without them, the first and last (the layers that see raw pixels and
+    that write the logits, the two most sensitive to int8 rounding) when `quantization.keep_ends_fp32`."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -88,7 +93,10 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, quan
     with tempfile.TemporaryDirectory() as scratch, atomic_path(out_path) as tmp:
         prepared = Path(scratch) / "prepared.onnx"
         quant_pre_process(str(fp32_path), str(prepared))  # shape inference and graph fusions first
-        excluded = end_nodes(prepared) if quantization.keep_ends_fp32 else []
+        weighted = weighted_nodes(prepared)
+        if fp32_layers is None:
+            fp32_layers = (0, len(weighted) - 1) if quantization.keep_ends_fp32 and weighted else ()
+        excluded = sorted({weighted[layer] for layer in fp32_layers})
         quantize_static(str(prepared), str(tmp), _Calibration(calibration), quant_format=QuantFormat.QDQ,
                         per_channel=quantization.per_channel, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, calibrate_method=methods[quantization.method],

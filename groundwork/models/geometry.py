@@ -92,6 +92,12 @@ class LayerGeometry:
         return tuple(min(width, math.ceil(max(min_keep * width, floor) / multiple - 1e-9) * multiple) / width
                      for floor, width in zip(self.layer_floors(), self.layer_widths(), strict=True))
 
+    def width_grid(self, min_keep: float, multiple: int = 1) -> tuple[tuple[int, ...], ...]:
+        """Every width each prunable layer may take in the search: from its lowest (`lowest_keeps`) up, the
+        multiples of `multiple`, and its full width."""
+        return tuple(tuple(sorted({*range(round(low * width), width, multiple), width}))
+                     for low, width in zip(self.lowest_keeps(min_keep, multiple), self.layer_widths(), strict=True))
+
     def aligned_widths(self, keeps: Sequence[float], multiple: int = 1) -> tuple[int, ...]:
         """Each prunable layer's width when it keeps share keeps[i] of its outputs, rounded down to its grid: the
         multiples of `multiple` below its full width, and the full width itself (vectorised kernels run whole

@@ -65,6 +65,7 @@ class SearchParams(Section):
     warmup_episodes: int = Field(ge=1, le=100000, description="episodes of random actions before the agent learns")
     calibration_images: int = Field(ge=16, le=100000,
                                     description="unlabelled target images that re-estimate BatchNorm statistics")
+    latency_runs: int = Field(ge=1, le=10000, description="timed calls per cell of the latency table (median)")
 
     @model_validator(mode="after")
     def _warmup_within_episodes(self) -> SearchParams:
