@@ -25,6 +25,7 @@ from groundwork.data.datasets import load_dataset
 from groundwork.models.checkpoint import load_model
 from groundwork.params import load_params
 from groundwork.search.compare import compare_methods
+from groundwork.search.cost import macs_cost
 from groundwork.tracking.runs import NullTracker
 from groundwork.training.loop import loss_and_accuracy
 
@@ -59,9 +60,10 @@ def main() -> None:
             best_policies: dict[str, list[int]] = {}
             for agent in args.agents:
                 cfg = params.search.model_copy(update={"agent": agent, "macs_kept": budget})
+                grid = params.model.width_grid(cfg.min_keep, cfg.width_multiple)
                 started = time.perf_counter()
-                results = compare_methods(model, cfg, calibration=calibration, val=data["val"].tensors(),
-                                          seed=seed, device=CPU)
+                results = compare_methods(model, cfg, cost=macs_cost(params.model, grid), budget=budget,
+                                          calibration=calibration, val=data["val"].tensors(), seed=seed, device=CPU)
                 seconds.setdefault(agent, []).append(time.perf_counter() - started)
                 renamed = {agent if name == "agent" else name: result for name, result in results.items()}
                 for name, result in renamed.items():

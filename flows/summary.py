@@ -106,8 +106,8 @@ def summary_markdown(root: Path, results: list[StageResult], *, status: str, mlf
     search = _report(root, "search")
     if search:
         best = {name: percent(method.get("best_reward")) for name, method in search.get("methods", {}).items()}
-        lines.append(f"- policy search ({search.get('agent')}, {search.get('episodes')} episodes, "
-                     f"{percent(search.get('budget_macs_kept'))} of the multiply-adds), validation accuracy before "
+        lines.append(f"- policy search ({search.get('agent')}, {search.get('episodes')} episodes, within "
+                     f"{search.get('budget')}), validation accuracy before "
                      f"fine-tuning: agent {best.get('agent')}, random search {best.get('random')}, uniform "
                      f"{best.get('uniform')}, global ranking {best.get('global_ranking')}")
     for name, row in _report(root, "evaluate").get("variants", {}).items():

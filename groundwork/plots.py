@@ -151,7 +151,7 @@ def pareto_plot(path: Path, table: pd.DataFrame, axes_spec: Sequence[tuple[str, 
     _save(figure, path)
 
 
-def search_rewards(path: Path, table: pd.DataFrame, *, agent: str, budget: float) -> None:
+def search_rewards(path: Path, table: pd.DataFrame, *, agent: str, budget: str) -> None:
     """The agent's and random search's reward per episode (points) and best so far (lines), with the one-shot
     baselines (uniform shares, global ranking) as horizontal lines."""
     figure, axis = plt.subplots(figsize=(7.2, 4.4))
@@ -170,7 +170,7 @@ def search_rewards(path: Path, table: pd.DataFrame, *, agent: str, budget: float
     axis.set_xlabel("candidate (episode)")
     axis.set_ylabel("validation accuracy after BatchNorm recalibration")
     axis.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
-    axis.set_title(f"Per-layer pruning search at {budget:.0%} of the multiply-adds, no fine-tuning")
+    axis.set_title(f"Per-layer pruning search within {budget}, no fine-tuning", fontsize=9)
     axis.grid(alpha=0.3)
     axis.legend(loc="lower right", fontsize=8)
     _save(figure, path)

@@ -22,7 +22,9 @@ TINY = {
     "transfer": {"epochs": 2, "batch_size": 16, "freeze_epochs": 1},
     "budget": {"labels_per_class": [1, 3], "draws": 2, "steps": 3},
     "search": {"episodes": 6, "warmup_episodes": 3, "calibration_images": 32, "width_multiple": 4,
-               "latency_runs": 1},
+               # multiply-adds: the tiny runs' policies stay the same from run to run (a latency budget moves
+               # with the timings: the search's own tests run one)
+               "latency_runs": 1, "budget_of": "macs"},
     "compress": {"prune_iterations": 2, "finetune": {"epochs": 1}, "calibration_images": 16},
     "evaluate": {"timing_rounds": 3, "warmup_runs": 1, "latency_runs": 3, "throughput_batch": 32, "throughput_runs": 1},
     "adaptive": {"stream": {"windows": 3, "window_size": 60, "shifted_from": 1, "strength": 90},

@@ -21,7 +21,7 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from tqdm.auto import tqdm
 
 from groundwork.card import lineage, registered_model_description, training_data, version_card
-from groundwork.compression.export import onnx_logits, onnx_session, size_report, state_dict_bytes
+from groundwork.compression.export import TIMING_THREADS, onnx_logits, onnx_session, size_report, state_dict_bytes
 from groundwork.compression.names import FP32_WEIGHTS, REFERENCE, SERVED
 from groundwork.data.atomic import atomic_path
 from groundwork.data.datasets import NUM_CLASSES, load_dataset
@@ -38,7 +38,7 @@ from groundwork.evaluation.statistics import (
     paired_test,
     tie_upper_bound_points,
 )
-from groundwork.evaluation.timing import TIMING_THREADS, Timings, interleaved_timings
+from groundwork.evaluation.timing import Timings, interleaved_timings
 from groundwork.evaluation.variant_table import variant_row
 from groundwork.evaluation.variants import Variant, load_variants
 from groundwork.params import Params

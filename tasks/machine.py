@@ -9,8 +9,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from groundwork.compression.export import TIMING_THREADS
 from groundwork.entrypoint import stage_main, stage_parser
-from groundwork.evaluation.timing import TIMING_THREADS
 from groundwork.params import Params
 from groundwork.search.latency import machine_fingerprint
 from groundwork.tracking.runs import RunLog

@@ -22,8 +22,8 @@ from groundwork.entrypoint import stage_cli
 from groundwork.models.checkpoint import load_model
 from groundwork.params import Params
 from groundwork.plots import search_rewards
-from groundwork.search.compare import BASELINES, compare_methods
-from groundwork.search.latency import LatencyTable, read_latency_table
+from groundwork.search.compare import BASELINES, compare_methods, search_budget
+from groundwork.search.latency import LatencyTable, read_latency_table, shipped_precisions
 from groundwork.search.methods import SearchResult
 from groundwork.search.policy import write_policy
 from groundwork.tracking.runs import NullTracker, RunLog
@@ -33,40 +33,41 @@ log = logging.getLogger(__name__)
 
 
 def reward_table(results: dict[str, SearchResult]) -> pd.DataFrame:
-    """One row per episode: the agent's and random search's reward, best so far and budget used; the one-shot
-    baselines (uniform, global ranking) as constant columns, so a plot draws them as lines."""
+    """One row per episode: the agent's and random search's reward, best so far, multiply-adds kept and cost in
+    the budget's units; the one-shot baselines (uniform, global ranking) as constant columns, so a plot draws them
+    as lines."""
     table = pd.DataFrame({"episode": range(len(results["agent"].rewards))})
     for method in ("agent", "random"):
         result = results[method]
         table[f"{method}_reward"] = result.rewards
         table[f"{method}_best"] = result.best_so_far()
         table[f"{method}_macs_kept"] = result.macs_kept
+        table[f"{method}_cost"] = result.costs
     for method in ("uniform", "global_ranking"):
         table[method] = results[method].best_reward
     return table
 
 
 def summary(results: dict[str, SearchResult], widths: dict[str, tuple[int, ...]],
-            latency: Callable[[tuple[int, ...]], dict[str, float]]) -> dict[str, dict[str, Any]]:
-    """Per method: its best reward, the episode it came in, that policy's shares, widths and budget used, and
-    the latency table's estimate of that network in int8 (`latency`)."""
+            latency: Callable[[tuple[int, ...]], dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per method: its best reward, the episode it came in, that policy's shares, widths, multiply-adds kept and
+    cost in the budget's units, and the latency table's estimate of that network in int8 (`latency`)."""
     return {method: {"best_reward": result.best_reward, "best_episode": result.best,
-                     "macs_kept": result.macs_kept[result.best], "candidates": len(result.rewards),
+                     "macs_kept": result.macs_kept[result.best], "cost": result.costs[result.best],
+                     "candidates": len(result.rewards),
                      "keeps": [round(keep, 4) for keep in result.best_policy], "widths": list(widths[method]),
                      **latency(widths[method])}
             for method, result in results.items()}
 
 
-def int8_latency(table: LatencyTable, params: Params) -> Callable[[tuple[int, ...]], dict[str, float]]:
+def int8_latency(table: LatencyTable, params: Params) -> Callable[[tuple[int, ...]], dict[str, Any]]:
     """Milliseconds per call at each of the table's batches of a network shipped as compress ships its int8
     variants: every layer in int8, but the first and the head in fp32 when `compress.quantization` keeps the
     ends in fp32."""
-    def estimate(widths: tuple[int, ...]) -> dict[str, float]:
-        cells = len(widths) + 1
-        ends = (0, cells - 1) if params.compress.quantization.keep_ends_fp32 else ()
-        precisions = ["fp32" if cell in ends else "int8" for cell in range(cells)]
-        return {f"int8_latency_ms_b{batch}": round(table.network_ms(widths, precisions, batch), 4)
-                for batch in table.batches}
+    def estimate(widths: tuple[int, ...]) -> dict[str, dict[str, float]]:
+        precisions = shipped_precisions(len(widths) + 1, params.compress.quantization)
+        return {"int8_latency_ms": {f"b{batch}": round(table.network_ms(widths, precisions, batch), 4)
+                                    for batch in table.batches}}
     return estimate
 
 
@@ -76,11 +77,16 @@ def run(params: Params, *, transferred: Path, target: Path, latency: Path, polic
     tracker = tracker or NullTracker()
     cfg = params.search
     latency_table = read_latency_table(latency)
+    budget = search_budget(params, latency_table)
+    if budget.limit > budget.asked:
+        log.warning("search.latency_kept=%s asks for %.3f ms, below the fastest network of the width grid (%.3f ms "
+                    "estimated): searching at that one instead", cfg.latency_kept, budget.asked, budget.limit)
     data, digest = load_dataset(target, splits=("val", "pool"))  # pool: unlabelled images for BatchNorm
     tracker.log_dataset("target", target, digest, context="input")
     model, _ = load_model(transferred)
     started = time.perf_counter()
-    results = compare_methods(model, cfg, calibration=data["pool"].tensors()[0][:cfg.calibration_images],
+    results = compare_methods(model, cfg, cost=budget.cost, budget=budget.limit,
+                              calibration=data["pool"].tensors()[0][:cfg.calibration_images],
                               val=data["val"].tensors(), seed=params.seed, device=resolve_device(params.device))
     seconds = time.perf_counter() - started
     widths = {method: result.widths[result.best] for method, result in results.items()}
@@ -95,12 +101,12 @@ def run(params: Params, *, transferred: Path, target: Path, latency: Path, polic
     table = reward_table(results)
     with atomic_path(table_out) as tmp:
         table.to_csv(tmp, index=False)
-    search_rewards(plot_out, table, agent=cfg.agent, budget=cfg.macs_kept)
-    write_policy(policy_out, agent=cfg.agent, budget=cfg.macs_kept, keeps=results["agent"].best_policy,
+    search_rewards(plot_out, table, agent=cfg.agent, budget=budget.describe())
+    write_policy(policy_out, agent=cfg.agent, budget=budget.describe(), keeps=results["agent"].best_policy,
                  widths=widths["agent"], reward=agent["best_reward"])
     best_widths = list(zip(*results["agent"].best_widths_so_far(), strict=True))  # per layer, per episode
     tracker.log_series({**{f"methods.{method}.episode_{column}": table[f"{method}_{column}"].tolist()
-                           for method in ("agent", "random") for column in ("reward", "best", "macs_kept")},
+                           for method in ("agent", "random") for column in ("reward", "best", "macs_kept", "cost")},
                         **{f"methods.agent.episode_best_width_layer{layer}": list(widths)
                            for layer, widths in enumerate(best_widths)}})
     tracker.log_artifact(plot_out, "plots")
@@ -108,7 +114,10 @@ def run(params: Params, *, transferred: Path, target: Path, latency: Path, polic
     tracker.log_artifact(policy_out, "search")
     return {
         "agent": cfg.agent,
-        "budget_macs_kept": cfg.macs_kept,
+        "budget": budget.describe(),
+        "budget_of": cfg.budget_of,
+        "budget_limit": budget.limit,
+        "budget_asked": budget.asked,
         "episodes": cfg.episodes,
         "seconds": round(seconds, 1),
         "agent_minus_uniform_points": round((agent["best_reward"] - methods["uniform"]["best_reward"]) * 100, 2),

@@ -21,7 +21,6 @@ from groundwork import forkserver
 from groundwork.params import Params, parse_params
 from groundwork.project import ROOT, tiny_params_dict
 from tasks import ingest
-from tests.helpers import measure_latency
 
 # `make fuzz` sets it: more cases, each run with a new seed
 RANDOM_SEEDS_ENV = "GROUNDWORK_FUZZ_CASES"
@@ -182,10 +181,27 @@ def tiny_transferred(tmp_path_factory: pytest.TempPathFactory, tiny_params: Para
     return built_once(tmp_path_factory, "transfer", build)
 
 
+def _measure_latency(params: Params, folder: Path) -> dict[str, Any]:
+    """The machine and latency stages' work for `params` in `folder`: the fingerprint, the table and its metrics."""
+    from groundwork.data.atomic import write_json
+    from groundwork.tracking.runs import NullTracker
+    from tasks import latency, machine
+
+    paths = {"machine": folder / "machine.json", "table": folder / "latency.csv"}
+    write_json(paths["machine"], machine.run(params, NullTracker()))
+    return {**paths, "metrics": latency.run(params, machine=paths["machine"], table_out=paths["table"])}
+
+
+@pytest.fixture(scope="session")
+def measure_latency() -> Callable[[Params, Path], dict[str, Any]]:
+    """What the machine and latency stages write for given params into a folder (the fingerprint, the table)."""
+    return _measure_latency
+
+
 @pytest.fixture(scope="session")
 def tiny_latency(tmp_path_factory: pytest.TempPathFactory, tiny_params: Params) -> dict[str, Any]:
     """The latency table of the tiny model's width grid on this machine, with the fingerprint and metrics."""
-    return built_once(tmp_path_factory, "latency", lambda folder: measure_latency(tiny_params, folder))
+    return built_once(tmp_path_factory, "latency", lambda folder: _measure_latency(tiny_params, folder))
 
 
 @pytest.fixture(scope="session")

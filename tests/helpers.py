@@ -27,7 +27,6 @@ import yaml
 from mlflow import MlflowClient
 
 from flows.cli import without_job_runners
-from groundwork.params import Params
 from groundwork.tracking.runs import DEFAULT_EXPERIMENT
 
 
@@ -229,14 +228,3 @@ def mlflow_ui(project: Path, log: Path) -> Iterator[str]:
 # skipped where Chromium is missing, except where it is required (.ci/run: CI fails rather than skip the check)
 needs_browser = pytest.mark.skipif(CHROMIUM is None and not os.environ.get("GROUNDWORK_REQUIRE_BROWSER"),
                                    reason="Debian's chromium is not installed (.ci/run installs it)")
-
-
-def measure_latency(params: Params, folder: Path) -> dict[str, Any]:
-    """The machine and latency stages' work for `params` in `folder`: the fingerprint, the table and its metrics."""
-    from groundwork.data.atomic import write_json
-    from groundwork.tracking.runs import NullTracker
-    from tasks import latency, machine
-
-    paths = {"machine": folder / "machine.json", "table": folder / "latency.csv"}
-    write_json(paths["machine"], machine.run(params, NullTracker()))
-    return {**paths, "metrics": latency.run(params, machine=paths["machine"], table_out=paths["table"])}

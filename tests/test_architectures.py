@@ -5,7 +5,9 @@ other modules' fixtures; the MLP's pruning and multiply-adds are checked in test
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -15,11 +17,10 @@ from groundwork.compression.packing import load_packed, pack
 from groundwork.data.datasets import load_dataset
 from groundwork.models.checkpoint import load_model, save_checkpoint
 from groundwork.models.digitnet import DigitNet
-from groundwork.params import parse_params
+from groundwork.params import Params, parse_params
 from groundwork.project import tiny_params_dict
 from groundwork.training.loop import loss_and_accuracy
 from tasks import budget, compress, evaluate, pretrain, search, transfer
-from tests.helpers import measure_latency
 
 ARCHITECTURES = {
     "mlp": {"arch": "mlp", "hidden": [48, 24], "dropout": 0.0, "pixel_mean": 0.5, "pixel_std": 0.5},
@@ -27,7 +28,8 @@ ARCHITECTURES = {
 }
 
 
-def test_lenet5_runs_through_every_stage(tmp_path: Path, tiny_data: dict[str, Path]) -> None:
+def test_lenet5_runs_through_every_stage(tmp_path: Path, tiny_data: dict[str, Path],
+                                        measure_latency: Callable[[Params, Path], dict[str, Any]]) -> None:
     name = "lenet5"
     params = parse_params(tiny_params_dict(model=ARCHITECTURES[name], pretrain={"epochs": 1, "augmentation": "none"},
                                            budget={"labels_per_class": [3], "draws": 1},

@@ -294,7 +294,7 @@ def test_int8_options_change_the_quantized_graph_as_asked(tmp_path: Path, tiny_d
                                                         tiny_compressed: dict[str, Any]) -> None:
     """compress.quantization: per-tensor weights have one scale each, the kept ends stay fp32 (their weights are
     not quantized), and every calibration method gives a file that predicts as fp32 mostly does."""
-    from groundwork.compression.export import calibration_images, quantize_int8, weighted_nodes
+    from groundwork.compression.export import WEIGHTED_OPS, calibration_images, quantize_int8, weighted_nodes
     from groundwork.params.compression import QuantizationParams
 
     fp32 = tiny_compressed["dir"] / "fp32.onnx"
@@ -320,15 +320,15 @@ def test_int8_options_change_the_quantized_graph_as_asked(tmp_path: Path, tiny_d
     assert set(weight_scales(quantized("per_tensor", per_channel=False))) == {1}
     for method in ("entropy", "percentile"):
         quantized(method, method=method)
-    weighted = weighted_nodes(fp32)
-
-    def fp32_nodes(model: onnx.ModelProto) -> list[str]:
-        """The weighted nodes whose weights were left unquantized."""
-        by_name = {node.name: node for node in model.graph.node}
+    def fp32_layers(model: onnx.ModelProto) -> list[int]:
+        """The positions (forward order, the head last) of the weighted layers whose weights stayed fp32."""
         producers = {output: node.op_type for node in model.graph.node for output in node.output}
-        return [name for name in weighted if producers.get(by_name[name].input[1]) != "DequantizeLinear"]
+        weighted = [node for node in model.graph.node if node.op_type in WEIGHTED_OPS]
+        assert len(weighted) == len(weighted_nodes(fp32)), "one weighted node per layer, as exported"
+        return [index for index, node in enumerate(weighted) if producers.get(node.input[1]) != "DequantizeLinear"]
 
-    assert fp32_nodes(quantized("kept", keep_ends_fp32=True)) == [weighted[0], weighted[-1]]
-    assert fp32_nodes(quantized("all")) == []
+    last = len(weighted_nodes(fp32)) - 1
+    assert fp32_layers(quantized("kept", keep_ends_fp32=True)) == [0, last]
+    assert fp32_layers(quantized("all")) == []
     # a per-layer choice (the search's mixed precision) overrides the ends' rule
-    assert fp32_nodes(quantized("second", fp32_layers=[1], keep_ends_fp32=True)) == [weighted[1]]
+    assert fp32_layers(quantized("second", fp32_layers=[1], keep_ends_fp32=True)) == [1]

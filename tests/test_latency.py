@@ -44,24 +44,30 @@ def test_the_table_times_every_cell_edge_and_floor(tiny_params: Params, tiny_lat
         timed = layers[layers["layer"] == cell]
         assert set(zip(timed["in_width"], timed["out_width"], timed["precision"], timed["batch"], strict=True)) == {
             (a, b, precision, batch) for a, b in pairs for precision in ("fp32", "int8") for batch in batches}
-    edges = table[table["kind"] == "edge"]
-    assert {(layer, width) for layer, widths in enumerate(grid) for width in widths} == set(
-        zip(edges["layer"], edges["out_width"], strict=True))
-    assert set(table[table["kind"] == "floor"]["batch"]) == batches
+    for kind in ("edge", "io"):
+        rows = table[table["kind"] == kind]
+        assert {(layer, width, batch) for layer, widths in enumerate(grid) for width in widths
+                for batch in batches} == set(zip(rows["layer"], rows["out_width"], rows["batch"], strict=True))
+    for kind in ("floor", "reference"):
+        assert set(table[table["kind"] == kind]["batch"]) == batches
     metrics = tiny_latency["metrics"]
     assert metrics["cells"] == len(layers) // len(batches) and metrics["batches"] == [1, 32]
+    assert metrics["structured_int8_ms_b32"] == pytest.approx(
+        read_latency_table(tiny_latency["table"]).reference(32), abs=1e-4)
 
 
-def test_an_estimate_sums_the_cells_less_the_floors_and_the_fused_edges() -> None:
-    rows = [("floor", -1, 0, 0, "fp32", 1, 0.01)]
+def test_an_estimate_sums_the_cells_less_their_hand_backs_and_the_fused_edges() -> None:
+    rows = [("floor", -1, 0, 0, "fp32", 1, 0.01), ("io", 0, 8, 8, "fp32", 1, 0.03)]
     rows += [("layer", 0, 1, 8, precision, 1, ms) for precision, ms in (("fp32", 0.11), ("int8", 0.21))]
     rows += [("layer", 1, 8, 10, precision, 1, ms) for precision, ms in (("fp32", 0.31), ("int8", 0.41))]
     rows += [("edge", 0, 8, 8, "int8", 1, 0.05)]
     table = LatencyTable(pd.DataFrame(rows, columns=COLUMNS))
-    assert table.network_ms([8], ["fp32", "fp32"], 1) == pytest.approx(0.01 + 0.10 + 0.30)
-    assert table.network_ms([8], ["fp32", "int8"], 1) == pytest.approx(0.01 + 0.10 + 0.40), "no fused edge"
-    assert table.network_ms([8], ["int8", "int8"], 1) == pytest.approx(0.01 + 0.20 + 0.40 - 0.04)
-    with pytest.raises(DataError, match=r"no fp32 layer for cell 0 at widths 1 -> 16, batch 1"):
+    # the first cell hands back its 8-channel map (0.03), the head its logits (the floor, paid once by the network)
+    assert table.network_ms([8], ["fp32", "fp32"], 1) == pytest.approx(0.01 + 0.08 + 0.30)
+    assert table.network_ms([8], ["fp32", "int8"], 1) == pytest.approx(0.01 + 0.08 + 0.40), "no fused edge"
+    assert table.network_ms([8], ["int8", "int8"], 1) == pytest.approx(0.01 + 0.18 + 0.40 - 0.02)
+    with pytest.raises(DataError, match=r"latency table: no fp32 (io|layer) for cell 0 at widths (1|16) -> 16, "
+                                        r"batch 1"):
         table.network_ms([16], ["fp32", "fp32"], 1)
 
 

@@ -4,7 +4,9 @@ and the stage's outputs."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import logging
 import warnings
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,10 @@ from groundwork.params import Params, ParamsError, parse_params
 from groundwork.params.training import ModelParams
 from groundwork.project import tiny_params_dict
 from groundwork.search.agents import DDPG, Reinforce
+from groundwork.search.compare import search_budget
+from groundwork.search.cost import ChainCost
 from groundwork.search.env import FEATURES, PruningEnv
+from groundwork.search.latency import read_latency_table, shipped_precisions
 from groundwork.search.methods import global_ranking, random_search, run_agent, uniform
 from groundwork.search.policy import read_policy
 from groundwork.search.scoring import AdaptiveBNScorer, recalibrate_batchnorm
@@ -281,3 +286,65 @@ def test_a_policy_for_another_architecture_is_refused_naming_the_file(tmp_path: 
         read_policy(tmp_path / "missing.json", ARCH)
     path.write_text(json.dumps({"widths": [8, 24, 16, 40, 50]}))
     assert read_policy(path, ARCH).layer_widths() == (8, 24, 16, 40, 50)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), fraction=st.floats(0.0, 1.0))
+def test_a_chain_cost_finds_the_cheapest_network_and_what_fits_as_brute_force_does(seed: int,
+                                                                                   fraction: float) -> None:
+    """On a random cost that is not monotone in the widths (as latency is in int8), the dynamic programme's
+    cheapest network and each layer's fitting widths are those an exhaustive search finds."""
+    rng = np.random.default_rng(seed)
+    grid = [(8, 16, 24), (8, 16), (16, 32, 48)]
+    terms = {(cell, a, b): float(rng.uniform(0, 1)) for cell in range(4) for a in (1, 8, 16, 24, 32, 48)
+             for b in (8, 16, 24, 32, 48, 10)}
+    cost = ChainCost(grid, lambda cell, a, b: terms[(cell, a, b)], constant=0.5)
+    networks = list(itertools.product(*grid))
+    totals = {widths: cost.total(widths) for widths in networks}
+    assert cost.cheapest() == pytest.approx(min(totals.values())) == pytest.approx(cost.total(cost.cheapest_widths()))
+    budget = min(totals.values()) + fraction * (max(totals.values()) - min(totals.values()))
+    for decided in [(), (16,), (24, 8)]:
+        fits = {widths[len(decided)] for widths in networks if widths[:len(decided)] == decided
+                and totals[widths] <= budget}
+        assert set(cost.within(list(decided), budget)) == fits
+
+
+def test_under_a_latency_budget_every_episode_fits_and_the_fastest_network_bounds_the_budget(
+        tiny_params: Params, tiny_latency: dict[str, Any]) -> None:
+    table = read_latency_table(tiny_latency["table"])
+    params = tiny_params.model_copy(update={"search": tiny_params.search.model_copy(
+        update={"budget_of": "latency", "latency_kept": 0.01})})
+    budget = search_budget(params, table)
+    assert budget.asked == pytest.approx(0.01 * table.reference(params.evaluate.throughput_batch))
+    assert budget.limit == pytest.approx(budget.cost.cheapest()), "the fastest reachable instead"
+    assert budget.limit > budget.asked
+    assert "the fastest reachable" in budget.describe()
+    generous = search_budget(params.model_copy(update={"search": params.search.model_copy(
+        update={"latency_kept": 1.5})}), table)
+    assert generous.limit == generous.asked
+    env = PruningEnv(params.model, lambda keeps: 0.0, budget=generous.limit, cost=generous.cost)
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        env.reset()
+        for _ in range(env.layers):
+            info = env.step(rng.random())[-1]
+        assert info["cost"] <= generous.limit + 1e-9
+        assert info["cost"] == pytest.approx(table.network_ms(env.widths(info["keeps"]), shipped_precisions(
+            env.layers + 1, params.compress.quantization), params.evaluate.throughput_batch))
+
+
+def test_the_stage_searches_within_the_fastest_network_when_a_latency_share_asks_for_less(
+        tmp_path: Path, tiny_params: Params, tiny_data: dict[str, Path], tiny_transferred: dict[str, Any],
+        tiny_latency: dict[str, Any], caplog: pytest.LogCaptureFixture) -> None:
+    from tasks import search
+
+    params = tiny_params.model_copy(update={"search": tiny_params.search.model_copy(
+        update={"budget_of": "latency", "latency_kept": 0.01})})
+    paths = {"policy_out": tmp_path / "policy.json", "table_out": tmp_path / "t.csv", "plot_out": tmp_path / "p.png"}
+    with caplog.at_level(logging.WARNING):
+        metrics = search.run(params, transferred=tiny_transferred["model"], target=tiny_data["target"],
+                             latency=tiny_latency["table"], **paths)
+    assert metrics["budget_of"] == "latency" and metrics["budget_limit"] > metrics["budget_asked"]
+    assert "search.latency_kept=0.01 asks for" in caplog.text and "searching at that one instead" in caplog.text
+    assert all(method["cost"] <= metrics["budget_limit"] + 1e-9 for method in metrics["methods"].values())
+    assert "ms per call at batch 32, the fastest reachable" in json.loads(paths["policy_out"].read_text())["budget"]

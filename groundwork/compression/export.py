@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
 MANIFEST = "variants.json"  # the compress stage's list of variants: file, runtime, parameter counts
+TIMING_THREADS = 2  # every variant (and the latency table) timed with the same thread budget: the reference cores
 
 
 def export_onnx(model: torch.nn.Module, path: Path) -> None:
@@ -103,7 +104,7 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, quan
                         nodes_to_exclude=excluded)
 
 
-def onnx_session(path: Path, threads: int = 2) -> Any:
+def onnx_session(path: Path, threads: int = TIMING_THREADS) -> Any:
     """An ONNX Runtime CPU session with a fixed thread count, for fair timing."""
     import onnxruntime
 

@@ -16,8 +16,6 @@ from groundwork.evaluation.statistics import Ratio, ratio
 from groundwork.evaluation.variants import Predict
 from groundwork.params.compression import EvaluateParams
 
-TIMING_THREADS = 2  # every variant timed with the same thread budget, the cores of the reference machine
-
 
 def wall_times_ms(predict: Predict, batch: torch.Tensor, *, runs: int) -> list[float]:
     """Milliseconds of each of `runs` predictions of one batch."""

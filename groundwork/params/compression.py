@@ -56,7 +56,15 @@ class SearchParams(Section):
         description="ddpg: actor-critic with a replay buffer (value-based, as AMC); reinforce: Gaussian policy "
                     "gradient (policy-based)"
     )
-    macs_kept: Fraction = Field(description="share of the prunable layers' multiply-adds the pruned model keeps")
+    budget_of: Literal["latency", "macs"] = Field(
+        description="latency: the latency table's estimate at evaluate's throughput batch, as a share of "
+                    "structured_int8's measured latency (latency_kept); macs: the share of the prunable layers' "
+                    "multiply-adds (macs_kept)")
+    latency_kept: float = Field(gt=0.0, le=4.0, description="budget_of latency: share of structured_int8's measured "
+                                                            "latency the searched network may take (below the "
+                                                            "fastest network of the grid: that one is used)")
+    macs_kept: Fraction = Field(description="budget_of macs: share of the prunable layers' multiply-adds the pruned "
+                                            "model keeps")
     min_keep: Fraction = Field(description="smallest share of its channels any layer keeps")
     width_multiple: int = Field(ge=1, le=4096, description="every searched width is a multiple of this (or the "
                                                            "layer's full width): vectorised kernels run whole "

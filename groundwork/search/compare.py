@@ -5,13 +5,17 @@ two methods both found is scored once)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
 from groundwork.models.digitnet import DigitNet
+from groundwork.params import Params
 from groundwork.params.compression import SearchParams
 from groundwork.search.agents import make_agent
+from groundwork.search.cost import ChainCost, latency_cost, macs_cost
 from groundwork.search.env import FEATURES, PruningEnv
+from groundwork.search.latency import LatencyTable, shipped_precisions
 from groundwork.search.methods import OnEpisode, SearchResult, global_ranking, random_search, run_agent, uniform
 from groundwork.search.scoring import AdaptiveBNScorer
 from groundwork.training.loop import derived_seed
@@ -20,14 +24,45 @@ BASELINES = ("uniform", "global_ranking", "random")
 MethodEpisode = Callable[[str, int, float, Sequence[float]], None]  # (method, episode, reward, shares kept)
 
 
-def compare_methods(model: DigitNet, cfg: SearchParams, *, calibration: torch.Tensor,
-                    val: tuple[torch.Tensor, torch.Tensor], seed: int, device: torch.device,
-                    on_episode: MethodEpisode | None = None) -> dict[str, SearchResult]:
-    """Every method's scored candidates, keyed `agent` (the params' agent) and by baseline name. The agent and
-    random search score `cfg.episodes` candidates each; `on_episode(method, episode, reward, keeps)`."""
+@dataclass(frozen=True)
+class Budget:
+    """What the search spends: `cost`, at most `limit` of it; `asked` is what the params asked for, which is less
+    than `limit` only when no network of the grid costs that little (`limit` is then the cheapest one's cost)."""
+
+    cost: ChainCost
+    limit: float
+    asked: float
+
+    def describe(self) -> str:
+        """The budget in words, for logs, plots and the summary."""
+        if self.cost.unit.startswith("of the"):
+            return f"{self.limit:.0%} {self.cost.unit}"
+        floor = "" if self.limit == self.asked else f", the fastest reachable (asked {self.asked:.3f})"
+        return f"{self.limit:.3f} {self.cost.unit}{floor}"
+
+
+def search_budget(params: Params, table: LatencyTable) -> Budget:
+    """The budget `search.budget_of` names over the grid of `search.min_keep` and `search.width_multiple`: a
+    share of the multiply-adds, or a share of structured_int8's measured latency at evaluate's throughput batch
+    (each network estimated by the latency table, the ends in the precision compress ships them in)."""
+    cfg, arch = params.search, params.model
+    grid = arch.width_grid(cfg.min_keep, cfg.width_multiple)
+    if cfg.budget_of == "macs":
+        return Budget(macs_cost(arch, grid), cfg.macs_kept, cfg.macs_kept)
+    batch = params.evaluate.throughput_batch
+    cost = latency_cost(table, grid, shipped_precisions(len(grid) + 1, params.compress.quantization), batch)
+    asked = cfg.latency_kept * table.reference(batch)
+    return Budget(cost, max(asked, cost.cheapest()), asked)
+
+
+def compare_methods(model: DigitNet, cfg: SearchParams, *, cost: ChainCost, budget: float,
+                    calibration: torch.Tensor, val: tuple[torch.Tensor, torch.Tensor], seed: int,
+                    device: torch.device, on_episode: MethodEpisode | None = None) -> dict[str, SearchResult]:
+    """Every method's scored candidates under `budget` of `cost`, keyed `agent` (the params' agent) and by
+    baseline name. The agent and random search score `cfg.episodes` candidates each; `on_episode(method, episode,
+    reward, keeps)`."""
     scorer = AdaptiveBNScorer(model, calibration, val, device=device)
-    env = PruningEnv(model.arch, scorer, budget=cfg.macs_kept, min_keep=cfg.min_keep,
-                     width_multiple=cfg.width_multiple)
+    env = PruningEnv(model.arch, scorer, budget=budget, cost=cost)
 
     def report(method: str) -> OnEpisode | None:
         if on_episode is None:

@@ -2,14 +2,16 @@
 state describes the layer about to be pruned, the action is the share of its output channels to keep, and the
 reward, given when the last layer is decided, is the score of the whole pruned network.
 
-The budget is a share of the prunable layers' multiply-adds (`ModelParams.macs_kept`), which on these machines
-tracks latency (the convolutions dominate both). An "action wall" clips each action to the largest share that
-still lets the layers after it meet the budget at their lowest shares, so every episode ends within budget and
-the agent never spends its evaluations on candidates that would be thrown away.
+The budget is in the units of a cost (groundwork.search.cost): a share of the prunable layers' multiply-adds, or
+the latency table's estimate of the network's time in ONNX Runtime on this machine. An "action wall" clips each
+action to the largest width that still lets some way of finishing the network meet the budget (the cost's
+cheapest completion), so every episode ends within budget and the agent never spends its evaluations on
+candidates that would be thrown away.
 
 Each layer's width lies on a grid: the multiples of `width_multiple` (and the layer's full width), as AMC's code
 rounds channels to multiples of 8, since vectorised kernels run whole blocks of channels and a width between two
-multiples costs what the next one up does. An action is rounded down to the grid after the wall has clipped it.
+multiples costs what the next one up does. An action is rounded down to the grid after the wall has clipped it
+(to the narrowest width within budget above it, where latency makes a narrower width cost more).
 
 It is a `gymnasium.Env` (and passes gymnasium's `check_env`): the observation is the layer's row of FEATURES in
 [0, 1], the action a one-element Box of the share to keep; after the last layer the observation is all zeros.
@@ -25,6 +27,7 @@ import numpy as np
 from gymnasium import spaces
 
 from groundwork.params.training import ModelParams
+from groundwork.search.cost import ChainCost, macs_cost
 
 Score = Callable[[Sequence[float]], float]  # per-layer shares kept -> reward of the pruned network
 
@@ -36,26 +39,18 @@ FEATURES = ("index", "is_linear", "in_channels", "out_channels", "kernel", "side
             "macs_reduced", "macs_rest", "previous_action", "wall")
 
 
-def wall(arch: ModelParams, decided: Sequence[float], lowest: Sequence[float], budget: float) -> float:
-    """The largest share the next layer may keep so that, with every later layer at its lowest share, the
-    network keeps at most `budget` of its multiply-adds. The cost is linear in that one share (it scales this
-    layer's outputs and the next layer's inputs), so two evaluations give the line to solve."""
-    rest = list(lowest[len(decided) + 1:])
-    at_zero = arch.macs_kept([*decided, 0.0, *rest])
-    slope = arch.macs_kept([*decided, 1.0, *rest]) - at_zero
-    return min(1.0, (budget - at_zero) / slope)
-
-
 class PruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
-    """Per-layer channel pruning of one architecture under a multiply-add budget; see the module docstring."""
+    """Per-layer channel pruning of one architecture under a budget of `cost` (by default the share of the
+    multiply-adds kept, over the grid `min_keep` and `width_multiple` give); see the module docstring."""
 
-    def __init__(self, arch: ModelParams, score: Score, *, budget: float, min_keep: float,
-                 width_multiple: int = 1) -> None:
+    def __init__(self, arch: ModelParams, score: Score, *, budget: float, min_keep: float = 0.0,
+                 width_multiple: int = 1, cost: ChainCost | None = None) -> None:
         self.arch = arch
         self.score = score
         self.budget = budget
-        self.width_multiple = width_multiple
-        self.lowest = arch.lowest_keeps(min_keep, width_multiple)
+        self.cost = cost or macs_cost(arch, arch.width_grid(min_keep, width_multiple))
+        self.full = arch.layer_widths()
+        self.lowest = tuple(widths[0] / full for widths, full in zip(self.cost.grid, self.full, strict=True))
         self.layers = len(self.lowest)
         self._static = self._layer_table(arch)
         self._total = sum(arch.layer_macs())
@@ -63,12 +58,23 @@ class PruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         self.observation_space = spaces.Box(0.0, 1.0, (len(FEATURES),), np.float32)
         self.action_space = spaces.Box(0.0, 1.0, (1,), np.float32)
 
+    def widths(self, keeps: Sequence[float]) -> tuple[int, ...]:
+        """The widths of shares that lie on the grid (as `aligned` and `step` make them), for the first
+        len(keeps) layers."""
+        return tuple(round(keep * full) for keep, full in zip(keeps, self.full[:len(keeps)], strict=True))
+
+    def network_cost(self, keeps: Sequence[float]) -> float:
+        """The cost of the network whose layers keep `keeps` (shares on the grid)."""
+        return self.cost.total(self.widths(keeps))
+
+    def cheapest(self) -> list[float]:
+        """The shares of the cheapest network of the grid: within every budget the search accepts."""
+        return [width / full for width, full in zip(self.cost.cheapest_widths(), self.full, strict=True)]
+
     def aligned(self, keeps: Sequence[float]) -> list[float]:
-        """`keeps` rounded down to each layer's width grid, as shares (never below a layer's lowest share, which
-        is on the grid)."""
-        return [max(width / full, low) for width, full, low in
-                zip(self.arch.aligned_widths(keeps, self.width_multiple), self.arch.layer_widths(), self.lowest,
-                    strict=True)]
+        """`keeps` rounded down to each layer's width grid, as shares (never below a layer's narrowest)."""
+        return [max([width for width in choices if width <= keep * full + 1e-9] or [choices[0]]) / full
+                for keep, full, choices in zip(keeps, self.full, self.cost.grid, strict=True)]
 
     @staticmethod
     def _layer_table(arch: ModelParams) -> np.ndarray:
@@ -99,20 +105,38 @@ class PruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         self.keeps = []
         return self._observation(), {}
 
+    def _fitting(self) -> list[int]:
+        """The widths the current layer may take with some way of finishing the network within budget (its
+        narrowest when none may: params and the search stage make sure a budget is reachable)."""
+        t = len(self.keeps)
+        fitting = self.cost.within(self.widths(self.keeps), self.budget)
+        return fitting or [self.cost.grid[t][0]]
+
+    def draw(self, rng: np.random.Generator) -> list[float]:
+        """A network within budget drawn layer by layer, each width uniformly among those the wall allows (not
+        scored: the episode is left where it started)."""
+        self.keeps = []
+        while len(self.keeps) < self.layers:
+            self.keeps.append(int(rng.choice(self._fitting())) / self.full[len(self.keeps)])
+        drawn, self.keeps = self.keeps, []
+        return drawn
+
     def allowed(self) -> tuple[float, float]:
         """The range of shares the current layer may keep: its lowest, and the action wall."""
         t = len(self.keeps)
-        return self.lowest[t], max(self.lowest[t], wall(self.arch, self.keeps, self.lowest, self.budget))
+        return self.lowest[t], max(self._fitting()) / self.full[t]
 
     def step(self, action: float | np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """Keep share `action` of the current layer (clipped to `allowed()`, then rounded down to the layer's width
-        grid); the reward comes at the end."""
-        low, high = self.allowed()
-        clipped = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], low, high))
+        grid, among the widths within budget); the reward comes at the end."""
         t = len(self.keeps)
-        self.keeps.append(self.aligned([*self.keeps, clipped, *self.lowest[t + 1:]])[t])
+        fitting = self._fitting()
+        wanted = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], 0.0, 1.0)) * self.full[t]
+        width = max([w for w in fitting if w <= wanted + 1e-9] or [min(fitting)])
+        self.keeps.append(width / self.full[t])
         if len(self.keeps) < self.layers:
             return self._observation(), 0.0, False, False, {"keep": self.keeps[-1]}
         reward = float(self.score(self.keeps))
         return (np.zeros(len(FEATURES), np.float32), reward, True, False,
-                {"keep": self.keeps[-1], "keeps": list(self.keeps), "macs_kept": self.arch.macs_kept(self.keeps)})
+                {"keep": self.keeps[-1], "keeps": list(self.keeps), "macs_kept": self.arch.macs_kept(self.keeps),
+                 "cost": self.network_cost(self.keeps)})

@@ -38,12 +38,14 @@ import numpy as np
 import pandas as pd
 
 from groundwork.compression.export import WEIGHTED_OPS, onnx_session
+from groundwork.data.canvas import IMAGE_SIDE
 from groundwork.errors import DataError
 from groundwork.params.compression import QuantizationParams
 from groundwork.params.training import ModelParams
 
 PRECISIONS = ("fp32", "int8")
 COLUMNS = ["kind", "layer", "in_width", "out_width", "precision", "batch", "ms"]
+IMAGE = (1, IMAGE_SIDE, IMAGE_SIDE)  # what every network reads: one grey image
 # the SIMD extensions that change which kernels ONNX Runtime picks; the fingerprint lists those present
 SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile",
               "amx_int8", "amx_bf16", "neon", "asimd")
@@ -221,11 +223,46 @@ def time_ms(path: Path, shape: tuple[int, ...], batch: int, *, runs: int, thread
     return float(np.median(times))
 
 
+def shipped_precisions(cells: int, quantization: QuantizationParams) -> list[str]:
+    """Each cell's precision in compress's int8 variants: int8, but the first layer and the head in fp32 when
+    `quantization.keep_ends_fp32`."""
+    ends = (0, cells - 1) if quantization.keep_ends_fp32 else ()
+    return ["fp32" if cell in ends else "int8" for cell in range(cells)]
+
+
+def network_file(arch: ModelParams, widths: Sequence[int], precisions: Sequence[str],
+                 quantization: QuantizationParams, folder: Path) -> Path:
+    """The network at `widths` exported and quantized as compress does it, each weighted layer (then the head) in
+    its precision of `precisions` (calibrated on random images: the scales do not change the time)."""
+    from groundwork.compression.export import export_onnx, quantize_int8
+    from groundwork.models.digitnet import DigitNet
+
+    exported, shipped = folder / "network.onnx", folder / "shipped.onnx"
+    export_onnx(DigitNet(arch.with_widths(tuple(widths))), exported)
+    if "int8" not in precisions:
+        return exported
+    images = np.random.default_rng(0).random((16, *IMAGE), dtype=np.float32)
+    with _quiet_quantizer():
+        quantize_int8(exported, shipped, images, quantization,
+                      fp32_layers=[layer for layer, precision in enumerate(precisions) if precision == "fp32"])
+    return shipped
+
+
+def measure_network(arch: ModelParams, widths: Sequence[int], precisions: Sequence[str], *,
+                    quantization: QuantizationParams, batches: Sequence[int], runs: int,
+                    threads: int) -> dict[int, float]:
+    """Milliseconds per call of the whole network as it ships, at each batch (end to end, not from the table)."""
+    with tempfile.TemporaryDirectory(prefix="groundwork-latency-") as folder:
+        path = network_file(arch, widths, precisions, quantization, Path(folder))
+        return {batch: time_ms(path, IMAGE, batch, runs=runs, threads=threads) for batch in batches}
+
+
 def build_table(arch: ModelParams, grid: Sequence[Sequence[int]], *, batches: Sequence[int], runs: int,
-                threads: int, quantization: QuantizationParams, classes: int = 10,
+                threads: int, quantization: QuantizationParams, reference: Sequence[int], classes: int = 10,
                 on_cell: OnCell | None = None) -> pd.DataFrame:
     """Every cell of `width_pairs` in both precisions, and each layer's output at every width of the grid (its
-    `io`, its int8 -> int8 edge), and the floor, at each batch."""
+    `io`, its int8 -> int8 edge), and the floor, at each batch; and the network at widths `reference` measured
+    end to end as compress ships its int8 variants (`structured_int8`: the search's budgets are shares of it)."""
     import onnx
 
     rows: list[dict[str, Any]] = []
@@ -266,6 +303,11 @@ def build_table(arch: ModelParams, grid: Sequence[Sequence[int]], *, batches: Se
             rows.append({"kind": "floor", "layer": -1, "in_width": 0, "out_width": 0, "precision": "fp32",
                          "batch": batch, "ms": time_ms(_nothing(logits, scratch), logits, batch, runs=runs,
                                                        threads=threads)})
+    shipped = shipped_precisions(len(grid) + 1, quantization)
+    measured = measure_network(arch, reference, shipped, quantization=quantization, batches=batches, runs=runs,
+                               threads=threads)
+    rows += [{"kind": "reference", "layer": -1, "in_width": 0, "out_width": 0, "precision": "int8", "batch": batch,
+              "ms": ms} for batch, ms in measured.items()]
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -298,14 +340,23 @@ class LatencyTable:
         """Milliseconds of one call of the network at `widths` (prunable layers), each cell (those layers, then
         the head) in its precision of `precisions`, on a batch of `batch`."""
         ins, outs = [1, *widths], [*widths, classes]
-        io = [*(self._cell(("io", layer, width, width, "fp32", batch)) for layer, width in enumerate(widths)),
-              self.floor(batch)]
-        total = self.floor(batch) + sum(self._cell(("layer", layer, ins[layer], outs[layer], precision, batch))
-                                        - io[layer] for layer, precision in enumerate(precisions))
-        for layer in range(len(widths)):
-            if precisions[layer] == precisions[layer + 1] == "int8":
-                total -= self._cell(("edge", layer, outs[layer], outs[layer], "int8", batch)) - io[layer]
-        return total
+        return self.floor(batch) + sum(self.cell_term(cell, ins[cell], outs[cell], precisions, batch)
+                                       for cell in range(len(ins)))
+
+    def cell_term(self, cell: int, inputs: int, outputs: int, precisions: Sequence[str], batch: int) -> float:
+        """One cell's share of `network_ms`: its time less its output's hand-back, less the round trip on its
+        input when it and the cell before it are both int8 (the shipped file fuses that pair away)."""
+        last = len(precisions) - 1
+        hand_back = self.floor(batch) if cell == last else self._cell(("io", cell, outputs, outputs, "fp32", batch))
+        term = self._cell(("layer", cell, inputs, outputs, precisions[cell], batch)) - hand_back
+        if cell > 0 and precisions[cell - 1] == precisions[cell] == "int8":
+            term -= (self._cell(("edge", cell - 1, inputs, inputs, "int8", batch))
+                     - self._cell(("io", cell - 1, inputs, inputs, "fp32", batch)))
+        return term
+
+    def reference(self, batch: int) -> float:
+        """`structured_int8`'s latency at `batch`, measured end to end when the table was built."""
+        return self._cell(("reference", -1, 0, 0, "int8", batch))
 
     def floor(self, batch: int) -> float:
         """The runtime's cost of a call that hands back only the logits, at `batch`: no network costs less."""

@@ -40,15 +40,18 @@ class SearchResult:
     policies: list[list[float]] = field(default_factory=list)
     widths: list[tuple[int, ...]] = field(default_factory=list)
     macs_kept: list[float] = field(default_factory=list)
+    costs: list[float] = field(default_factory=list)
 
     def add(self, env: PruningEnv, reward: float, keeps: Sequence[float]) -> None:
-        """Record a scored candidate with the layer widths its shares give and the budget those widths use."""
+        """Record a scored candidate with the layer widths its shares give, the multiply-adds they keep and their
+        cost in the budget's units."""
         widths = per_layer(env.arch, keeps).layer_widths()
         self.rewards.append(reward)
         self.policies.append(list(keeps))
         self.widths.append(widths)
         self.macs_kept.append(env.arch.macs_kept([width / full for width, full in
                                                   zip(widths, env.arch.layer_widths(), strict=True)]))
+        self.costs.append(env.cost.total(widths))
 
     @property
     def best(self) -> int:
@@ -103,18 +106,15 @@ def run_agent(env: PruningEnv, agent: Agent, method: str, *, episodes: int, warm
 
 
 def random_candidate(env: PruningEnv, rng: np.random.Generator) -> list[float]:
-    """Shares drawn uniformly per layer, rounded down to the width grid, until the network uses 90-100% of the
-    budget; if that keeps failing (a budget near the lowest shares), one walk through the environment's wall with
-    uniform actions."""
+    """Shares drawn uniformly per layer, rounded down to the width grid, until the network costs 90-100% of the
+    budget; if that keeps failing (a budget near the lowest shares), a draw layer by layer among the widths the
+    wall allows."""
     lowest = np.asarray(env.lowest)
     for _ in range(DRAWS_PER_CANDIDATE):
         keeps = env.aligned(list(rng.uniform(lowest, 1.0)))
-        if WINDOW * env.budget <= env.arch.macs_kept(keeps) <= env.budget:
+        if WINDOW * env.budget <= env.network_cost(keeps) <= env.budget:
             return keeps
-    env.reset()
-    while len(env.keeps) < env.layers - 1:
-        env.step(float(rng.uniform(env.allowed()[0], 1.0)))
-    return env.aligned([*env.keeps, float(rng.uniform(*env.allowed()))])
+    return env.draw(rng)
 
 
 def random_search(env: PruningEnv, *, candidates: int, seed: int,
@@ -133,15 +133,11 @@ def random_search(env: PruningEnv, *, candidates: int, seed: int,
 
 def uniform(env: PruningEnv) -> SearchResult:
     """The largest single share (each layer at least at its lowest, rounded down to its width grid) that meets
-    the budget, by bisection."""
-    low, high = 0.0, 1.0
-    for _ in range(60):
-        middle = (low + high) / 2
-        if env.arch.macs_kept(env.aligned([middle] * env.layers)) <= env.budget:
-            low = middle
-        else:
-            high = middle
-    keeps = env.aligned([low] * env.layers)
+    the budget: every share at which some layer's width changes is tried (latency need not fall with the share).
+    When no single share does (a latency budget at the fastest network), that fastest network."""
+    steps = sorted({width / full for choices, full in zip(env.cost.grid, env.full, strict=True) for width in choices})
+    fitting = [share for share in steps if env.network_cost(env.aligned([share] * env.layers)) <= env.budget]
+    keeps = env.aligned([max(fitting)] * env.layers) if fitting else env.cheapest()
     result = SearchResult("uniform")
     result.add(env, env.score(keeps), keeps)
     return result
@@ -153,7 +149,8 @@ def _relative(strengths: torch.Tensor) -> torch.Tensor:
 
 def global_ranking(env: PruningEnv, model: DigitNet) -> SearchResult:
     """Remove channels across all layers, weakest |gamma| first (no layer below its lowest share), until the
-    network, each layer rounded down to its width grid, meets the budget."""
+    network, each layer rounded down to its width grid, meets the budget; the fastest network of the grid when
+    removing never gets there (latency need not fall as channels go)."""
     widths = env.arch.layer_widths()
     counts = list(widths)
     floors = [math.ceil(width * low - 1e-9) for width, low in zip(widths, env.lowest, strict=True)]
@@ -165,11 +162,11 @@ def global_ranking(env: PruningEnv, model: DigitNet) -> SearchResult:
         return env.aligned([count / width for count, width in zip(counts, widths, strict=True)])
 
     for _, layer in order:
-        if env.arch.macs_kept(keeps()) <= env.budget:
+        if env.network_cost(keeps()) <= env.budget:
             break
         if counts[layer] > floors[layer]:
             counts[layer] -= 1
-    chosen = keeps()
+    chosen = keeps() if env.network_cost(keeps()) <= env.budget else env.cheapest()
     result = SearchResult("global_ranking")
     result.add(env, env.score(chosen), chosen)
     return result

@@ -13,10 +13,10 @@ from groundwork.errors import DataError
 from groundwork.params.training import ModelParams
 
 
-def write_policy(path: Path, *, agent: str, budget: float, keeps: Sequence[float], widths: Sequence[int],
+def write_policy(path: Path, *, agent: str, budget: str, keeps: Sequence[float], widths: Sequence[int],
                  reward: float) -> None:
     """Write the policy atomically: a killed search leaves the previous file or none, never half of one."""
-    write_json(path, {"agent": agent, "budget_macs_kept": budget, "keeps": [round(k, 6) for k in keeps],
+    write_json(path, {"agent": agent, "budget": budget, "keeps": [round(k, 6) for k in keeps],
                       "widths": list(widths), "val_accuracy_before_finetuning": reward})
 
 
