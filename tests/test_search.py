@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from groundwork.compression.structured import per_layer, prune_channels
+from groundwork.compression.structured import narrower, per_layer, prune_channels
 from groundwork.data.datasets import load_dataset
 from groundwork.errors import DataError, TrainingDiverged
 from groundwork.models.checkpoint import load_model
@@ -315,7 +315,10 @@ def test_under_a_latency_budget_every_episode_fits_and_the_fastest_network_bound
     params = tiny_params.model_copy(update={"search": tiny_params.search.model_copy(
         update={"budget_of": "latency", "latency_kept": 0.01})})
     budget = search_budget(params, table)
-    assert budget.asked == pytest.approx(0.01 * table.reference(params.evaluate.throughput_batch))
+    structured = narrower(params.model, params.compress.channels_kept).layer_widths()  # on the tiny grid
+    assert budget.asked == pytest.approx(0.01 * budget.cost.total(structured)), "priced as the candidates are"
+    off_grid = params.model_copy(update={"compress": params.compress.model_copy(update={"channels_kept": 0.6})})
+    assert search_budget(off_grid, table).asked == pytest.approx(0.01 * table.reference(32)), "measured instead"
     assert budget.limit == pytest.approx(budget.cost.cheapest()), "the fastest reachable instead"
     assert budget.limit > budget.asked
     assert "the fastest reachable" in budget.describe()

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from groundwork.compression.structured import narrower
 from groundwork.models.digitnet import DigitNet
 from groundwork.params import Params
 from groundwork.params.compression import SearchParams
@@ -43,15 +44,19 @@ class Budget:
 
 def search_budget(params: Params, table: LatencyTable) -> Budget:
     """The budget `search.budget_of` names over the grid of `search.min_keep` and `search.width_multiple`: a
-    share of the multiply-adds, or a share of structured_int8's measured latency at evaluate's throughput batch
-    (each network estimated by the latency table, the ends in the precision compress ships them in)."""
+    share of the multiply-adds, or a share of structured_int8's latency at evaluate's throughput batch (each
+    network estimated by the latency table, the ends in the precision compress ships them in)."""
     cfg, arch = params.search, params.model
     grid = arch.width_grid(cfg.min_keep, cfg.width_multiple)
     if cfg.budget_of == "macs":
         return Budget(macs_cost(arch, grid), cfg.macs_kept, cfg.macs_kept)
     batch = params.evaluate.throughput_batch
     cost = latency_cost(table, grid, shipped_precisions(len(grid) + 1, params.compress.quantization), batch)
-    asked = cfg.latency_kept * table.reference(batch)
+    structured = narrower(arch, params.compress.channels_kept).layer_widths()
+    # on the grid, structured_int8 is priced by the same estimate as the candidates, so the share compares like
+    # with like (the table's error cancels); off it, its end-to-end time stands in
+    on_grid = all(width in choices for width, choices in zip(structured, grid, strict=True))
+    asked = cfg.latency_kept * (cost.total(structured) if on_grid else table.reference(batch))
     return Budget(cost, max(asked, cost.cheapest()), asked)
 
 
