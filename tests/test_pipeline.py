@@ -180,7 +180,8 @@ def test_first_run_executes_every_stage_and_records_them(first_run: FirstRun) ->
         assert run.data.metrics, f"{run.info.run_name} has no metrics"
         assert run.data.tags["git_commit"] == parent.data.tags["git_commit"]
         assert run.data.tags["prefect_flow_run_id"] == parent.data.tags["prefect_flow_run_id"]
-        assert any(tag.startswith("data_digest.") for tag in run.data.tags)
+        reads_data = run.data.tags["stage"] not in {"machine", "latency"}  # these two time the machine
+        assert any(tag.startswith("data_digest.") for tag in run.data.tags) == reads_data
         assert run.data.tags["stage_start"] == "warm", f"{run.info.run_name} was not forked from the stage server"
     by_stage = {run.data.tags["stage"]: run for run in children}
     # one run per variant under evaluate, its scores under plain names; each served variant's model the same
