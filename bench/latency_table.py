@@ -14,7 +14,6 @@ Without --table (or when the file was measured on another machine) the table is 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -25,12 +24,13 @@ from scipy.stats import spearmanr
 
 from groundwork.compression.export import TIMING_THREADS
 from groundwork.compression.structured import narrower
+from groundwork.errors import DataError
 from groundwork.params import Params, load_params
 from groundwork.search.compare import search_budget
 from groundwork.search.latency import (
     LatencyTable,
     build_table,
-    machine_fingerprint,
+    check_machine,
     measure_network,
     read_latency_table,
     shipped_precisions,
@@ -53,13 +53,14 @@ def end_to_end(params: Params, widths: tuple[int, ...], precisions: list[str], b
                            batches=batches, runs=RUNS, threads=TIMING_THREADS)
 
 
-def load_or_build(params: Params, table_path: Path | None, batches: tuple[int, ...]) -> LatencyTable:
-    machine = table_path.parent / "machine.json" if table_path else None
-    if table_path and table_path.exists() and machine and machine.exists() and \
-            json.loads(machine.read_text()) == machine_fingerprint(TIMING_THREADS):
+def load_or_build(params: Params, table_path: Path, batches: tuple[int, ...]) -> LatencyTable:
+    try:
+        check_machine(table_path.parent / "machine.json", TIMING_THREADS)
+        table = read_latency_table(table_path)
         print(f"table: {table_path} (measured on this machine)")
-        return read_latency_table(table_path)
-    print("table: building it (the given one is missing or from another machine)")
+        return table
+    except DataError as exc:
+        print(f"table: building it ({exc})")
     started = time.perf_counter()
     grid = params.model.width_grid(params.search.min_keep, params.search.width_multiple)
     table = build_table(params.model, grid, batches=batches, runs=params.search.latency_runs,

@@ -6,7 +6,6 @@ rebuilds it when the machine's fingerprint (the machine stage) changes, and neve
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
@@ -20,34 +19,17 @@ from groundwork.compression.export import TIMING_THREADS
 from groundwork.compression.structured import narrower
 from groundwork.data.atomic import atomic_path
 from groundwork.entrypoint import stage_cli
-from groundwork.errors import DataError
 from groundwork.params import Params
-from groundwork.search.latency import build_table, machine_fingerprint
+from groundwork.search.latency import build_table, check_machine
 from groundwork.tracking.runs import NullTracker, RunLog
 
 log = logging.getLogger(__name__)
 
 
-def check_machine(path: Path) -> dict[str, Any]:
-    """The fingerprint the machine stage wrote, which must be this machine's: a table is never measured for a
-    fingerprint other than the one it is filed under."""
-    try:
-        recorded = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise DataError(f"{path}: no machine fingerprint (run the machine stage)") from None
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: not a machine fingerprint ({type(exc).__name__}: {exc})") from None
-    here = machine_fingerprint(TIMING_THREADS)
-    if recorded != here:
-        raise DataError(f"{path}: the fingerprint of another machine or runtime ({recorded}), not this one's "
-                        f"({here}): run the machine stage here first")
-    return here
-
-
 def run(params: Params, *, machine: Path, table_out: Path, tracker: RunLog | None = None) -> dict[str, Any]:
     """Time every cell and write the table (CSV); return its size, the runtime's floor and how long it took."""
     tracker = tracker or NullTracker()
-    fingerprint = check_machine(machine)
+    fingerprint = check_machine(machine, TIMING_THREADS)
     grid = params.model.width_grid(params.search.min_keep, params.search.width_multiple)
     batches = (1, params.evaluate.throughput_batch)
     started = time.perf_counter()

@@ -30,8 +30,9 @@ def narrower(arch: ModelParams, keep: float) -> ModelParams:
 
 def per_layer(arch: ModelParams, keeps: Sequence[float]) -> ModelParams:
     """`arch` with layer i (in `ModelParams.layer_widths` order) keeping share keeps[i] of its outputs, rounded
-    down so the model never costs more than the shares say."""
-    return arch.with_widths(arch.aligned_widths(keeps))
+    down so the model never costs more than the shares say (the tolerance absorbs float error in w * (4 / w))."""
+    return arch.with_widths([math.floor(width * keep + 1e-9) for width, keep in
+                             zip(arch.layer_widths(), keeps, strict=True)])
 
 
 def toward(start: ModelParams, end: ModelParams, fraction: float) -> ModelParams:

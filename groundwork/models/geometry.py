@@ -6,7 +6,6 @@ the three agree on what a layer is."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 from groundwork.data.canvas import IMAGE_SIDE  # every image, source or target, is brought to 28x28 gray by ingest
@@ -88,7 +87,7 @@ class LayerGeometry:
 
     def lowest_keeps(self, min_keep: float, multiple: int = 1) -> tuple[float, ...]:
         """The smallest share of its outputs each prunable layer may keep: `min_keep`, or more where that would
-        leave a layer narrower than its floor, rounded up to the layer's width grid (see `aligned_widths`)."""
+        leave a layer narrower than its floor, rounded up to a multiple of `multiple` (or the full width)."""
         return tuple(min(width, math.ceil(max(min_keep * width, floor) / multiple - 1e-9) * multiple) / width
                      for floor, width in zip(self.layer_floors(), self.layer_widths(), strict=True))
 
@@ -97,14 +96,6 @@ class LayerGeometry:
         multiples of `multiple`, and its full width."""
         return tuple(tuple(sorted({*range(round(low * width), width, multiple), width}))
                      for low, width in zip(self.lowest_keeps(min_keep, multiple), self.layer_widths(), strict=True))
-
-    def aligned_widths(self, keeps: Sequence[float], multiple: int = 1) -> tuple[int, ...]:
-        """Each prunable layer's width when it keeps share keeps[i] of its outputs, rounded down to its grid: the
-        multiples of `multiple` below its full width, and the full width itself (vectorised kernels run whole
-        blocks of 8 or 16 channels, so a width between two multiples costs what the next one up does). Rounding
-        down never spends more than the shares say; the tolerance absorbs float error in w * (8 / w)."""
-        return tuple(width if width * keep + 1e-9 >= width else int((width * keep + 1e-9) // multiple) * multiple
-                     for width, keep in zip(self.layer_widths(), keeps, strict=True))
 
     def macs_kept(self, keeps: tuple[float, ...] | list[float]) -> float:
         """Share of the prunable layers' multiply-adds left when layer i keeps share keeps[i] of its outputs

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import logging
 import os
 import platform
@@ -63,6 +64,22 @@ def machine_fingerprint(threads: int) -> dict[str, Any]:
             "flags_sha256": hashlib.sha256(" ".join(sorted(flags)).encode()).hexdigest(),
             "machine": platform.machine(), "logical_cpus": os.cpu_count(), "threads": threads,
             "onnxruntime": onnxruntime.__version__}
+
+
+def check_machine(path: Path, threads: int) -> dict[str, Any]:
+    """The fingerprint the machine stage wrote at `path`, which must be this machine's on `threads`: a table is
+    never measured, nor read, under a fingerprint other than the one it is filed under."""
+    try:
+        recorded = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path}: no machine fingerprint (run the machine stage)") from None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: not a machine fingerprint ({type(exc).__name__}: {exc})") from None
+    here = machine_fingerprint(threads)
+    if recorded != here:
+        raise DataError(f"{path}: the fingerprint of another machine or runtime ({recorded}), not this one's "
+                        f"({here}): run the machine stage here first")
+    return here
 
 
 def _cpu() -> tuple[str, set[str]]:
