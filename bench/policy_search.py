@@ -2,7 +2,7 @@
 uniform shares, global ranking by BatchNorm scale, and random search with as many scored candidates as each agent.
 
 Every method scores its candidates the same way (the transferred model pruned to the candidate's widths,
-BatchNorm re-estimated on unlabelled target images, accuracy on the validation split, no fine-tuning), at each
+BatchNorm re-estimated on unlabelled target images, then scored as `search.reward` says), at each
 budget (share of the prunable multiply-adds kept) and seed. Printed: the best candidate's validation accuracy
 before fine-tuning, mean ± std over the seeds; then, for the first agent's, random search's and uniform's best
 policies, test accuracy after compress's own fine-tuning recipe (rounds of channel removal, each fine-tuned and
@@ -26,6 +26,7 @@ from groundwork.models.checkpoint import load_model
 from groundwork.params import load_params
 from groundwork.search.compare import compare_methods
 from groundwork.search.cost import macs_cost
+from groundwork.search.scoring import make_scorer
 from groundwork.tracking.runs import NullTracker
 from groundwork.training.loop import loss_and_accuracy
 
@@ -50,7 +51,7 @@ def main() -> None:
     data, _ = load_dataset(Path("data/processed/target.npz"), splits=("train", "val", "test", "pool"))
     transferred = args.models / "transfer.pt"
     model, _ = load_model(transferred)
-    calibration = data["pool"].tensors()[0][:params.search.calibration_images]
+    score = make_scorer(params, model, data, device=CPU)
     before: dict[tuple[float, str], list[float]] = {}
     after: dict[tuple[float, str], list[float]] = {}
     seconds: dict[str, list[float]] = {}
@@ -62,8 +63,8 @@ def main() -> None:
                 cfg = params.search.model_copy(update={"agent": agent, "macs_kept": budget})
                 grid = params.model.width_grid(cfg.min_keep, cfg.width_multiple)
                 started = time.perf_counter()
-                results = compare_methods(model, cfg, cost=macs_cost(params.model, grid), budget=budget,
-                                          calibration=calibration, val=data["val"].tensors(), seed=seed, device=CPU)
+                results = compare_methods(model, cfg, score=score, cost=macs_cost(params.model, grid),
+                                          budget=budget, seed=seed)
                 seconds.setdefault(agent, []).append(time.perf_counter() - started)
                 renamed = {agent if name == "agent" else name: result for name, result in results.items()}
                 for name, result in renamed.items():

@@ -27,8 +27,7 @@ from groundwork.compression.export import (
     MANIFEST,
     calibration_images,
     export_onnx,
-    onnx_logits,
-    onnx_session,
+    onnx_accuracy,
     parameter_counts,
     quantize_int8,
     size_report,
@@ -52,12 +51,6 @@ from groundwork.training.jobs import run_jobs, worker_count
 from groundwork.training.loop import loss_and_accuracy
 
 log = logging.getLogger(__name__)
-
-
-def onnx_accuracy(path: Path, val: Split) -> float:
-    """Accuracy of an ONNX file on a labelled split, run by ONNX Runtime."""
-    images, labels = val.tensors()
-    return float((onnx_logits(onnx_session(path), images).argmax(1) == labels).float().mean())
 
 
 def _write_variants(params: Params, reference: DigitNet, searched: Any, calibration: Any, val: Split, folder: Path,

@@ -1,8 +1,10 @@
 """search: each layer's share of channels to keep, learnt by a reinforcement-learning agent (AMC, He et al. 2018)
-under a budget of multiply-adds, beside the baselines that often beat such agents: one share for every layer,
-global ranking by BatchNorm scale, and random search scoring as many candidates as the agent. Every candidate is
-the transferred model pruned to its widths, BatchNorm re-estimated on unlabelled target images, scored on the
-validation split without fine-tuning. The agent's best policy is written for compress (its `searched` variant);
+under a budget (of latency on this machine, by the latency stage's table, or of multiply-adds), beside the
+baselines that often beat such agents: one share for every layer, global ranking by BatchNorm scale, and random
+search scoring as many candidates as the agent. Every candidate is the transferred model pruned to its widths,
+BatchNorm re-estimated on unlabelled target images, and scored on the validation split as `search.reward` says:
+after a one-epoch distillation fine-tune, in int8, or at once in fp32 (groundwork.search.scoring). The agent's
+best policy is written for compress (its `searched` variant);
 the table of rewards per episode and a plot show how the agent did against each baseline."""
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from groundwork.search.compare import BASELINES, compare_methods, search_budget
 from groundwork.search.latency import LatencyTable, read_latency_table, shipped_precisions
 from groundwork.search.methods import SearchResult
 from groundwork.search.policy import write_policy
+from groundwork.search.scoring import make_scorer
 from groundwork.tracking.runs import NullTracker, RunLog
 from groundwork.training.distributed import resolve_device
 
@@ -81,13 +84,13 @@ def run(params: Params, *, transferred: Path, target: Path, latency: Path, polic
     if budget.limit > budget.asked:
         log.warning("search.latency_kept=%s asks for %.3f ms, below the fastest network of the width grid (%.3f ms "
                     "estimated): searching at that one instead", cfg.latency_kept, budget.asked, budget.limit)
-    data, digest = load_dataset(target, splits=("val", "pool"))  # pool: unlabelled images for BatchNorm
+    # pool: unlabelled images for BatchNorm (and distillation); train: the distilled reward's labels
+    data, digest = load_dataset(target, splits=("train", "val", "pool"))
     tracker.log_dataset("target", target, digest, context="input")
     model, _ = load_model(transferred)
     started = time.perf_counter()
-    results = compare_methods(model, cfg, cost=budget.cost, budget=budget.limit,
-                              calibration=data["pool"].tensors()[0][:cfg.calibration_images],
-                              val=data["val"].tensors(), seed=params.seed, device=resolve_device(params.device))
+    score = make_scorer(params, model, data, device=resolve_device(params.device))
+    results = compare_methods(model, cfg, score=score, cost=budget.cost, budget=budget.limit, seed=params.seed)
     seconds = time.perf_counter() - started
     widths = {method: result.widths[result.best] for method, result in results.items()}
     methods = summary(results, widths, int8_latency(latency_table, params))
@@ -118,6 +121,7 @@ def run(params: Params, *, transferred: Path, target: Path, latency: Path, polic
         "budget_of": cfg.budget_of,
         "budget_limit": budget.limit,
         "budget_asked": budget.asked,
+        "reward": cfg.reward,
         "episodes": cfg.episodes,
         "seconds": round(seconds, 1),
         "agent_minus_uniform_points": round((agent["best_reward"] - methods["uniform"]["best_reward"]) * 100, 2),

@@ -27,6 +27,7 @@ from groundwork.models.digitnet import DigitNet
 from groundwork.params import Params, ParamsError, parse_params
 from groundwork.params.training import ModelParams
 from groundwork.project import tiny_params_dict
+from groundwork.search import scoring
 from groundwork.search.agents import DDPG, Reinforce
 from groundwork.search.compare import search_budget
 from groundwork.search.cost import ChainCost
@@ -34,7 +35,7 @@ from groundwork.search.env import FEATURES, PruningEnv
 from groundwork.search.latency import read_latency_table, shipped_precisions
 from groundwork.search.methods import global_ranking, random_search, run_agent, uniform
 from groundwork.search.policy import read_policy
-from groundwork.search.scoring import AdaptiveBNScorer, recalibrate_batchnorm
+from groundwork.search.scoring import AdaptiveBNScorer, DistilledScorer, make_scorer, recalibrate_batchnorm
 from groundwork.training.loop import prepare_batch
 
 CPU = torch.device("cpu")
@@ -217,6 +218,48 @@ def test_scorer_scores_a_candidate_once_and_full_width_keeps_the_accuracy(tiny_t
     assert scorer([0.5 + 1e-4] * layers) == half and len(scorer._scores) == 1, "same widths, one scoring"
     images = len(data["val"].labels)  # a score is the share of the validation images classified right
     assert half * images == pytest.approx(round(half * images)) and scorer([1.0] * layers) >= half - 0.05
+
+
+def test_the_distilled_reward_fine_tunes_and_scores_in_int8_the_same_each_time(
+        tiny_params: Params, tiny_transferred: dict[str, Any], tiny_data: dict[str, Path]) -> None:
+    data, _ = load_dataset(tiny_data["target"], splits=("train", "val", "pool"))
+    model, _ = load_model(tiny_transferred["model"])
+    distilled = tiny_params.model_copy(update={"search": tiny_params.search.model_copy(update={"reward":
+                                                                                           "distilled"})})
+    scorer = make_scorer(distilled, model, data, device=CPU)
+    assert isinstance(scorer, DistilledScorer)
+    keeps = [0.5] * len(model.arch.layer_widths())
+    quick = make_scorer(tiny_params.model_copy(update={"search": distilled.search.model_copy(
+        update={"reward": "adaptive_bn"})}), model, data, device=CPU)
+    assert type(quick) is AdaptiveBNScorer
+    recalibrated = quick.recalibrated(keeps)
+    score = scorer(keeps)
+    images = len(data["val"].labels)
+    assert score * images == pytest.approx(round(score * images)), "a share of the validation images"
+    # a fresh scorer (another method, another run) gives the candidate the same score: it is seeded by the widths
+    assert make_scorer(distilled, model, data, device=CPU)(keeps) == score
+    # what it scores: the short fine-tune's weights (not the recalibrated ones), quantized as compress does
+    scorer._scores.clear()
+    tuned: list[nn.Module] = []
+    quantized: list[Any] = []
+    export, quantize = scoring.export_onnx, scoring.quantize_int8
+
+    def keep_the_exported(module: nn.Module, path: Path) -> None:
+        tuned.append(module)
+        export(module, path)
+
+    def keep_the_quantization(fp32: Path, int8: Path, calibration: Any, quantization: Any) -> None:
+        quantized.append(quantization)
+        quantize(fp32, int8, calibration, quantization)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(scoring, "export_onnx", keep_the_exported)
+        patch.setattr(scoring, "quantize_int8", keep_the_quantization)
+        assert scorer(keeps) == score
+    assert quantized == [tiny_params.compress.quantization]
+    first = tuned[0].backbone.features[0][0].weight
+    assert first.shape == recalibrated.backbone.features[0][0].weight.shape
+    assert not torch.allclose(first, recalibrated.backbone.features[0][0].weight)
 
 
 def test_the_stage_writes_the_agents_policy_within_budget(tiny_params: Params, tiny_searched: dict[str, Any]) -> None:

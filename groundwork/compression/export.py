@@ -15,10 +15,13 @@ import numpy as np
 import torch
 
 from groundwork.data.atomic import atomic_path
-from groundwork.data.datasets import Dataset, to_float
+from groundwork.data.datasets import Dataset, Split, to_float
 from groundwork.params.compression import QuantizationParams
 
 log = logging.getLogger(__name__)
+# ONNX Runtime's pre-processing logs "Performing symbolic shape inference..." at INFO for every model it prepares:
+# the search quantizes hundreds of candidates, and the line says nothing a stage log needs
+logging.getLogger("onnxruntime.quantization.shape_inference").setLevel(logging.WARNING)
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
 MANIFEST = "variants.json"  # the compress stage's list of variants: file, runtime, parameter counts
@@ -120,6 +123,12 @@ def onnx_logits(session: Any, images: torch.Tensor, batch: int = 512) -> torch.T
     chunks = [session.run([OUTPUT_NAME], {INPUT_NAME: to_float(images[i:i + batch]).numpy()})[0]
               for i in range(0, len(images), batch)]
     return torch.from_numpy(np.concatenate(chunks))
+
+
+def onnx_accuracy(path: Path, split: Split) -> float:
+    """Accuracy of an ONNX file on a labelled split, run by ONNX Runtime."""
+    images, labels = split.tensors()
+    return float((onnx_logits(onnx_session(path), images).argmax(1) == labels).float().mean())
 
 
 def size_report(path: Path) -> dict[str, int]:

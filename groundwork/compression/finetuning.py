@@ -16,13 +16,13 @@ from groundwork.compression.lowrank import factorize
 from groundwork.compression.packing import tie_to_codebooks, untie
 from groundwork.compression.pruning import make_permanent, prune_to
 from groundwork.compression.structured import prune_channels, toward
-from groundwork.data.datasets import Dataset
+from groundwork.data.datasets import Dataset, Split
 from groundwork.models.digitnet import DigitNet
 from groundwork.params import Params
 from groundwork.params.training import ModelParams
 from groundwork.tracking.runs import RunLog
 from groundwork.training.distill import distillation, with_unlabelled
-from groundwork.training.loop import derived_seed, epochs_logged_at, fit, seed_everything, validation
+from groundwork.training.loop import Objective, derived_seed, epochs_logged_at, fit, seed_everything, validation
 from groundwork.training.precision import autocast_dtype
 from groundwork.training.transforms import online_augmentation
 
@@ -31,16 +31,26 @@ FineTune = Callable[[DigitNet, str, int], float]  # (model, variant, round) -> v
 log = logging.getLogger(__name__)
 
 
-def fine_tuner(params: Params, data: Dataset, teacher: DigitNet, device: torch.device,
-               tracker: RunLog) -> FineTune:
-    """Fine-tuning as params say: the shared loop on the target's labels (plus, with distillation, the fp32
-    teacher's outputs, also on the unlabelled pool), validated on the target's validation split."""
+def distilled_training(params: Params, data: Dataset, teacher: DigitNet,
+                       device: torch.device) -> tuple[Split, Objective]:
+    """What compress fine-tunes on and with: the target's training split (plus its unlabelled pool, with
+    `distillation.unlabelled`) and the distillation objective from the fp32 `teacher`, augmented as
+    `finetune.augmentation` says. The search's distilled reward trains the same way, for fewer epochs."""
     cfg = params.compress
     train = with_unlabelled(data["train"], data["pool"]) if cfg.distillation.unlabelled else data["train"]
     augment = online_augmentation(params.augment) if cfg.finetune.augmentation == "online" else None
     objective = distillation(teacher.to(device, memory_format=torch.channels_last), augment=augment,
                              weight=cfg.distillation.weight, temperature=cfg.distillation.temperature,
                              loss=cfg.finetune.loss)
+    return train, objective
+
+
+def fine_tuner(params: Params, data: Dataset, teacher: DigitNet, device: torch.device,
+               tracker: RunLog) -> FineTune:
+    """Fine-tuning as params say: the shared loop on the target's labels (plus, with distillation, the fp32
+    teacher's outputs, also on the unlabelled pool), validated on the target's validation split."""
+    cfg = params.compress
+    train, objective = distilled_training(params, data, teacher, device)
     validate = validation(*data["val"].tensors(), device=device)
     precision = autocast_dtype(params.precision, device)
 

@@ -50,7 +50,7 @@ class CompressParams(Section):
 
 class SearchParams(Section):
     """The per-layer compression search: an agent picks each layer's share of channels kept under a budget of
-    multiply-adds, scored by validation accuracy after BatchNorm recalibration, beside the baselines."""
+    latency or multiply-adds, each candidate scored as `reward` says, beside the baselines."""
 
     agent: Literal["ddpg", "reinforce"] = Field(
         description="ddpg: actor-critic with a replay buffer (value-based, as AMC); reinforce: Gaussian policy "
@@ -73,6 +73,11 @@ class SearchParams(Section):
     warmup_episodes: int = Field(ge=1, le=100000, description="episodes of random actions before the agent learns")
     calibration_images: int = Field(ge=16, le=100000,
                                     description="unlabelled target images that re-estimate BatchNorm statistics")
+    reward: Literal["adaptive_bn", "distilled"] = Field(
+        description="how a candidate is scored: adaptive_bn: validation accuracy right after BatchNorm "
+                    "recalibration, fp32; distilled: after reward_epochs of compress's distillation fine-tune, "
+                    "in int8 as searched_int8 ships (bench/reward_rank.py measures which ranks better)")
+    reward_epochs: int = Field(ge=1, le=100, description="reward distilled: epochs of the short fine-tune")
     latency_runs: int = Field(ge=1, le=10000, description="timed calls per cell of the latency table (median)")
 
     @model_validator(mode="after")

@@ -7,18 +7,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import torch
-
 from groundwork.compression.structured import narrower
 from groundwork.models.digitnet import DigitNet
 from groundwork.params import Params
 from groundwork.params.compression import SearchParams
 from groundwork.search.agents import make_agent
 from groundwork.search.cost import ChainCost, latency_cost, macs_cost
-from groundwork.search.env import FEATURES, PruningEnv
+from groundwork.search.env import FEATURES, PruningEnv, Score
 from groundwork.search.latency import LatencyTable, shipped_precisions
 from groundwork.search.methods import OnEpisode, SearchResult, global_ranking, random_search, run_agent, uniform
-from groundwork.search.scoring import AdaptiveBNScorer
 from groundwork.training.loop import derived_seed
 
 BASELINES = ("uniform", "global_ranking", "random")
@@ -60,14 +57,12 @@ def search_budget(params: Params, table: LatencyTable) -> Budget:
     return Budget(cost, max(asked, cost.cheapest()), asked)
 
 
-def compare_methods(model: DigitNet, cfg: SearchParams, *, cost: ChainCost, budget: float,
-                    calibration: torch.Tensor, val: tuple[torch.Tensor, torch.Tensor], seed: int,
-                    device: torch.device, on_episode: MethodEpisode | None = None) -> dict[str, SearchResult]:
-    """Every method's scored candidates under `budget` of `cost`, keyed `agent` (the params' agent) and by
-    baseline name. The agent and random search score `cfg.episodes` candidates each; `on_episode(method, episode,
-    reward, keeps)`."""
-    scorer = AdaptiveBNScorer(model, calibration, val, device=device)
-    env = PruningEnv(model.arch, scorer, budget=budget, cost=cost)
+def compare_methods(model: DigitNet, cfg: SearchParams, *, score: Score, cost: ChainCost, budget: float,
+                    seed: int, on_episode: MethodEpisode | None = None) -> dict[str, SearchResult]:
+    """Every method's candidates under `budget` of `cost`, scored by `score` (groundwork.search.scoring's
+    `make_scorer`), keyed `agent` (the params' agent) and by baseline name. The agent and random search score
+    `cfg.episodes` candidates each; `on_episode(method, episode, reward, keeps)`."""
+    env = PruningEnv(model.arch, score, budget=budget, cost=cost)
 
     def report(method: str) -> OnEpisode | None:
         if on_episode is None:
