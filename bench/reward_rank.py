@@ -90,7 +90,8 @@ def main() -> None:
     env = PruningEnv(model.arch, scorer, budget=args.macs_kept, min_keep=cfg.min_keep,
                      width_multiple=cfg.width_multiple)
     rng = np.random.default_rng(args.seed)
-    candidates = [random_candidate(env, rng) for _ in range(args.candidates)]  # drawn first: the same on resume
+    # drawn first: the same on resume (each layer int8, the ends as compress ships them: the widths are drawn)
+    candidates = [random_candidate(env, rng)[0] for _ in range(args.candidates)]
     args.workdir.mkdir(parents=True, exist_ok=True)
     tune = fine_tuner(params, data, load_model(transferred)[0], CPU, NullTracker())
     rows: list[dict[str, Any]] = []
@@ -102,14 +103,14 @@ def main() -> None:
             widths = env.widths(keeps)
             pruned = channel_pruned(load_model(transferred)[0], model.arch.with_widths(widths), params, tune,
                                     "searched")
-            write_json(cell, {"widths": list(widths), "quick_val": scorer(keeps),
+            write_json(cell, {"widths": list(widths), "quick_val": scorer(keeps, env.cells()),
                               "after_val": loss_and_accuracy(pruned, *data["val"].tensors(), device=CPU)["accuracy"],
                               "after_test": loss_and_accuracy(pruned, *data["test"].tensors(),
                                                               device=CPU)["accuracy"]})
             print(f"candidate {index + 1}/{len(candidates)} done", flush=True)
         row = json.loads(cell.read_text())
         if distilled_key not in row and not args.report_only:
-            row[distilled_key] = distilled(keeps)
+            row[distilled_key] = distilled(keeps, env.cells())
             write_json(cell, row)
         rows.append(row)
     rows = [row for row in rows if distilled_key in row]

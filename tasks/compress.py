@@ -27,6 +27,7 @@ from groundwork.compression.export import (
     MANIFEST,
     calibration_images,
     export_onnx,
+    fp32_cells,
     onnx_accuracy,
     parameter_counts,
     quantize_int8,
@@ -43,7 +44,7 @@ from groundwork.entrypoint import stage_cli
 from groundwork.models.checkpoint import load_model, save_checkpoint
 from groundwork.models.digitnet import DigitNet
 from groundwork.params import Params
-from groundwork.search.policy import read_policy
+from groundwork.search.policy import read_policy, read_precisions
 from groundwork.serving.package import log_served_model, served_contract
 from groundwork.tracking.runs import NullTracker, RunLog
 from groundwork.training.distributed import resolve_device
@@ -53,7 +54,8 @@ from groundwork.training.loop import loss_and_accuracy
 log = logging.getLogger(__name__)
 
 
-def _write_variants(params: Params, reference: DigitNet, searched: Any, calibration: Any, val: Split, folder: Path,
+def _write_variants(params: Params, reference: DigitNet, searched: Any, searched_precisions: list[str],
+                    calibration: Any, val: Split, folder: Path,
                     tracker: RunLog, *, transferred: Path, target: Path, device: torch.device
                     ) -> tuple[dict[str, dict[str, Any]], dict[str, DigitNet]]:
     """Every variant's file and the manifest, written into `folder`; the manifest and the fine-tuned models."""
@@ -87,8 +89,10 @@ def _write_variants(params: Params, reference: DigitNet, searched: Any, calibrat
                         metrics={"val_accuracy": accuracy})
         export_onnx(model, folder / f"{name}.onnx")
         record(name, f"{name}.onnx", "onnx", model, onnx_accuracy(folder / f"{name}.onnx", val))
-    for name in ("structured", "searched"):
-        quantize_int8(folder / f"{name}.onnx", folder / f"{name}_int8.onnx", calibration, cfg.quantization)
+    # structured_int8 keeps the ends as compress.quantization says; searched_int8 ships as the policy's precisions
+    for name, fp32_layers in (("structured", None), ("searched", fp32_cells(searched_precisions))):
+        quantize_int8(folder / f"{name}.onnx", folder / f"{name}_int8.onnx", calibration, cfg.quantization,
+                      fp32_layers=fp32_layers)
         record(f"{name}_int8", f"{name}_int8.onnx", "onnx", trained[name],
                onnx_accuracy(folder / f"{name}_int8.onnx", val))
     pack(trained["packed"], folder / "packed.gwpk", bits=cfg.packed_bits)
@@ -109,9 +113,11 @@ def run(params: Params, *, transferred: Path, target: Path, policy: Path, out_di
     val = data["val"]
     reference, _ = load_model(transferred)
     searched = read_policy(policy, reference.arch)  # before any work: a bad policy file fails at once
+    searched_precisions = read_precisions(policy, len(searched.layer_widths()) + 1)
     calibration = calibration_images(data, params.compress.calibration_images)
     with atomic_folder(out_dir) as staging:  # killed or failed mid-way: no part of a new set of variants
-        manifest, trained = _write_variants(params, reference, searched, calibration, val, staging, tracker,
+        manifest, trained = _write_variants(params, reference, searched, searched_precisions, calibration, val,
+                                            staging, tracker,
                                             transferred=transferred, target=target, device=device)
 
     # every ONNX variant as the classifier a client calls: evaluate scores these models and registers one
@@ -124,6 +130,7 @@ def run(params: Params, *, transferred: Path, target: Path, policy: Path, out_di
         "ranks": trained["lowrank"].factorized,
         "structured_widths": list(trained["structured"].arch.layer_widths()),
         "searched_widths": list(trained["searched"].arch.layer_widths()),
+        "searched_int8_precisions": searched_precisions,
         "fp32_val_accuracy": loss_and_accuracy(reference, *val.tensors(), device=torch.device("cpu"))["accuracy"],
         "fp32_state_dict_bytes": reference_bytes,
         "packed_times_smaller": round(reference_bytes / size_report(out_dir / "packed.gwpk")["bytes"], 2),

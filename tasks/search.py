@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from groundwork.models.checkpoint import load_model
 from groundwork.params import Params
 from groundwork.plots import search_rewards
 from groundwork.search.compare import BASELINES, compare_methods, search_budget
-from groundwork.search.latency import LatencyTable, read_latency_table, shipped_precisions
+from groundwork.search.latency import LatencyTable, read_latency_table
 from groundwork.search.methods import SearchResult
 from groundwork.search.policy import write_policy
 from groundwork.search.scoring import make_scorer
@@ -51,27 +51,20 @@ def reward_table(results: dict[str, SearchResult]) -> pd.DataFrame:
     return table
 
 
-def summary(results: dict[str, SearchResult], widths: dict[str, tuple[int, ...]],
-            latency: Callable[[tuple[int, ...]], dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per method: its best reward, the episode it came in, that policy's shares, widths, multiply-adds kept and
-    cost in the budget's units, and the latency table's estimate of that network in int8 (`latency`)."""
+def summary(results: dict[str, SearchResult], table: LatencyTable) -> dict[str, dict[str, Any]]:
+    """Per method: its best reward, the episode it came in, that policy's shares, widths, each cell's precision in
+    searched_int8, multiply-adds kept and cost in the budget's units, and the latency table's estimate of that
+    network as searched_int8 would ship it, in milliseconds per call at each of the table's batches."""
+    def estimate(widths: tuple[int, ...], precisions: list[str]) -> dict[str, float]:
+        return {f"b{batch}": round(table.network_ms(widths, precisions, batch), 4) for batch in table.batches}
+
     return {method: {"best_reward": result.best_reward, "best_episode": result.best,
                      "macs_kept": result.macs_kept[result.best], "cost": result.costs[result.best],
                      "candidates": len(result.rewards),
-                     "keeps": [round(keep, 4) for keep in result.best_policy], "widths": list(widths[method]),
-                     **latency(widths[method])}
+                     "keeps": [round(keep, 4) for keep in result.best_policy],
+                     "widths": list(result.widths[result.best]), "precisions": result.best_precisions,
+                     "int8_latency_ms": estimate(result.widths[result.best], result.best_precisions)}
             for method, result in results.items()}
-
-
-def int8_latency(table: LatencyTable, params: Params) -> Callable[[tuple[int, ...]], dict[str, Any]]:
-    """Milliseconds per call at each of the table's batches of a network shipped as compress ships its int8
-    variants: every layer in int8, but the first and the head in fp32 when `compress.quantization` keeps the
-    ends in fp32."""
-    def estimate(widths: tuple[int, ...]) -> dict[str, dict[str, float]]:
-        precisions = shipped_precisions(len(widths) + 1, params.compress.quantization)
-        return {"int8_latency_ms": {f"b{batch}": round(table.network_ms(widths, precisions, batch), 4)
-                                    for batch in table.batches}}
-    return estimate
 
 
 def run(params: Params, *, transferred: Path, target: Path, latency: Path, policy_out: Path, table_out: Path,
@@ -92,8 +85,7 @@ def run(params: Params, *, transferred: Path, target: Path, latency: Path, polic
     score = make_scorer(params, model, data, device=resolve_device(params.device))
     results = compare_methods(model, cfg, score=score, cost=budget.cost, budget=budget.limit, seed=params.seed)
     seconds = time.perf_counter() - started
-    widths = {method: result.widths[result.best] for method, result in results.items()}
-    methods = summary(results, widths, int8_latency(latency_table, params))
+    methods = summary(results, latency_table)
     agent = methods["agent"]
     for method in BASELINES:
         log.info("%-15s best validation accuracy %.4f, widths %s", method, methods[method]["best_reward"],
@@ -106,7 +98,7 @@ def run(params: Params, *, transferred: Path, target: Path, latency: Path, polic
         table.to_csv(tmp, index=False)
     search_rewards(plot_out, table, agent=cfg.agent, budget=budget.describe())
     write_policy(policy_out, agent=cfg.agent, budget=budget.describe(), keeps=results["agent"].best_policy,
-                 widths=widths["agent"], reward=agent["best_reward"])
+                 widths=agent["widths"], precisions=agent["precisions"], reward=agent["best_reward"])
     best_widths = list(zip(*results["agent"].best_widths_so_far(), strict=True))  # per layer, per episode
     tracker.log_series({**{f"methods.{method}.episode_{column}": table[f"{method}_{column}"].tolist()
                            for method in ("agent", "random") for column in ("reward", "best", "macs_kept", "cost")},

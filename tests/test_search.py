@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from groundwork.compression.export import fp32_cells
 from groundwork.compression.structured import narrower, per_layer, prune_channels
 from groundwork.data.datasets import load_dataset
 from groundwork.errors import DataError, TrainingDiverged
@@ -30,11 +31,11 @@ from groundwork.project import tiny_params_dict
 from groundwork.search import scoring
 from groundwork.search.agents import DDPG, Reinforce
 from groundwork.search.compare import search_budget
-from groundwork.search.cost import ChainCost
+from groundwork.search.cost import ChainCost, Option
 from groundwork.search.env import FEATURES, PruningEnv
 from groundwork.search.latency import read_latency_table, shipped_precisions
 from groundwork.search.methods import global_ranking, random_search, run_agent, uniform
-from groundwork.search.policy import read_policy
+from groundwork.search.policy import read_policy, read_precisions
 from groundwork.search.scoring import AdaptiveBNScorer, DistilledScorer, make_scorer, recalibrate_batchnorm
 from groundwork.training.loop import prepare_batch
 
@@ -90,7 +91,7 @@ def test_every_architecture_counts_its_multiply_adds_and_prunes_through_its_own_
     pruned = prune_channels(model, narrow)
     assert pruned.arch == narrow
     torch.testing.assert_close(pruned(images), model(images), atol=1e-5, rtol=1e-5)
-    env = PruningEnv(arch, lambda keeps: 0.0, budget=0.3, min_keep=0.1)
+    env = PruningEnv(arch, lambda keeps, precisions: 0.0, budget=0.3, min_keep=0.1)
     assert global_ranking(env, model).macs_kept[0] <= 0.3
 
 
@@ -99,7 +100,7 @@ def test_every_architecture_counts_its_multiply_adds_and_prunes_through_its_own_
        multiple=st.sampled_from([1, 8, 16]))
 def test_the_action_wall_keeps_every_episode_within_budget_on_the_width_grid(actions: list[float], budget: float,
                                                                              multiple: int) -> None:
-    env = PruningEnv(ARCH, lambda keeps: 0.0, budget=budget, min_keep=0.1, width_multiple=multiple)
+    env = PruningEnv(ARCH, lambda keeps, precisions: 0.0, budget=budget, min_keep=0.1, width_multiple=multiple)
     if ARCH.macs_kept(env.lowest) > budget:  # params refuse such a budget (test below)
         return
     observation, info = env.reset(seed=0)
@@ -120,7 +121,7 @@ def test_the_action_wall_keeps_every_episode_within_budget_on_the_width_grid(act
 def test_the_environment_passes_gymnasiums_own_checks() -> None:
     from gymnasium.utils.env_checker import check_env
 
-    env = PruningEnv(ARCH, lambda keeps: float(sum(keeps)), budget=0.3, min_keep=0.1, width_multiple=8)
+    env = PruningEnv(ARCH, lambda keeps, precisions: float(sum(keeps)), budget=0.3, min_keep=0.1, width_multiple=8)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         check_env(env, skip_render_check=True)
@@ -128,7 +129,7 @@ def test_the_environment_passes_gymnasiums_own_checks() -> None:
 
 
 def test_baselines_keep_to_the_width_grid() -> None:
-    env = PruningEnv(ARCH, lambda keeps: float(keeps[0]), budget=0.3, min_keep=0.1, width_multiple=8)
+    env = PruningEnv(ARCH, lambda keeps, precisions: float(keeps[0]), budget=0.3, min_keep=0.1, width_multiple=8)
     found = [uniform(env), global_ranking(env, DigitNet(ARCH)), random_search(env, candidates=10, seed=1)]
     for result in found:
         for widths, macs in zip(result.widths, result.macs_kept, strict=True):
@@ -151,7 +152,7 @@ def test_ddpg_replays_a_bounded_buffer_of_raw_rewards() -> None:
 def test_baselines_meet_the_budget_and_random_search_scores_its_candidates() -> None:
     scored: list[list[float]] = []
 
-    def score(keeps: Any) -> float:
+    def score(keeps: Any, precisions: Any) -> float:
         scored.append(list(keeps))
         return float(keeps[0])
 
@@ -171,7 +172,7 @@ def test_baselines_meet_the_budget_and_random_search_scores_its_candidates() -> 
     assert random_search(env, candidates=20, seed=3).policies == found.policies, "seeded"
 
 
-def first_layer_reward(keeps: Any) -> float:
+def first_layer_reward(keeps: Any, precisions: Any) -> float:
     """A known optimum: the budget spent on the first layer (the others at their lowest) scores best."""
     return float(keeps[0])
 
@@ -190,7 +191,7 @@ def test_agents_learn_where_the_reward_is_and_repeat_themselves(agent_class: typ
 
 
 def test_a_diverging_critic_stops_the_search_with_a_clear_error() -> None:
-    env = PruningEnv(ARCH, lambda keeps: float("nan"), budget=0.3, min_keep=0.1)
+    env = PruningEnv(ARCH, lambda keeps, precisions: float("nan"), budget=0.3, min_keep=0.1)
     with pytest.raises(TrainingDiverged, match="critic's loss became nan"):
         run_agent(env, DDPG(len(FEATURES), seed=0), "ddpg", episodes=4, warmup=2, seed=0)
 
@@ -214,10 +215,12 @@ def test_scorer_scores_a_candidate_once_and_full_width_keeps_the_accuracy(tiny_t
     model, _ = load_model(tiny_transferred["model"])
     scorer = AdaptiveBNScorer(model, data["pool"].tensors()[0], data["val"].tensors(), device=CPU)
     layers = len(model.arch.layer_widths())
-    half = scorer([0.5] * layers)
-    assert scorer([0.5 + 1e-4] * layers) == half and len(scorer._scores) == 1, "same widths, one scoring"
+    int8, fp32 = ["int8"] * (layers + 1), ["fp32"] * (layers + 1)
+    half = scorer([0.5] * layers, int8)
+    assert scorer([0.5 + 1e-4] * layers, int8) == half and len(scorer._scores) == 1, "same widths, one scoring"
+    assert scorer([0.5] * layers, fp32) == half and len(scorer._scores) == 1, "adaptive BN scores in fp32 alone"
     images = len(data["val"].labels)  # a score is the share of the validation images classified right
-    assert half * images == pytest.approx(round(half * images)) and scorer([1.0] * layers) >= half - 0.05
+    assert half * images == pytest.approx(round(half * images)) and scorer([1.0] * layers, int8) >= half - 0.05
 
 
 def test_the_distilled_reward_fine_tunes_and_scores_in_int8_the_same_each_time(
@@ -229,16 +232,18 @@ def test_the_distilled_reward_fine_tunes_and_scores_in_int8_the_same_each_time(
     scorer = make_scorer(distilled, model, data, device=CPU)
     assert isinstance(scorer, DistilledScorer)
     keeps = [0.5] * len(model.arch.layer_widths())
+    shipped = shipped_precisions(len(keeps) + 1, tiny_params.compress.quantization)
     quick = make_scorer(tiny_params.model_copy(update={"search": distilled.search.model_copy(
         update={"reward": "adaptive_bn"})}), model, data, device=CPU)
     assert type(quick) is AdaptiveBNScorer
     recalibrated = quick.recalibrated(keeps)
-    score = scorer(keeps)
+    score = scorer(keeps, shipped)
     images = len(data["val"].labels)
     assert score * images == pytest.approx(round(score * images)), "a share of the validation images"
     # a fresh scorer (another method, another run) gives the candidate the same score: it is seeded by the widths
-    assert make_scorer(distilled, model, data, device=CPU)(keeps) == score
-    # what it scores: the short fine-tune's weights (not the recalibrated ones), quantized as compress does
+    assert make_scorer(distilled, model, data, device=CPU)(keeps, shipped) == score
+    # what it scores: the short fine-tune's weights (not the recalibrated ones), quantized as compress does, each
+    # layer in its precision: the same widths with a middle layer in fp32 are another candidate
     scorer._scores.clear()
     tuned: list[nn.Module] = []
     quantized: list[Any] = []
@@ -248,15 +253,21 @@ def test_the_distilled_reward_fine_tunes_and_scores_in_int8_the_same_each_time(
         tuned.append(module)
         export(module, path)
 
-    def keep_the_quantization(fp32: Path, int8: Path, calibration: Any, quantization: Any) -> None:
-        quantized.append(quantization)
-        quantize(fp32, int8, calibration, quantization)
+    def keep_the_quantization(fp32: Path, int8: Path, calibration: Any, quantization: Any,
+                              fp32_layers: Any) -> None:
+        quantized.append((quantization, fp32_layers))
+        quantize(fp32, int8, calibration, quantization, fp32_layers=fp32_layers)
 
+    mixed = [*shipped[:1], "fp32", *shipped[2:]]
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(scoring, "export_onnx", keep_the_exported)
         patch.setattr(scoring, "quantize_int8", keep_the_quantization)
-        assert scorer(keeps) == score
-    assert quantized == [tiny_params.compress.quantization]
+        assert scorer(keeps, shipped) == score
+        scorer(keeps, mixed)
+    ends = [0, len(shipped) - 1] if tiny_params.compress.quantization.keep_ends_fp32 else []
+    assert quantized == [(tiny_params.compress.quantization, ends),
+                         (tiny_params.compress.quantization, sorted({*ends, 1}))]
+    assert len(scorer._scores) == 2
     first = tuned[0].backbone.features[0][0].weight
     assert first.shape == recalibrated.backbone.features[0][0].weight.shape
     assert not torch.allclose(first, recalibrated.backbone.features[0][0].weight)
@@ -291,11 +302,11 @@ def test_a_rerun_gives_the_same_policy_and_an_interrupted_one_leaves_the_last(
     calls = {"n": 0}
     score = AdaptiveBNScorer.__call__
 
-    def dies_mid_search(self: AdaptiveBNScorer, keeps: Any) -> float:
+    def dies_mid_search(self: AdaptiveBNScorer, keeps: Any, precisions: Any) -> float:
         calls["n"] += 1
         if calls["n"] == 5:
             raise KeyboardInterrupt  # what a kill looks like from inside: the search never reaches its writes
-        return score(self, keeps)
+        return score(self, keeps, precisions)
 
     monkeypatch.setattr(AdaptiveBNScorer, "__call__", dies_mid_search)
     with pytest.raises(KeyboardInterrupt):
@@ -338,17 +349,25 @@ def test_a_chain_cost_finds_the_cheapest_network_and_what_fits_as_brute_force_do
     """On a random cost that is not monotone in the widths (as latency is in int8), the dynamic programme's
     cheapest network and each layer's fitting widths are those an exhaustive search finds."""
     rng = np.random.default_rng(seed)
-    grid = [(8, 16, 24), (8, 16), (16, 32, 48)]
-    terms = {(cell, a, b): float(rng.uniform(0, 1)) for cell in range(4) for a in (1, 8, 16, 24, 32, 48)
-             for b in (8, 16, 24, 32, 48, 10)}
-    cost = ChainCost(grid, lambda cell, a, b: terms[(cell, a, b)], constant=0.5)
+    grid = [[(8, "int8"), (16, "int8"), (24, "int8")],
+            [(width, precision) for width in (8, 16) for precision in ("int8", "fp32")],  # a mixed-precision layer
+            [(16, "fp32"), (32, "fp32"), (48, "fp32")]]
+    terms: dict[tuple[Any, ...], float] = {}
+
+    def term(cell: int, before: Option, option: Option) -> float:
+        return terms.setdefault((cell, before, option), float(rng.uniform(0, 1)))
+
+    cost = ChainCost(grid, term, head=(10, "fp32"), constant=0.5)
     networks = list(itertools.product(*grid))
-    totals = {widths: cost.total(widths) for widths in networks}
-    assert cost.cheapest() == pytest.approx(min(totals.values())) == pytest.approx(cost.total(cost.cheapest_widths()))
+    totals = {options: cost.total(options) for options in networks}
+    assert cost.cheapest() == pytest.approx(min(totals.values())) == pytest.approx(
+        cost.total(cost.cheapest_options()))
+    assert cost.widths == [(8, 16, 24), (8, 16), (16, 32, 48)]
+    assert cost.precisions == [("int8",), ("fp32", "int8"), ("fp32",), ("fp32",)]
     budget = min(totals.values()) + fraction * (max(totals.values()) - min(totals.values()))
-    for decided in [(), (16,), (24, 8)]:
-        fits = {widths[len(decided)] for widths in networks if widths[:len(decided)] == decided
-                and totals[widths] <= budget}
+    for decided in [(), ((16, "int8"),), ((24, "int8"), (8, "fp32"))]:
+        fits = {options[len(decided)] for options in networks if options[:len(decided)] == decided
+                and totals[options] <= budget}
         assert set(cost.within(list(decided), budget)) == fits
 
 
@@ -359,7 +378,9 @@ def test_under_a_latency_budget_every_episode_fits_and_the_fastest_network_bound
         update={"budget_of": "latency", "latency_kept": 0.01})})
     budget = search_budget(params, table)
     structured = narrower(params.model, params.compress.channels_kept).layer_widths()  # on the tiny grid
-    assert budget.asked == pytest.approx(0.01 * budget.cost.total(structured)), "priced as the candidates are"
+    shipped = shipped_precisions(len(structured) + 1, params.compress.quantization)
+    assert budget.asked == pytest.approx(0.01 * budget.cost.total(list(zip(structured, shipped, strict=False)))), \
+        "priced as the candidates are"
     off_grid = params.model_copy(update={"compress": params.compress.model_copy(update={"channels_kept": 0.6})})
     assert search_budget(off_grid, table).asked == pytest.approx(0.01 * table.reference(32)), "measured instead"
     assert budget.limit == pytest.approx(budget.cost.cheapest()), "the fastest reachable instead"
@@ -368,7 +389,7 @@ def test_under_a_latency_budget_every_episode_fits_and_the_fastest_network_bound
     generous = search_budget(params.model_copy(update={"search": params.search.model_copy(
         update={"latency_kept": 1.5})}), table)
     assert generous.limit == generous.asked
-    env = PruningEnv(params.model, lambda keeps: 0.0, budget=generous.limit, cost=generous.cost)
+    env = PruningEnv(params.model, lambda keeps, precisions: 0.0, budget=generous.limit, cost=generous.cost)
     rng = np.random.default_rng(0)
     for _ in range(30):
         env.reset()
@@ -394,3 +415,81 @@ def test_the_stage_searches_within_the_fastest_network_when_a_latency_share_asks
     assert "search.latency_kept=0.01 asks for" in caplog.text and "searching at that one instead" in caplog.text
     assert all(method["cost"] <= metrics["budget_limit"] + 1e-9 for method in metrics["methods"].values())
     assert "ms per call at batch 32, the fastest reachable" in json.loads(paths["policy_out"].read_text())["budget"]
+
+
+def test_mixed_precision_adds_a_precision_step_per_open_layer_and_every_episode_fits_the_table(
+        tiny_params: Params, tiny_latency: dict[str, Any]) -> None:
+    from gymnasium.utils.env_checker import check_env
+
+    table = read_latency_table(tiny_latency["table"])
+    params = tiny_params.model_copy(update={"search": tiny_params.search.model_copy(
+        update={"budget_of": "latency", "latency_kept": 1.2, "precision": "mixed", "reward": "distilled"})})
+    budget = search_budget(params, table)
+    quantization = params.compress.quantization
+    cells = len(params.model.layer_widths()) + 1
+    assert quantization.keep_ends_fp32, "the tiny preset keeps the ends fp32, as the default does"
+    assert budget.cost.precisions[0] == budget.cost.precisions[-1] == ("fp32",), "the ends stay fp32"
+    assert all(choices == ("fp32", "int8") for choices in budget.cost.precisions[1:-1]), "the middle layers open"
+    env = PruningEnv(params.model, lambda keeps, precisions: float(sum(keeps)), budget=budget.limit,
+                     cost=budget.cost)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_env(env, skip_render_check=True)
+    assert [str(warning.message) for warning in caught] == []
+    rng = np.random.default_rng(0)
+    seen: set[str] = set()
+    for _ in range(40):
+        env.reset()
+        steps, done, info = 0, False, {}
+        while not done:
+            low, high = env.allowed()
+            _, _, done, _, info = env.step(rng.uniform(low, high))
+            steps += 1
+        assert steps == env.layers + sum(env.has_precision_step)
+        assert len(info["precisions"]) == cells and info["cost"] <= budget.limit + 1e-9
+        assert info["cost"] == pytest.approx(table.network_ms(env.widths(info["keeps"]), info["precisions"],
+                                                              params.evaluate.throughput_batch))
+        seen.update(info["precisions"][1:-1])
+    assert seen == {"int8", "fp32"}, "both precisions drawn for the open layers"
+    # the warm-up's plan replays a random candidate exactly, precisions included
+    keeps, precisions = random_search(env, candidates=1, seed=3).policies[0], random_search(
+        env, candidates=1, seed=3).precisions[0]
+    env.reset()
+    for action in env.actions(keeps, precisions):
+        info = env.step(action)[-1]
+    assert info["keeps"] == keeps and info["precisions"] == precisions
+
+
+def test_mixed_precision_needs_the_distilled_reward_and_a_policy_names_each_cells_precision(
+        tmp_path: Path) -> None:
+    with pytest.raises(ParamsError, match=r"search.*precision 'mixed' needs reward 'distilled'"):
+        parse_params(tiny_params_dict(search={"precision": "mixed", "reward": "adaptive_bn"}))
+    path = tmp_path / "policy.json"
+    path.write_text(json.dumps({"widths": [8, 24, 16, 40, 50], "precisions": ["fp32", "int8", "int8", "fp32"]}))
+    with pytest.raises(DataError, match=r"policy\.json: precisions .* each of the 6 weighted layers"):
+        read_precisions(path, 6)
+    path.write_text(json.dumps({"widths": [8], "precisions": ["fp32", "int4", "int8", "int8", "int8", "fp32"]}))
+    with pytest.raises(DataError, match="int4"):
+        read_precisions(path, 6)
+    mixed = ["fp32", "int8", "fp32", "int8", "int8", "fp32"]
+    path.write_text(json.dumps({"widths": [8], "precisions": mixed}))
+    assert read_precisions(path, 6) == mixed and fp32_cells(mixed) == [0, 2, 5]
+
+
+def test_a_mixed_precision_search_writes_each_cells_precision_for_compress(
+        tmp_path: Path, tiny_params: Params, tiny_data: dict[str, Path], tiny_transferred: dict[str, Any],
+        tiny_latency: dict[str, Any]) -> None:
+    from tasks import search
+
+    params = tiny_params.model_copy(update={"search": tiny_params.search.model_copy(
+        update={"budget_of": "latency", "latency_kept": 1.2, "precision": "mixed", "reward": "distilled"})})
+    paths = {"policy_out": tmp_path / "policy.json", "table_out": tmp_path / "t.csv", "plot_out": tmp_path / "p.png"}
+    metrics = search.run(params, transferred=tiny_transferred["model"], target=tiny_data["target"],
+                         latency=tiny_latency["table"], **paths)
+    agent = metrics["methods"]["agent"]
+    cells = len(params.model.layer_widths()) + 1
+    assert read_precisions(paths["policy_out"], cells) == agent["precisions"]
+    table = read_latency_table(tiny_latency["table"])
+    assert agent["int8_latency_ms"]["b32"] == pytest.approx(
+        table.network_ms(agent["widths"], agent["precisions"], 32), abs=1e-4), "estimated in its own precisions"
+    assert {len(method["precisions"]) for method in metrics["methods"].values()} == {cells}

@@ -15,6 +15,7 @@ from groundwork.evaluation.selection import BASELINE, dominated_by, select
 from groundwork.evaluation.statistics import (
     Ratio,
     accuracy_interval,
+    clustered_gain,
     f1_interval,
     macro_f1,
     paired_f1_test,
@@ -102,6 +103,26 @@ def test_ratio_interval_covers_the_truth_95_percent_of_the_time_and_excludes_a_t
     assert 0.92 <= covered / 400 <= 0.98
     assert excluded_tie / 400 <= 0.08
     assert ratio(base, base) == Ratio(1.0, 1.0, 1.0, 0.0, 15)
+
+
+def test_the_clustered_gain_holds_only_what_every_cluster_shows() -> None:
+    rng = np.random.default_rng(11)
+
+    def cluster(wins: int, losses: int) -> tuple[np.ndarray, np.ndarray]:
+        return paired(IMAGES, both_wrong=int(rng.integers(5, 15)), losses=losses, wins=wins)
+
+    # a gain of 14 images (about 2 points) in every one of six clusters (splits x seeds): beyond noise
+    steady = [cluster(wins=16, losses=2) for _ in range(6)]
+    gain, low, high = clustered_gain([r for r, _ in steady], [m for _, m in steady], seed=0)
+    assert gain == pytest.approx(14 / IMAGES * 100) and 0 < low < gain < high
+    # the same total gain from one cluster alone: the images say "significant" (84 wins, no loss), the clusters
+    # do not, since a fresh split or seed would most likely show none of it
+    lone = [cluster(wins=84, losses=0)] + [cluster(wins=3, losses=3) for _ in range(5)]
+    gain, low, high = clustered_gain([r for r, _ in lone], [m for _, m in lone], seed=0)
+    assert gain == pytest.approx(84 / IMAGES / 6 * 100)
+    assert low <= 0 < high
+    pooled = paired_test(np.concatenate([r for r, _ in lone]), np.concatenate([m for _, m in lone]))
+    assert pooled.significant and pooled.loss_points < 0
 
 
 def exact(value: float) -> Ratio:

@@ -76,6 +76,11 @@ def weighted_nodes(path: Path) -> list[str]:
     return [node.name for node in onnx.load(str(path)).graph.node if node.op_type in WEIGHTED_OPS]
 
 
+def fp32_cells(precisions: Sequence[str]) -> list[int]:
+    """The weighted layers (in forward order, the head last) that `precisions` leaves in fp32."""
+    return [cell for cell, precision in enumerate(precisions) if precision == "fp32"]
+
+
 def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, quantization: QuantizationParams,
                   fp32_layers: Sequence[int] | None = None) -> None:
     """Static int8 quantization (QDQ, activations calibrated on real images) as `quantization` says: the

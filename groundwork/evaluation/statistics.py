@@ -4,6 +4,8 @@
 - two models on the same images: the exact McNemar test (a binomial test on the discordant pairs) and an exact
   interval for the accuracy lost, conditional on how many images the two disagree on (Clopper-Pearson on the share
   of discordant images the reference gets right): `loss = discordant / n * (2 p - 1)`;
+- the same two methods over several clusters of images (data splits, seeds): the mean gain with a two-stage
+  bootstrap interval, clusters then images;
 - two timings measured in the same interleaved rounds: the geometric mean of the per-round ratios with a
   t-interval on their logarithms.
 
@@ -13,6 +15,7 @@ scipy does the arithmetic; what is here is which test answers which question.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -119,6 +122,25 @@ def tie_upper_bound_points(images: int, discordant: int) -> float:
     `discordant` of `images` images: the smallest margin such a model passes."""
     half = discordant // 2
     return _loss_bounds(half, 2 * half, images, 1 - 2 * (1 - CONFIDENCE))[1]
+
+
+def clustered_gain(reference: Sequence[np.ndarray], model: Sequence[np.ndarray], *, seed: int,
+                   confidence: float = CONFIDENCE, rounds: int = BOOTSTRAP_ROUNDS) -> tuple[float, float, float]:
+    """The accuracy `model` gains over `reference`, in points, averaged over clusters (one pair of boolean arrays
+    per cluster, e.g. a data split and a seed, the two scored on the same images), with its two-stage percentile
+    bootstrap interval: clusters drawn with replacement, then the images of each drawn cluster. Clusters that share
+    images (splits of one pool) are not independent samples of images; resampling whole clusters keeps a gain that
+    holds in one cluster alone from looking like a general one."""
+    gains = [np.asarray(m, dtype=np.int8) - np.asarray(r, dtype=np.int8) for r, m in zip(reference, model,
+                                                                                        strict=True)]
+    rng = np.random.default_rng(seed)
+    draws = np.empty(rounds)
+    for round_ in range(rounds):
+        picked = rng.integers(len(gains), size=len(gains))
+        draws[round_] = np.mean([gains[c][rng.integers(len(gains[c]), size=len(gains[c]))].mean() for c in picked])
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(draws, [tail, 100 - tail])
+    return float(np.mean([gain.mean() for gain in gains]) * 100), float(low * 100), float(high * 100)
 
 
 @dataclass(frozen=True)

@@ -78,12 +78,23 @@ class SearchParams(Section):
                     "recalibration, fp32; distilled: after reward_epochs of compress's distillation fine-tune, "
                     "in int8 as searched_int8 ships (bench/reward_rank.py measures which ranks better)")
     reward_epochs: int = Field(ge=1, le=100, description="reward distilled: epochs of the short fine-tune")
+    precision: Literal["int8", "mixed"] = Field(
+        description="int8: every searched layer ships in int8 in searched_int8 (the first and the head as "
+                    "compress.quantization.keep_ends_fp32 says); mixed: the agent also picks each other layer's "
+                    "precision, int8 or fp32 (HAQ), priced by the latency table and scored by the distilled reward")
     latency_runs: int = Field(ge=1, le=10000, description="timed calls per cell of the latency table (median)")
 
     @model_validator(mode="after")
     def _warmup_within_episodes(self) -> SearchParams:
         if self.warmup_episodes >= self.episodes:
             raise ValueError(f"warmup_episodes ({self.warmup_episodes}) must be below episodes ({self.episodes})")
+        return self
+
+    @model_validator(mode="after")
+    def _mixed_precision_scored_in_it(self) -> SearchParams:
+        if self.precision == "mixed" and self.reward != "distilled":
+            raise ValueError("precision 'mixed' needs reward 'distilled': the adaptive_bn reward scores in fp32, "
+                             "so it cannot tell an int8 layer from an fp32 one")
         return self
 
 

@@ -361,12 +361,18 @@ class LatencyTable:
                                        for cell in range(len(ins)))
 
     def cell_term(self, cell: int, inputs: int, outputs: int, precisions: Sequence[str], batch: int) -> float:
-        """One cell's share of `network_ms`: its time less its output's hand-back, less the round trip on its
-        input when it and the cell before it are both int8 (the shipped file fuses that pair away)."""
-        last = len(precisions) - 1
-        hand_back = self.floor(batch) if cell == last else self._cell(("io", cell, outputs, outputs, "fp32", batch))
-        term = self._cell(("layer", cell, inputs, outputs, precisions[cell], batch)) - hand_back
-        if cell > 0 and precisions[cell - 1] == precisions[cell] == "int8":
+        """One cell's share of `network_ms`, each cell in its precision of `precisions` (see `pair_term`)."""
+        return self.pair_term(cell, inputs, outputs, precisions[cell], precisions[cell - 1] if cell else None,
+                              head=cell == len(precisions) - 1, batch=batch)
+
+    def pair_term(self, cell: int, inputs: int, outputs: int, precision: str, previous: str | None, *, head: bool,
+                  batch: int) -> float:
+        """One cell's share of `network_ms` in `precision`, after a cell in `previous` (None: the first): its time
+        less its output's hand-back, less the round trip on its input when it and the cell before it are both int8
+        (the shipped file fuses that pair away)."""
+        hand_back = self.floor(batch) if head else self._cell(("io", cell, outputs, outputs, "fp32", batch))
+        term = self._cell(("layer", cell, inputs, outputs, precision, batch)) - hand_back
+        if previous == precision == "int8":
             term -= (self._cell(("edge", cell - 1, inputs, inputs, "int8", batch))
                      - self._cell(("io", cell - 1, inputs, inputs, "fp32", batch)))
         return term

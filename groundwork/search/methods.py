@@ -1,5 +1,7 @@
-"""The ways a per-layer policy is found, each scored by the same environment (and so the same adaptive-BN
-accuracy): the learning agents, and the three baselines that usually beat them in the literature.
+"""The ways a per-layer policy is found, each scored by the same environment (and so the same reward): the learning
+agents, and the three baselines that usually beat them in the literature. The one-shot baselines ship every layer
+in its default precision (int8, the ends as compress keeps them); random search draws each precision the grid
+leaves open (`search.precision: mixed`), as the agents choose it.
 
   uniform         every layer keeps the same share, the largest that meets the budget (one candidate)
   global_ranking  channels ranked across all layers by their BatchNorm scale |gamma| (Network Slimming's
@@ -27,6 +29,7 @@ from groundwork.search.agents import Agent, Step
 from groundwork.search.env import PruningEnv
 
 OnEpisode = Callable[[int, float, Sequence[float]], None]  # (episode, reward, shares kept)
+Candidate = tuple[list[float], list[str]]  # each layer's share kept, each cell's precision (the layers, the head)
 WINDOW = 0.9  # random search keeps candidates using at least this share of the budget
 DRAWS_PER_CANDIDATE = 10000
 
@@ -38,20 +41,22 @@ class SearchResult:
     method: str
     rewards: list[float] = field(default_factory=list)
     policies: list[list[float]] = field(default_factory=list)
+    precisions: list[list[str]] = field(default_factory=list)
     widths: list[tuple[int, ...]] = field(default_factory=list)
     macs_kept: list[float] = field(default_factory=list)
     costs: list[float] = field(default_factory=list)
 
-    def add(self, env: PruningEnv, reward: float, keeps: Sequence[float]) -> None:
-        """Record a scored candidate with the layer widths its shares give, the multiply-adds they keep and their
-        cost in the budget's units."""
+    def add(self, env: PruningEnv, reward: float, keeps: Sequence[float], precisions: Sequence[str]) -> None:
+        """Record a scored candidate (its shares and each cell's precision) with the layer widths its shares
+        give, the multiply-adds they keep and their cost in the budget's units."""
         widths = per_layer(env.arch, keeps).layer_widths()
         self.rewards.append(reward)
         self.policies.append(list(keeps))
+        self.precisions.append(list(precisions))
         self.widths.append(widths)
         self.macs_kept.append(env.arch.macs_kept([width / full for width, full in
                                                   zip(widths, env.arch.layer_widths(), strict=True)]))
-        self.costs.append(env.cost.total(widths))
+        self.costs.append(env.network_cost(keeps, precisions))
 
     @property
     def best(self) -> int:
@@ -65,6 +70,10 @@ class SearchResult:
     @property
     def best_policy(self) -> list[float]:
         return self.policies[self.best]
+
+    @property
+    def best_precisions(self) -> list[str]:
+        return self.precisions[self.best]
 
     def best_so_far(self) -> list[float]:
         """The best reward after each candidate."""
@@ -88,7 +97,7 @@ def run_agent(env: PruningEnv, agent: Agent, method: str, *, episodes: int, warm
     result = SearchResult(method)
     for episode in tqdm(range(episodes), desc=f"search {method}", unit="episode", mininterval=2.0, disable=None):
         explored = episode < warmup
-        planned = random_candidate(env, rng) if explored else []
+        planned = env.actions(*random_candidate(env, rng)) if explored else []
         state, _ = env.reset(seed=seed + episode)
         steps: list[Step] = []
         done = False
@@ -96,24 +105,27 @@ def run_agent(env: PruningEnv, agent: Agent, method: str, *, episodes: int, warm
             low, high = env.allowed()
             proposed = planned[len(steps)] if explored else agent.act(state, low, high)
             next_state, reward, done, _, info = env.step(proposed)
-            steps.append(Step(state, proposed, info["keep"], low, high))
+            steps.append(Step(state, proposed, info["taken"], low, high))
             state = next_state
         agent.learn(steps, reward, explored=explored)
-        result.add(env, reward, env.keeps)
+        result.add(env, reward, env.keeps, info["precisions"])
         if on_episode:
             on_episode(episode, reward, env.keeps)
     return result
 
 
-def random_candidate(env: PruningEnv, rng: np.random.Generator) -> list[float]:
-    """Shares drawn uniformly per layer, rounded down to the width grid, until the network costs 90-100% of the
-    budget; if that keeps failing (a budget near the lowest shares), a draw layer by layer among the widths the
-    wall allows."""
+def random_candidate(env: PruningEnv, rng: np.random.Generator) -> Candidate:
+    """Shares drawn uniformly per layer, rounded down to the width grid (and, where a layer may take either, its
+    precision drawn), until the network costs 90-100% of the budget; if that keeps failing (a budget near the
+    lowest shares), a draw layer by layer among the options the wall allows."""
     lowest = np.asarray(env.lowest)
+    choices = env.cost.precisions
     for _ in range(DRAWS_PER_CANDIDATE):
         keeps = env.aligned(list(rng.uniform(lowest, 1.0)))
-        if WINDOW * env.budget <= env.network_cost(keeps) <= env.budget:
-            return keeps
+        precisions = env.cells([layer[int(rng.integers(len(layer)))] if len(layer) > 1 else default
+                                for layer, default in zip(choices[:-1], env.default_precisions, strict=False)])
+        if WINDOW * env.budget <= env.network_cost(keeps, precisions) <= env.budget:
+            return keeps, precisions
     return env.draw(rng)
 
 
@@ -124,8 +136,8 @@ def random_search(env: PruningEnv, *, candidates: int, seed: int,
     result = SearchResult("random")
     for candidate in tqdm(range(candidates), desc="search random", unit="candidate", mininterval=2.0,
                           disable=None):
-        keeps = random_candidate(env, rng)
-        result.add(env, env.score(keeps), keeps)
+        keeps, precisions = random_candidate(env, rng)
+        result.add(env, env.score(keeps, precisions), keeps, precisions)
         if on_episode:
             on_episode(candidate, result.rewards[-1], keeps)
     return result
@@ -135,11 +147,12 @@ def uniform(env: PruningEnv) -> SearchResult:
     """The largest single share (each layer at least at its lowest, rounded down to its width grid) that meets
     the budget: every share at which some layer's width changes is tried (latency need not fall with the share).
     When no single share does (a latency budget at the fastest network), that fastest network."""
-    steps = sorted({width / full for choices, full in zip(env.cost.grid, env.full, strict=True) for width in choices})
+    steps = sorted({width / full for choices, full in zip(env.cost.widths, env.full, strict=True)
+                    for width in choices})
     fitting = [share for share in steps if env.network_cost(env.aligned([share] * env.layers)) <= env.budget]
-    keeps = env.aligned([max(fitting)] * env.layers) if fitting else env.cheapest()
+    keeps, precisions = (env.aligned([max(fitting)] * env.layers), env.cells()) if fitting else env.cheapest()
     result = SearchResult("uniform")
-    result.add(env, env.score(keeps), keeps)
+    result.add(env, env.score(keeps, precisions), keeps, precisions)
     return result
 
 
@@ -166,7 +179,7 @@ def global_ranking(env: PruningEnv, model: DigitNet) -> SearchResult:
             break
         if counts[layer] > floors[layer]:
             counts[layer] -= 1
-    chosen = keeps() if env.network_cost(keeps()) <= env.budget else env.cheapest()
+    chosen, precisions = (keeps(), env.cells()) if env.network_cost(keeps()) <= env.budget else env.cheapest()
     result = SearchResult("global_ranking")
-    result.add(env, env.score(chosen), chosen)
+    result.add(env, env.score(chosen, precisions), chosen, precisions)
     return result

@@ -1,5 +1,6 @@
 """The per-layer policy the search stage writes and compress reads: each prunable layer's width (in
-`ModelParams.layer_widths` order), with the shares and the score that chose it."""
+`ModelParams.layer_widths` order) and each cell's precision in `searched_int8` (the prunable layers, then the
+head), with the shares and the score that chose it."""
 
 from __future__ import annotations
 
@@ -14,10 +15,21 @@ from groundwork.params.training import ModelParams
 
 
 def write_policy(path: Path, *, agent: str, budget: str, keeps: Sequence[float], widths: Sequence[int],
-                 reward: float) -> None:
+                 precisions: Sequence[str], reward: float) -> None:
     """Write the policy atomically: a killed search leaves the previous file or none, never half of one."""
     write_json(path, {"agent": agent, "budget": budget, "keeps": [round(k, 6) for k in keeps],
-                      "widths": list(widths), "val_accuracy_before_finetuning": reward})
+                      "widths": list(widths), "precisions": list(precisions), "val_accuracy_before_finetuning": reward})
+
+
+def read_precisions(path: Path, cells: int) -> list[str]:
+    """Each cell's precision in `searched_int8` from a policy file `read_policy` accepted; a list that is not
+    `cells` long of "int8" / "fp32" is a DataError naming the file."""
+    precisions = json.loads(Path(path).read_text()).get("precisions")
+    if (not isinstance(precisions, list) or len(precisions) != cells
+            or not all(precision in ("int8", "fp32") for precision in precisions)):
+        raise DataError(f"{path}: precisions {precisions!r} are not one of 'int8' / 'fp32' for each of the {cells} "
+                        "weighted layers (the prunable layers, then the head): run the search stage again")
+    return precisions
 
 
 def read_policy(path: Path, arch: ModelParams) -> ModelParams:

@@ -21,11 +21,18 @@ import logging
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from groundwork.compression.export import calibration_images, export_onnx, onnx_accuracy, quantize_int8
+from groundwork.compression.export import (
+    calibration_images,
+    export_onnx,
+    fp32_cells,
+    onnx_accuracy,
+    quantize_int8,
+)
 from groundwork.compression.finetuning import distilled_training
 from groundwork.compression.structured import per_layer, prune_channels
 from groundwork.data.datasets import Dataset
@@ -66,20 +73,25 @@ class AdaptiveBNScorer:
         self.calibration = calibration
         self.val = val
         self.device = device
-        self._scores: dict[tuple[int, ...], float] = {}
+        self._scores: dict[tuple[Any, ...], float] = {}
 
     def recalibrated(self, keeps: Sequence[float]) -> nn.Module:
         """The model pruned to `keeps`, its BatchNorm statistics re-estimated."""
         pruned = prune_channels(self.model, per_layer(self.model.arch, keeps))
         return recalibrate_batchnorm(pruned, self.calibration, device=self.device)
 
-    def score(self, keeps: Sequence[float]) -> float:
+    def score(self, keeps: Sequence[float], precisions: Sequence[str]) -> float:
+        """The accuracy in fp32, whatever `precisions` the network would ship in."""
         return loss_and_accuracy(self.recalibrated(keeps), *self.val, device=self.device)["accuracy"]
 
-    def __call__(self, keeps: Sequence[float]) -> float:
-        key = per_layer(self.model.arch, keeps).layer_widths()
+    def key(self, keeps: Sequence[float], precisions: Sequence[str]) -> tuple[Any, ...]:
+        """What makes two candidates score alike: their widths."""
+        return per_layer(self.model.arch, keeps).layer_widths()
+
+    def __call__(self, keeps: Sequence[float], precisions: Sequence[str]) -> float:
+        key = self.key(keeps, precisions)
         if key not in self._scores:
-            self._scores[key] = self.score(keeps)
+            self._scores[key] = self.score(keeps, precisions)
         return self._scores[key]
 
 
@@ -99,7 +111,13 @@ class DistilledScorer(AdaptiveBNScorer):
         self.int8_calibration = calibration_images(data, params.compress.calibration_images)
         self.precision = autocast_dtype(params.precision, device)
 
-    def score(self, keeps: Sequence[float]) -> float:
+    def key(self, keeps: Sequence[float], precisions: Sequence[str]) -> tuple[Any, ...]:
+        """Widths and precisions: the same widths in other precisions ship (and score) differently."""
+        return (*per_layer(self.model.arch, keeps).layer_widths(), *precisions)
+
+    def score(self, keeps: Sequence[float], precisions: Sequence[str]) -> float:
+        """The accuracy after the short fine-tune, each cell in its precision of `precisions` (the prunable
+        layers, then the head; the fp32 ones left out of quantization)."""
         model = self.recalibrated(keeps)
         seed = derived_seed(self.params.seed, "reward", *per_layer(self.model.arch, keeps).layer_widths())
         seed_everything(seed)
@@ -109,7 +127,8 @@ class DistilledScorer(AdaptiveBNScorer):
         with tempfile.TemporaryDirectory() as scratch:
             fp32, int8 = Path(scratch) / "fp32.onnx", Path(scratch) / "int8.onnx"
             export_onnx(model, fp32)
-            quantize_int8(fp32, int8, self.int8_calibration, self.params.compress.quantization)
+            quantize_int8(fp32, int8, self.int8_calibration, self.params.compress.quantization,
+                          fp32_layers=fp32_cells(precisions))
             return onnx_accuracy(int8, self.split)
 
 
