@@ -75,8 +75,10 @@ def run(params: Params, *, transferred: Path, target: Path, latency: Path, polic
     latency_table = read_latency_table(latency)
     budget = search_budget(params, latency_table)
     if budget.limit > budget.asked:
-        log.warning("search.latency_kept=%s asks for %.3f ms, below the fastest network of the width grid (%.3f ms "
-                    "estimated): searching at that one instead", cfg.latency_kept, budget.asked, budget.limit)
+        key = f"{cfg.budget_of}_kept"
+        log.warning("search.%s=%s asks for %s, below the cheapest network of the width grid (%s estimated): "
+                    "searching at that one instead", key, getattr(cfg, key), budget.cost.describe(budget.asked),
+                    budget.cost.describe(budget.limit))
     # pool: unlabelled images for BatchNorm (and distillation); train: the distilled reward's labels
     data, digest = load_dataset(target, splits=("train", "val", "pool"))
     tracker.log_dataset("target", target, digest, context="input")

@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from groundwork.compression.export import fp32_cells
+from groundwork.compression.export import export_onnx, fp32_cells, quantize_int8
 from groundwork.compression.structured import narrower, per_layer, prune_channels
 from groundwork.data.datasets import load_dataset
 from groundwork.errors import DataError, TrainingDiverged
@@ -385,7 +385,7 @@ def test_under_a_latency_budget_every_episode_fits_and_the_fastest_network_bound
     assert search_budget(off_grid, table).asked == pytest.approx(0.01 * table.reference(32)), "measured instead"
     assert budget.limit == pytest.approx(budget.cost.cheapest()), "the fastest reachable instead"
     assert budget.limit > budget.asked
-    assert "the fastest reachable" in budget.describe()
+    assert "the cheapest reachable" in budget.describe()
     generous = search_budget(params.model_copy(update={"search": params.search.model_copy(
         update={"latency_kept": 1.5})}), table)
     assert generous.limit == generous.asked
@@ -414,7 +414,7 @@ def test_the_stage_searches_within_the_fastest_network_when_a_latency_share_asks
     assert metrics["budget_of"] == "latency" and metrics["budget_limit"] > metrics["budget_asked"]
     assert "search.latency_kept=0.01 asks for" in caplog.text and "searching at that one instead" in caplog.text
     assert all(method["cost"] <= metrics["budget_limit"] + 1e-9 for method in metrics["methods"].values())
-    assert "ms per call at batch 32, the fastest reachable" in json.loads(paths["policy_out"].read_text())["budget"]
+    assert "ms per call at batch 32, the cheapest reachable" in json.loads(paths["policy_out"].read_text())["budget"]
 
 
 def test_mixed_precision_adds_a_precision_step_per_open_layer_and_every_episode_fits_the_table(
@@ -493,3 +493,31 @@ def test_a_mixed_precision_search_writes_each_cells_precision_for_compress(
     assert agent["int8_latency_ms"]["b32"] == pytest.approx(
         table.network_ms(agent["widths"], agent["precisions"], 32), abs=1e-4), "estimated in its own precisions"
     assert {len(method["precisions"]) for method in metrics["methods"].values()} == {cells}
+
+
+def test_the_size_budget_counts_the_bytes_an_int8_file_grows_by(tmp_path: Path, tiny_params: Params) -> None:
+    """The size cost is the weights' bytes (one per int8 weight, four per fp32 one, biases, int8 scales): it ranks
+    networks as their quantized files' sizes do, and the file adds only its graph (a few kilobytes whatever the
+    widths)."""
+    params = parse_params(tiny_params_dict(model={"channels": [32, 64], "embedding_dim": 128},
+                                           search={"budget_of": "size", "size_kept": 0.5}))
+    quantization = params.compress.quantization
+    grid = params.model.width_grid(params.search.min_keep, params.search.width_multiple)
+    budget = search_budget(params, None)  # a size budget reads no latency table
+    shipped = shipped_precisions(len(grid) + 1, quantization)
+    structured = narrower(params.model, params.compress.channels_kept).layer_widths()
+    assert budget.asked == pytest.approx(0.5 * budget.cost.total(list(zip(structured, shipped, strict=False))))
+    assert budget.limit == budget.asked and budget.describe().endswith("bytes of weights")
+    calibration = np.random.default_rng(0).random((32, 1, 28, 28), dtype=np.float32)
+    networks = [((8, 8, 16, 16, 16), shipped), ((16, 16, 32, 32, 64), shipped),
+                ((16, 16, 32, 32, 64), [*shipped[:2], "fp32", *shipped[3:]]), ((32, 32, 64, 64, 128), shipped)]
+    estimates, files = [], []
+    for index, (widths, precisions) in enumerate(networks):
+        fp32, int8 = tmp_path / f"{index}.onnx", tmp_path / f"{index}_int8.onnx"
+        export_onnx(DigitNet(params.model.with_widths(widths)), fp32)
+        quantize_int8(fp32, int8, calibration, quantization, fp32_layers=fp32_cells(precisions))
+        estimates.append(budget.cost.total(list(zip(widths, precisions, strict=False))))
+        files.append(int8.stat().st_size)
+    assert np.argsort(estimates).tolist() == np.argsort(files).tolist()
+    assert all(0 < file - estimate < 20_000 for file, estimate in zip(files, estimates, strict=True)), \
+        list(zip(files, estimates, strict=True))

@@ -56,13 +56,17 @@ class SearchParams(Section):
         description="ddpg: actor-critic with a replay buffer (value-based, as AMC); reinforce: Gaussian policy "
                     "gradient (policy-based)"
     )
-    budget_of: Literal["latency", "macs"] = Field(
+    budget_of: Literal["latency", "size", "macs"] = Field(
         description="latency: the latency table's estimate at evaluate's throughput batch, as a share of "
-                    "structured_int8's measured latency (latency_kept); macs: the share of the prunable layers' "
+                    "structured_int8's measured latency (latency_kept); size: the bytes of weights the int8 file "
+                    "stores, as a share of structured_int8's (size_kept); macs: the share of the prunable layers' "
                     "multiply-adds (macs_kept)")
     latency_kept: float = Field(gt=0.0, le=4.0, description="budget_of latency: share of structured_int8's measured "
                                                             "latency the searched network may take (below the "
                                                             "fastest network of the grid: that one is used)")
+    size_kept: float = Field(gt=0.0, le=4.0, description="budget_of size: share of structured_int8's bytes of "
+                                                         "weights the searched network may take (below the "
+                                                         "smallest network of the grid: that one is used)")
     macs_kept: Fraction = Field(description="budget_of macs: share of the prunable layers' multiply-adds the pruned "
                                             "model keeps")
     min_keep: Fraction = Field(description="smallest share of its channels any layer keeps")

@@ -12,7 +12,7 @@ from groundwork.models.digitnet import DigitNet
 from groundwork.params import Params
 from groundwork.params.compression import SearchParams
 from groundwork.search.agents import make_agent
-from groundwork.search.cost import ChainCost, latency_cost, macs_cost, precision_choices
+from groundwork.search.cost import ChainCost, latency_cost, macs_cost, precision_choices, size_cost
 from groundwork.search.env import FEATURES, PruningEnv, Score
 from groundwork.search.latency import LatencyTable, shipped_precisions
 from groundwork.search.methods import OnEpisode, SearchResult, global_ranking, random_search, run_agent, uniform
@@ -33,31 +33,37 @@ class Budget:
 
     def describe(self) -> str:
         """The budget in words, for logs, plots and the summary."""
-        if self.cost.unit.startswith("of the"):
-            return f"{self.limit:.0%} {self.cost.unit}"
-        floor = "" if self.limit == self.asked else f", the fastest reachable (asked {self.asked:.3f})"
-        return f"{self.limit:.3f} {self.cost.unit}{floor}"
+        floor = "" if self.limit == self.asked else \
+            f", the cheapest reachable (asked {self.cost.describe(self.asked)})"
+        return f"{self.cost.describe(self.limit)}{floor}"
 
 
-def search_budget(params: Params, table: LatencyTable) -> Budget:
+def search_budget(params: Params, table: LatencyTable | None) -> Budget:
     """The budget `search.budget_of` names over the grid of `search.min_keep` and `search.width_multiple` (each
     layer in int8, the ends as compress ships them, or either precision with `search.precision: mixed`): a share
-    of the multiply-adds, or a share of structured_int8's latency at evaluate's throughput batch (each network
-    estimated by the latency table)."""
+    of the multiply-adds; or a share of structured_int8's latency at evaluate's throughput batch (each network
+    estimated by the latency table) or of its bytes of weights. Where the share asks for less than the cheapest
+    network of the grid costs, that network's cost is the limit."""
     cfg, arch = params.search, params.model
     grid = arch.width_grid(cfg.min_keep, cfg.width_multiple)
     choices = precision_choices(len(grid) + 1, params.compress.quantization, cfg.precision == "mixed")
     if cfg.budget_of == "macs":
         return Budget(macs_cost(arch, grid, choices), cfg.macs_kept, cfg.macs_kept)
-    batch = params.evaluate.throughput_batch
-    cost = latency_cost(table, grid, choices, batch)
     shipped = shipped_precisions(len(grid) + 1, params.compress.quantization)
     structured = narrower(arch, params.compress.channels_kept).layer_widths()
+    structured_int8 = list(zip(structured, shipped, strict=False))
+    if cfg.budget_of == "size":
+        cost = size_cost(arch, grid, choices)
+        asked = cfg.size_kept * cost.total(structured_int8)
+        return Budget(cost, max(asked, cost.cheapest()), asked)
+    if table is None:
+        raise ValueError("a latency budget needs the latency table")
+    batch = params.evaluate.throughput_batch
+    cost = latency_cost(table, grid, choices, batch)
     # on the grid, structured_int8 is priced by the same estimate as the candidates, so the share compares like
     # with like (the table's error cancels); off it, its end-to-end time stands in
     on_grid = all(width in widths for width, widths in zip(structured, grid, strict=True))
-    asked = cfg.latency_kept * (cost.total(list(zip(structured, shipped, strict=False))) if on_grid
-                                else table.reference(batch))
+    asked = cfg.latency_kept * (cost.total(structured_int8) if on_grid else table.reference(batch))
     return Budget(cost, max(asked, cost.cheapest()), asked)
 
 

@@ -3,11 +3,12 @@ the head), each term depending only on the options on either side of its cell (a
 precision), so the cheapest way to finish a network from any layer on is a small dynamic programme over the grid of
 options.
 
-Two costs have that shape. Multiply-adds: a layer's scale with its own outputs and with the inputs the layer
-before it kept. The latency table's estimate (groundwork.search.latency): each cell's time depends on its input
-and output widths, and an int8 -> int8 edge on the width between them. Latency is not monotone in the widths (in
-int8, 8 channels cost more than 16 here: quantizing them costs more than computing them), which is why the search
-asks the programme for the cheapest completion instead of assuming every later layer at its narrowest.
+Three costs have that shape. Multiply-adds, and the bytes of weights a network ships (one per weight in int8, four
+in fp32): a layer's scale with its own outputs and with the inputs the layer before it kept. The latency table's
+estimate (groundwork.search.latency): each cell's time depends on its input and output widths, and an int8 -> int8
+edge on the width between them. Latency is not monotone in the widths (in int8, 8 channels cost more than 16 here:
+quantizing them costs more than computing them), which is why the search asks the programme for the cheapest
+completion instead of assuming every later layer at its narrowest.
 
 Each layer's precisions are its `precision_choices`: one (int8, or fp32 at the ends compress keeps in fp32) unless
 the search picks precisions too (`search.precision: mixed`), where a layer may be int8 or fp32.
@@ -19,6 +20,7 @@ from collections.abc import Callable, Sequence
 from functools import cached_property
 
 from groundwork.data.datasets import NUM_CLASSES
+from groundwork.models.geometry import LayerShape
 from groundwork.params.compression import QuantizationParams
 from groundwork.params.training import ModelParams
 from groundwork.search.latency import LatencyTable, shipped_precisions
@@ -48,12 +50,13 @@ class ChainCost:
     the first cell reads INPUT, the head writes `head` (the classes, in the head's precision)."""
 
     def __init__(self, grid: Sequence[Sequence[Option]], term: Term, *, head: Option, constant: float = 0.0,
-                 unit: str = "") -> None:
+                 unit: str = "", describe: Callable[[float], str] = str) -> None:
         self.grid = [sorted(options) for options in grid]
         self.term = term
         self.constant = constant
         self.head = head
         self.unit = unit
+        self.describe = describe  # a cost in words, with its unit
 
     @property
     def widths(self) -> list[tuple[int, ...]]:
@@ -117,7 +120,7 @@ def macs_cost(arch: ModelParams, widths: Sequence[Sequence[int]],
         return full[cell] * (inputs[0] / shares[cell]) * (outputs[0] / layer_widths[cell]) / total
 
     return ChainCost(option_grid(widths, precisions), term, head=(NUM_CLASSES, precisions[-1][0]),
-                     unit="of the multiply-adds")
+                     unit="of the multiply-adds", describe=lambda share: f"{share:.0%} of the multiply-adds")
 
 
 def latency_cost(table: LatencyTable, widths: Sequence[Sequence[int]], precisions: Sequence[Sequence[str]],
@@ -131,5 +134,22 @@ def latency_cost(table: LatencyTable, widths: Sequence[Sequence[int]], precision
         return table.pair_term(cell, inputs[0], outputs[0], outputs[1], previous, head=cell == cells - 1,
                                batch=batch)
 
+    unit = f"ms per call at batch {batch}"
     return ChainCost(option_grid(widths, precisions), term, head=(NUM_CLASSES, precisions[-1][0]),
-                     constant=table.floor(batch), unit=f"ms per call at batch {batch}")
+                     constant=table.floor(batch), unit=unit, describe=lambda ms: f"{ms:.3f} {unit}")
+
+
+def size_cost(arch: ModelParams, widths: Sequence[Sequence[int]], precisions: Sequence[Sequence[str]]) -> ChainCost:
+    """The bytes of a network's weights as compress's int8 files store them: each weighted layer's weights at one
+    byte in int8 and four in fp32, its biases at four (int32 in int8), and in int8 each output channel's scale and
+    zero point (five). What the file adds beyond that (the graph, the activations' scales) does not grow with the
+    widths, so it is left out: the budget is a share of structured_int8's bytes on this same count."""
+    shapes = [*arch.layers(), LayerShape(True, 1, 1, 1)]  # the head: a linear layer reading the embedding
+
+    def term(cell: int, inputs: Option, outputs: Option) -> float:
+        shape, int8 = shapes[cell], outputs[1] == "int8"
+        weights = shape.kernel**2 * shape.fan * inputs[0] * outputs[0]
+        return weights * (1 if int8 else 4) + outputs[0] * (4 + (5 if int8 else 0))
+
+    return ChainCost(option_grid(widths, precisions), term, head=(NUM_CLASSES, precisions[-1][0]),
+                     unit="bytes of weights", describe=lambda size: f"{size:,.0f} bytes of weights")
