@@ -28,7 +28,7 @@ compress and model params is in every cell name). Needs a pipeline run's pretrai
 (`make run`).
 
 Usage: PYTHONPATH=. .venv/bin/python bench/policy_search.py --workdir /work/bench-cells/policy-search
-       [--budgets latency:1.0 latency:0.5 latency:0.25 macs:0.15] [--splits 1 2 3] [--seeds 0 1] [--episodes N]
+       [--budgets latency:1.0 size:0.5 latency:0.5 latency:0.25] [--splits 1 2 3] [--seeds 0 1] [--episodes N]
        [--report-only]
 """
 
@@ -81,7 +81,7 @@ METHODS = ("agent", "random", "tpe", "uniform", "global_ranking", "structured")
 
 @dataclass(frozen=True)
 class Group:
-    """One search: a budget ("latency:1.0", "macs:0.15"), a target split (ingest seed) and a search seed."""
+    """One search: a budget ("latency:1.0", "size:0.5"), a target split (ingest seed) and a search seed."""
 
     budget: str
     split: int
@@ -98,9 +98,10 @@ def params_digest(params: Params) -> str:
 
 
 def with_budget(params: Params, budget: str, seed: int) -> Params:
-    """`params` searching at `budget` ("latency:<share of structured_int8>" or "macs:<share>"), seeded `seed`."""
+    """`params` searching at `budget` ("latency:<share of structured_int8>", "size:<share of structured_int8>" or
+    "macs:<share>"), seeded `seed`."""
     kind, share = budget.split(":")
-    key = {"latency": "latency_kept", "macs": "macs_kept"}[kind]
+    key = f"{kind}_kept"
     search = params.search.model_copy(update={"budget_of": kind, key: float(share)})
     return params.model_copy(update={"search": search, "seed": seed})
 
@@ -156,7 +157,7 @@ def structured_widths(params: Params, env: PruningEnv) -> tuple[int, ...]:
             continue
         on_grid = all(width in choices for width, choices in zip(widths, env.cost.widths, strict=True))
         keeps = [width / full for width, full in zip(widths, env.full, strict=True)]
-        if (on_grid or params.search.budget_of == "macs") and env.network_cost(keeps) <= env.budget + 1e-12:
+        if (on_grid or params.search.budget_of != "latency") and env.network_cost(keeps) <= env.budget + 1e-12:
             fitting.append(widths)
     if not fitting:
         return env.widths(env.cheapest()[0])
@@ -254,8 +255,9 @@ def report(rows: dict[str, dict[tuple[int, int], dict[str, Any]]], budgets: list
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, required=True, help="where every cell is cached")
-    parser.add_argument("--budgets", nargs="+", default=["latency:1.0", "latency:0.5", "latency:0.25", "macs:0.15"],
-                        help="latency:<share of structured_int8's latency> or macs:<share of the multiply-adds>")
+    parser.add_argument("--budgets", nargs="+", default=["latency:1.0", "size:0.5", "latency:0.5", "latency:0.25"],
+                        help="latency:<share of structured_int8's latency>, size:<share of its bytes of weights> or "
+                             "macs:<share of the multiply-adds>")
     parser.add_argument("--splits", type=int, nargs="+", default=[1, 2, 3], help="ingest seeds, one transfer each")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="search and fine-tuning seeds")
     parser.add_argument("--models", type=Path, default=Path("models"), help="folder of a pipeline run's models")
