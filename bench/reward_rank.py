@@ -31,6 +31,7 @@ from groundwork.data.atomic import write_json
 from groundwork.data.datasets import load_dataset
 from groundwork.models.checkpoint import load_model
 from groundwork.params import load_params
+from groundwork.search.compare import search_budget
 from groundwork.search.env import PruningEnv
 from groundwork.search.methods import random_candidate
 from groundwork.search.scoring import AdaptiveBNScorer, DistilledScorer
@@ -87,8 +88,10 @@ def main() -> None:
     scorer = AdaptiveBNScorer(model, data["pool"].tensors()[0][:cfg.calibration_images], data["val"].tensors(),
                               device=CPU)
     distilled = DistilledScorer(model, params, data, device=CPU)
-    env = PruningEnv(model.arch, scorer, budget=args.macs_kept, min_keep=cfg.min_keep,
-                     width_multiple=cfg.width_multiple)
+    # the multiply-add budget over the search's grid, each layer in the precision searched_int8 ships it in
+    macs = params.model_copy(update={"search": cfg.model_copy(update={"budget_of": "macs", "precision": "int8",
+                                                                      "macs_kept": args.macs_kept})})
+    env = PruningEnv(model.arch, scorer, budget=args.macs_kept, cost=search_budget(macs, None).cost)
     rng = np.random.default_rng(args.seed)
     # drawn first: the same on resume (each layer int8, the ends as compress ships them: the widths are drawn)
     candidates = [random_candidate(env, rng)[0] for _ in range(args.candidates)]
