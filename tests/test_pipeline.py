@@ -203,7 +203,7 @@ def test_first_run_executes_every_stage_and_records_them(first_run: FirstRun) ->
     # the stages that train record the arithmetic they used (params.yaml's `auto`: bf16 on a CPU with native bf16,
     # else fp32), the others do not
     used = precision_used(tiny_params_dict()["precision"], torch.device("cpu"))
-    trained = {"pretrain", "transfer", "budget", "compress"}
+    trained = {"pretrain", "transfer", "budget", "search", "compress"}  # search: its distilled reward fine-tunes
     assert {stage for stage, run_params in logged.items() if "training_precision" in run_params} == trained
     assert {logged[stage]["training_precision"] for stage in trained} == {used}
     assert {stage: json.loads((project / "reports" / f"{stage}.json").read_text()).get("training_precision")
