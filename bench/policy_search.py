@@ -230,7 +230,9 @@ def report(rows: dict[str, dict[tuple[int, int], dict[str, Any]]], budgets: list
         first = next(iter(complete.values()))
         asked = "" if first["budget_limit"] == first["budget_asked"] else \
             f" (asked {first['budget_asked']:.4g}: below the fastest network, so that one's cost is used)"
-        print(f"budget {first['budget_limit']:.4g} {first['unit']}{asked}\n")
+        limit = first["budget_limit"]
+        print(f"budget {limit:,.0f} {first['unit']}{asked}\n" if limit >= 1000 else
+              f"budget {limit:.4g} {first['unit']}{asked}\n")
         print("| method | test accuracy int8, mean ± sd | fp32 | agent's gain, points [95% CI] "
               "| McNemar p per group (agent better +, worse -) | widths (first group) |")
         print("| --- | --- | --- | --- | --- | --- |")
