@@ -29,7 +29,7 @@ compress and model params is in every cell name). Needs a pipeline run's pretrai
 
 Usage: PYTHONPATH=. .venv/bin/python bench/policy_search.py --workdir /work/bench-cells/policy-search
        [--budgets latency:1.0 size:0.5 latency:0.5 latency:0.25] [--splits 1 2 3] [--seeds 0 1] [--episodes N]
-       [--report-only]
+       [--precision int8|mixed] [--report-only]
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ import torch
 from groundwork.compression.export import (
     calibration_images,
     export_onnx,
+    fp32_cells,
     onnx_logits,
     onnx_session,
     quantize_int8,
@@ -95,6 +96,16 @@ def params_digest(params: Params) -> str:
     """What a cell depends on beyond its own coordinates: the search, compress and model params."""
     relevant = params.model_dump(mode="json", include={"model", "search", "compress", "augment", "precision"})
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def recipe_name(params: Params, group: Group, widths: list[int], precisions: list[str]) -> str:
+    """A fine-tuned network's cell: the recipe does not depend on the precision action of the search that chose it
+    (so an int8 search's cells serve a mixed one), only on the widths and the cells left fp32 beyond the ends."""
+    digest = params_digest(params.model_copy(update={"search": params.search.model_copy(update={"precision": "int8"})}))
+    fp32 = fp32_cells(precisions)
+    ends = [0, len(precisions) - 1] if params.compress.quantization.keep_ends_fp32 else []
+    suffix = "" if fp32 == ends else "-fp32at" + "-".join(map(str, fp32))
+    return f"recipe-split{group.split}-seed{group.seed}-{digest}-{'x'.join(map(str, widths))}{suffix}.json"
 
 
 def with_budget(params: Params, budget: str, seed: int) -> Params:
@@ -192,28 +203,30 @@ def search_cell(params: Params, group: Group, data: Dataset, transferred: Path, 
     return cell
 
 
-def test_correct(model: DigitNet, data: Dataset, params: Params) -> dict[str, list[int]]:
-    """Which test images the network gets right in fp32 (PyTorch) and in int8 (ONNX Runtime, as compress ships)."""
+def test_correct(model: DigitNet, data: Dataset, params: Params, precisions: list[str]) -> dict[str, list[int]]:
+    """Which test images the network gets right in fp32 (PyTorch) and in int8 (ONNX Runtime, as compress ships
+    `searched_int8`: the cells `precisions` leaves fp32 excluded from quantization)."""
     images, labels = data["test"].tensors()
     fp32 = logits_of(model, images, device=CPU).argmax(1) == labels
     with tempfile.TemporaryDirectory() as scratch:
         onnx_fp32, onnx_int8 = Path(scratch) / "fp32.onnx", Path(scratch) / "int8.onnx"
         export_onnx(model, onnx_fp32)
         quantize_int8(onnx_fp32, onnx_int8, calibration_images(data, params.compress.calibration_images),
-                      params.compress.quantization)
+                      params.compress.quantization, fp32_layers=fp32_cells(precisions))
         int8 = onnx_logits(onnx_session(onnx_int8), images).argmax(1) == labels
     return {"fp32": fp32.int().tolist(), "int8": int8.int().tolist()}
 
 
-def recipe_cell(params: Params, widths: list[int], data: Dataset, transferred: Path, path: Path) -> dict[str, Any]:
-    """The network at `widths` after compress's `searched` recipe, scored on the test images (a cell per
-    network: methods of one group that chose the same widths share it)."""
+def recipe_cell(params: Params, widths: list[int], precisions: list[str], data: Dataset, transferred: Path,
+                path: Path) -> dict[str, Any]:
+    """The network at `widths` after compress's `searched` recipe, scored on the test images in `precisions` (a
+    cell per network: methods of one group that chose the same widths and precisions share it)."""
     if path.exists():
         return json.loads(path.read_text())
     teacher, _ = load_model(transferred)
     tune = fine_tuner(params, data, teacher, CPU, NullTracker())
     pruned = channel_pruned(load_model(transferred)[0], teacher.arch.with_widths(widths), params, tune, "searched")
-    cell = {"widths": widths, "correct": test_correct(pruned, data, params)}
+    cell = {"widths": widths, "precisions": precisions, "correct": test_correct(pruned, data, params, precisions)}
     write_json(path, cell)
     return cell
 
@@ -264,12 +277,16 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="search and fine-tuning seeds")
     parser.add_argument("--models", type=Path, default=Path("models"), help="folder of a pipeline run's models")
     parser.add_argument("--latency", type=Path, default=Path("reports/latency.csv"), help="this machine's table")
+    parser.add_argument("--precision", choices=("int8", "mixed"), default=None,
+                        help="search.precision for the agent, random search and TPE (default: params.yaml's)")
     parser.add_argument("--episodes", type=int, default=None,
                         help="candidates per searching method (default: search.episodes; a fifth of them warm-up)")
     parser.add_argument("--report-only", action="store_true", help="print the tables of the cached cells, run none")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     base = load_params()
+    if args.precision is not None:
+        base = base.model_copy(update={"search": base.search.model_copy(update={"precision": args.precision})})
     if args.episodes is not None:
         base = base.model_copy(update={"search": base.search.model_copy(update={
             "episodes": args.episodes, "warmup_episodes": max(1, args.episodes // 5)})})
@@ -291,16 +308,18 @@ def main() -> None:
                 cell = search_cell(params, group, data, transferred, args.latency, path)
                 after = {}
                 for method in METHODS:
-                    widths = cell["methods"][method]["widths"]
-                    recipe = args.workdir / f"recipe-split{split}-seed{seed}-{digest}-{'x'.join(map(str, widths))}.json"
+                    chosen = cell["methods"][method]
+                    widths, precisions = chosen["widths"], chosen["precisions"]
+                    recipe = args.workdir / recipe_name(params, group, widths, precisions)
                     if args.report_only and not recipe.exists():
                         continue
-                    after[method] = recipe_cell(params, widths, data, transferred, recipe)["correct"]
+                    after[method] = recipe_cell(params, widths, precisions, data, transferred, recipe)["correct"]
                 rows.setdefault(budget, {})[(split, seed)] = {**cell, "after": after}
                 if not args.report_only:
                     print(f"{budget} split {split} seed {seed} done", flush=True)
     print(f"\n{len(args.splits) * len(args.seeds)} (split, seed) groups per budget; "
-          f"{base.search.episodes} candidates for the agent, random search and TPE; reward {base.search.reward}")
+          f"{base.search.episodes} candidates for the agent, random search and TPE; reward {base.search.reward}, "
+          f"precision {base.search.precision}")
     report(rows, args.budgets, len(args.splits) * len(args.seeds))
 
 
