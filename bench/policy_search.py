@@ -14,7 +14,7 @@ Every method scores candidates with the search's own reward (`search.reward`), t
 candidate two methods find is scored once. Each method's best network then goes through compress's `searched`
 recipe (rounds of channel removal, each distilled and fine-tuned, the seed from the group's seed) and is scored on
 the test split in the precision it ships in (int8 through ONNX Runtime, the ends as `compress.quantization` keeps
-them) and in fp32.
+them, and with `--precision mixed` the layers its policy leaves fp32) and in fp32.
 
 Statistics, per budget, for the agent against each other method: the gain in test accuracy (points) averaged over
 the (split, seed) groups with a two-stage bootstrap interval, groups then images (the splits share one pool of
