@@ -78,6 +78,7 @@ from groundwork.training.transfer_learning import target_test_accuracy, transfer
 
 CPU = torch.device("cpu")
 METHODS = ("agent", "random", "tpe", "uniform", "global_ranking", "structured")
+INT8_AGENT = "agent_int8"  # with --precision mixed: the agent of the int8 search of the same group, for comparison
 
 
 @dataclass(frozen=True)
@@ -98,10 +99,15 @@ def params_digest(params: Params) -> str:
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:10]
 
 
+def with_precision(params: Params, precision: str) -> Params:
+    """`params` with `search.precision` set."""
+    return params.model_copy(update={"search": params.search.model_copy(update={"precision": precision})})
+
+
 def recipe_name(params: Params, group: Group, widths: list[int], precisions: list[str]) -> str:
     """A fine-tuned network's cell: the recipe does not depend on the precision action of the search that chose it
     (so an int8 search's cells serve a mixed one), only on the widths and the cells left fp32 beyond the ends."""
-    digest = params_digest(params.model_copy(update={"search": params.search.model_copy(update={"precision": "int8"})}))
+    digest = params_digest(with_precision(params, "int8"))
     fp32 = fp32_cells(precisions)
     ends = [0, len(precisions) - 1] if params.compress.quantization.keep_ends_fp32 else []
     suffix = "" if fp32 == ends else "-fp32at" + "-".join(map(str, fp32))
@@ -231,12 +237,13 @@ def recipe_cell(params: Params, widths: list[int], precisions: list[str], data: 
     return cell
 
 
-def report(rows: dict[str, dict[tuple[int, int], dict[str, Any]]], budgets: list[str], expected: int) -> None:
+def report(rows: dict[str, dict[tuple[int, int], dict[str, Any]]], budgets: list[str], expected: int,
+           methods: tuple[str, ...] = METHODS) -> None:
     """Per budget: each method's test accuracy over the groups, and the agent's gain over each with its
-    clustered interval and the McNemar tests per group."""
+    clustered interval and the McNemar tests per group (with a mixed search, also over the int8 search's agent)."""
     for budget in budgets:
         groups = rows.get(budget, {})
-        complete = {key: row for key, row in groups.items() if all(m in row["after"] for m in METHODS)}
+        complete = {key: row for key, row in groups.items() if all(m in row["after"] for m in methods)}
         print(f"\n### {budget}: {len(complete)} of {expected} (split, seed) groups complete")
         if not complete:
             continue
@@ -250,7 +257,7 @@ def report(rows: dict[str, dict[tuple[int, int], dict[str, Any]]], budgets: list
               "| McNemar p per group (agent better +, worse -) | widths (first group) |")
         print("| --- | --- | --- | --- | --- | --- |")
         keys = sorted(complete)
-        for method in METHODS:
+        for method in methods:
             accuracy = {precision: [float(np.mean(complete[k]["after"][method][precision])) * 100 for k in keys]
                         for precision in ("int8", "fp32")}
             spread = {p: f"{statistics.mean(v):.2f} ± {statistics.pstdev(v):.2f}" for p, v in accuracy.items()}
@@ -286,7 +293,8 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     base = load_params()
     if args.precision is not None:
-        base = base.model_copy(update={"search": base.search.model_copy(update={"precision": args.precision})})
+        base = with_precision(base, args.precision)
+    mixed = base.search.precision == "mixed"
     if args.episodes is not None:
         base = base.model_copy(update={"search": base.search.model_copy(update={
             "episodes": args.episodes, "warmup_episodes": max(1, args.episodes // 5)})})
@@ -314,13 +322,22 @@ def main() -> None:
                     if args.report_only and not recipe.exists():
                         continue
                     after[method] = recipe_cell(params, widths, precisions, data, transferred, recipe)["correct"]
+                if mixed:
+                    int8 = with_precision(params, "int8")
+                    int8_search = args.workdir / f"{group.name(params_digest(int8))}.json"
+                    if int8_search.exists():
+                        chosen = json.loads(int8_search.read_text())["methods"]["agent"]
+                        cell["methods"][INT8_AGENT] = chosen
+                        recipe = args.workdir / recipe_name(int8, group, chosen["widths"], chosen["precisions"])
+                        if recipe.exists():
+                            after[INT8_AGENT] = json.loads(recipe.read_text())["correct"]
                 rows.setdefault(budget, {})[(split, seed)] = {**cell, "after": after}
                 if not args.report_only:
                     print(f"{budget} split {split} seed {seed} done", flush=True)
     print(f"\n{len(args.splits) * len(args.seeds)} (split, seed) groups per budget; "
           f"{base.search.episodes} candidates for the agent, random search and TPE; reward {base.search.reward}, "
           f"precision {base.search.precision}")
-    report(rows, args.budgets, len(args.splits) * len(args.seeds))
+    report(rows, args.budgets, len(args.splits) * len(args.seeds), (*METHODS, INT8_AGENT) if mixed else METHODS)
 
 
 if __name__ == "__main__":
