@@ -105,7 +105,12 @@ def _client(address: str | None, workers: int) -> Iterator[Client]:
     # spawned processes (Dask's default), not forked: a fork of a process whose OpenMP pool has run is unsafe with
     # GNU OpenMP. A worker process exits when this one dies, killed or not: Dask's process wrapper watches its
     # parent (tests/test_jobs.py kills the parent with SIGKILL)
-    with dask.config.set({"distributed.scheduler.allowed-failures": RETRIES_AFTER_WORKER_DEATH}), \
+    # Dask sets MALLOC_TRIM_THRESHOLD_=65536 in its workers (to report memory promptly): glibc then hands freed
+    # memory back to the kernel after every training step and faults it in again on the next, a page at a time.
+    # The budget stage took 85 million page faults and 95 s of system time that way, against 5 s with glibc's own
+    # threshold (bench/RESULTS.md, *The jobs' engine*): its workers keep glibc's default.
+    with dask.config.set({"distributed.scheduler.allowed-failures": RETRIES_AFTER_WORKER_DEATH,
+                          "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}), \
             LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                          dashboard_address="127.0.0.1:0",  # its HTTP server on a free port: 8787 may be taken
                          silence_logs=logging.WARNING, env={"OMP_NUM_THREADS": str(threads), "TQDM_DISABLE": "1"}
