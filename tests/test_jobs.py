@@ -36,6 +36,10 @@ def records_pid_then_waits(folder: str) -> None:
     time.sleep(600)
 
 
+def malloc_trim_threshold(_: int) -> str | None:
+    return os.environ.get("MALLOC_TRIM_THRESHOLD_")
+
+
 def logs_a_line(job: int) -> int:
     logging.getLogger("groundwork.training.loop").info("job %d logged", job)
     return os.getpid()
@@ -67,6 +71,14 @@ def test_two_workers_run_the_jobs_elsewhere_in_order_on_a_share_of_the_threads()
     pids = {pid for _, pid, _ in results}
     assert os.getpid() not in pids and len(pids) <= 2
     assert {threads for _, _, threads in results} == {2}, "4 threads shared by 2 processes"
+
+
+@pytest.mark.subprocess
+def test_local_workers_keep_glibcs_malloc_trim_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dask's default (65536) makes glibc return memory to the kernel after every training step: the budget stage
+    spent a third of its CPU faulting it back in (bench/RESULTS.md, *The jobs' engine*)."""
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)  # a worker inherits this process's environment
+    assert list(run_jobs(malloc_trim_threshold, [0, 1], 2)) == [None, None]
 
 
 @pytest.mark.subprocess
