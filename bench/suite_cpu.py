@@ -52,8 +52,9 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
         records.write(json.dumps(record) + "\n")
 
 
-
 def report(records: Path, total: dict[str, float] | None) -> None:
+    """The per-module table, the costliest tests and the totals of the records in `records` (`total`: the whole
+    run's CPU and wall seconds, when this process ran it)."""
     rows = [json.loads(line) for path in sorted(records.glob("*.jsonl")) for line in path.read_text().splitlines()]
     if not rows:
         sys.exit(f"no records in {records}")
