@@ -25,12 +25,14 @@ from groundwork.models.checkpoint import load_model
 from groundwork.params import Params
 from groundwork.plots import search_rewards
 from groundwork.search.compare import BASELINES, compare_methods, search_budget
+from groundwork.search.fanout import prescorer
 from groundwork.search.latency import LatencyTable, read_latency_table
 from groundwork.search.methods import SearchResult
 from groundwork.search.policy import write_policy
 from groundwork.search.scoring import make_scorer
 from groundwork.tracking.runs import NullTracker, RunLog
 from groundwork.training.distributed import resolve_device
+from groundwork.training.jobs import worker_count
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +86,12 @@ def run(params: Params, *, transferred: Path, target: Path, latency: Path, polic
     tracker.log_dataset("target", target, digest, context="input")
     model, _ = load_model(transferred)
     started = time.perf_counter()
-    score = make_scorer(params, model, data, device=resolve_device(params.device))
-    results = compare_methods(model, cfg, score=score, cost=budget.cost, budget=budget.limit, seed=params.seed)
+    device = resolve_device(params.device)
+    score = make_scorer(params, model, data, device=device)
+    prescore = prescorer(params, score, transferred=transferred, target=target,
+                         workers=worker_count(cfg.workers, cfg.episodes, device))
+    results = compare_methods(model, cfg, score=score, cost=budget.cost, budget=budget.limit, seed=params.seed,
+                              prescore=prescore)
     seconds = time.perf_counter() - started
     methods = summary(results, latency_table)
     agent = methods["agent"]

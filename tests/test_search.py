@@ -521,3 +521,40 @@ def test_the_size_budget_counts_the_bytes_an_int8_file_grows_by(tmp_path: Path, 
     assert np.argsort(estimates).tolist() == np.argsort(files).tolist()
     assert all(0 < file - estimate < 20_000 for file, estimate in zip(files, estimates, strict=True)), \
         list(zip(files, estimates, strict=True))
+
+
+@pytest.mark.subprocess
+def test_random_searchs_candidates_scored_in_two_workers_score_as_in_this_process(
+        tiny_params: Params, tiny_data: dict[str, Path], tiny_transferred: dict[str, Any]) -> None:
+    """With the distilled reward, random search's candidates go to two worker processes (one thread each) ahead of
+    the search; the stage's scorer then holds every distinct candidate's reward, equal to what it computes itself
+    on one thread, and scores none of them again."""
+    from groundwork.search.fanout import SEARCH_SPLITS, prescorer
+    from groundwork.search.methods import random_candidates
+
+    assert tiny_params.search.reward == "distilled"
+    model, _ = load_model(tiny_transferred["model"])
+    data, _ = load_dataset(tiny_data["target"], splits=SEARCH_SPLITS)
+    budget = search_budget(tiny_params, None)
+    env = PruningEnv(model.arch, lambda keeps, precisions: 0.0, budget=budget.limit, cost=budget.cost)
+    drawn = random_candidates(env, candidates=5, seed=1)
+    candidates = [*drawn, drawn[0]]  # one drawn twice: scored once
+    device = torch.device("cpu")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        here = make_scorer(tiny_params, model, data, device=device)
+        expected = [here(keeps, precisions) for keeps, precisions in candidates]
+    finally:
+        torch.set_num_threads(before)
+
+    scorer = make_scorer(tiny_params, model, data, device=device)
+    paths = {"transferred": tiny_transferred["model"], "target": tiny_data["target"]}
+    assert prescorer(tiny_params, scorer, workers=1, **paths) is None, "one worker and no scheduler: scored here"
+    fast = tiny_params.model_copy(update={"search": tiny_params.search.model_copy(update={"reward": "adaptive_bn"})})
+    assert prescorer(fast, scorer, workers=2, **paths) is None, "adaptive_bn: cheaper than starting workers"
+    prescore = prescorer(tiny_params, scorer, workers=2, **paths)
+    assert prescore is not None
+    prescore(candidates)
+    assert scorer.unscored(candidates) == [], "every distinct candidate remembered"
+    assert [scorer(keeps, precisions) for keeps, precisions in candidates] == expected

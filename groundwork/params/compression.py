@@ -87,6 +87,9 @@ class SearchParams(Section):
                     "compress.quantization.keep_ends_fp32 says); mixed: the agent also picks each other layer's "
                     "precision, int8 or fp32 (HAQ), priced by the latency table and scored by the distilled reward")
     latency_runs: int = Field(ge=1, le=10000, description="timed calls per cell of the latency table (median)")
+    workers: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = Field(
+        description="reward distilled: processes scoring random search's candidates at once, torch's threads "
+                    "shared among them; auto: one per thread on a CPU, one on an accelerator")
 
     @model_validator(mode="after")
     def _warmup_within_episodes(self) -> SearchParams:

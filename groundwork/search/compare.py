@@ -15,11 +15,21 @@ from groundwork.search.agents import make_agent
 from groundwork.search.cost import ChainCost, latency_cost, macs_cost, precision_choices, size_cost
 from groundwork.search.env import FEATURES, PruningEnv, Score
 from groundwork.search.latency import LatencyTable, shipped_precisions
-from groundwork.search.methods import OnEpisode, SearchResult, global_ranking, random_search, run_agent, uniform
+from groundwork.search.methods import (
+    Candidate,
+    OnEpisode,
+    SearchResult,
+    global_ranking,
+    random_candidates,
+    random_search,
+    run_agent,
+    uniform,
+)
 from groundwork.training.loop import derived_seed
 
 BASELINES = ("uniform", "global_ranking", "random")
 MethodEpisode = Callable[[str, int, float, Sequence[float]], None]  # (method, episode, reward, shares kept)
+Prescore = Callable[[Sequence[Candidate]], None]  # scores candidates ahead, into the scorer's memory
 
 
 @dataclass(frozen=True)
@@ -68,11 +78,18 @@ def search_budget(params: Params, table: LatencyTable | None) -> Budget:
 
 
 def compare_methods(model: DigitNet, cfg: SearchParams, *, score: Score, cost: ChainCost, budget: float,
-                    seed: int, on_episode: MethodEpisode | None = None) -> dict[str, SearchResult]:
+                    seed: int, on_episode: MethodEpisode | None = None,
+                    prescore: Prescore | None = None) -> dict[str, SearchResult]:
     """Every method's candidates under `budget` of `cost`, scored by `score` (groundwork.search.scoring's
     `make_scorer`), keyed `agent` (the params' agent) and by baseline name. The agent and random search score
-    `cfg.episodes` candidates each; `on_episode(method, episode, reward, keeps)`."""
+    `cfg.episodes` candidates each; `on_episode(method, episode, reward, keeps)`. `prescore` (groundwork.search
+    .fanout) is given random search's candidates and the agent's warm-up ones first: they do not depend on any
+    score, so they can be scored at once in other processes, and both methods then find their scores remembered."""
     env = PruningEnv(model.arch, score, budget=budget, cost=cost)
+    random_seed, episodes_seed = (derived_seed(seed, "search", name) for name in ("random", "episodes"))
+    if prescore is not None:
+        prescore([*random_candidates(env, candidates=cfg.episodes, seed=random_seed),
+                  *random_candidates(env, candidates=cfg.warmup_episodes, seed=episodes_seed)])
 
     def report(method: str) -> OnEpisode | None:
         if on_episode is None:
@@ -83,8 +100,8 @@ def compare_methods(model: DigitNet, cfg: SearchParams, *, score: Score, cost: C
     return {
         "uniform": uniform(env),
         "global_ranking": global_ranking(env, model),
-        "random": random_search(env, candidates=cfg.episodes, seed=derived_seed(seed, "search", "random"),
+        "random": random_search(env, candidates=cfg.episodes, seed=random_seed,
                                 on_episode=report("random")),
         "agent": run_agent(env, agent, cfg.agent, episodes=cfg.episodes, warmup=cfg.warmup_episodes,
-                           seed=derived_seed(seed, "search", "episodes"), on_episode=report("agent")),
+                           seed=episodes_seed, on_episode=report("agent")),
     }

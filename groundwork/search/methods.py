@@ -90,14 +90,14 @@ class SearchResult:
 
 def run_agent(env: PruningEnv, agent: Agent, method: str, *, episodes: int, warmup: int, seed: int,
               on_episode: OnEpisode | None = None) -> SearchResult:
-    """Episodes of the agent in the environment: the first `warmup` play random search's candidates (every one
-    within the wall: it meets the budget with each later layer at or above its lowest share), the rest the
-    agent's; it learns from all of them."""
-    rng = np.random.default_rng(seed)
+    """Episodes of the agent in the environment: the first `warmup` play random search's candidates of this seed
+    (`random_candidates`; every one within the wall: it meets the budget with each later layer at or above its
+    lowest share), the rest the agent's; it learns from all of them."""
+    explore = random_candidates(env, candidates=warmup, seed=seed)
     result = SearchResult(method)
     for episode in tqdm(range(episodes), desc=f"search {method}", unit="episode", mininterval=2.0, disable=None):
         explored = episode < warmup
-        planned = env.actions(*random_candidate(env, rng)) if explored else []
+        planned = env.actions(*explore[episode]) if explored else []
         state, _ = env.reset(seed=seed + episode)
         steps: list[Step] = []
         done = False
@@ -129,14 +129,20 @@ def random_candidate(env: PruningEnv, rng: np.random.Generator) -> Candidate:
     return env.draw(rng)
 
 
+def random_candidates(env: PruningEnv, *, candidates: int, seed: int) -> list[Candidate]:
+    """The `candidates` random per-layer policies random search scores with this seed (see `random_candidate`):
+    drawn before any is scored, so they can be scored anywhere, in any order."""
+    rng = np.random.default_rng(seed)
+    return [random_candidate(env, rng) for _ in range(candidates)]
+
+
 def random_search(env: PruningEnv, *, candidates: int, seed: int,
                   on_episode: OnEpisode | None = None) -> SearchResult:
-    """Score `candidates` random per-layer policies (see `random_candidate`)."""
-    rng = np.random.default_rng(seed)
+    """Score `candidates` random per-layer policies (`random_candidates`)."""
     result = SearchResult("random")
-    for candidate in tqdm(range(candidates), desc="search random", unit="candidate", mininterval=2.0,
-                          disable=None):
-        keeps, precisions = random_candidate(env, rng)
+    for candidate, (keeps, precisions) in enumerate(tqdm(random_candidates(env, candidates=candidates, seed=seed),
+                                                         desc="search random", unit="candidate", mininterval=2.0,
+                                                         disable=None)):
         result.add(env, env.score(keeps, precisions), keeps, precisions)
         if on_episode:
             on_episode(candidate, result.rewards[-1], keeps)

@@ -38,6 +38,7 @@ from groundwork.compression.structured import per_layer, prune_channels
 from groundwork.data.datasets import Dataset
 from groundwork.models.digitnet import DigitNet
 from groundwork.params import Params
+from groundwork.search.methods import Candidate
 from groundwork.training.loop import (
     EVAL_BATCH,
     derived_seed,
@@ -93,6 +94,18 @@ class AdaptiveBNScorer:
         if key not in self._scores:
             self._scores[key] = self.score(keeps, precisions)
         return self._scores[key]
+
+    def unscored(self, candidates: Sequence[Candidate]) -> list[Candidate]:
+        """The candidates that would be scored if called now: the first of each key not scored yet, in order."""
+        todo: dict[tuple[Any, ...], Candidate] = {}
+        for keeps, precisions in candidates:
+            todo.setdefault(self.key(keeps, precisions), (keeps, precisions))
+        return [candidate for key, candidate in todo.items() if key not in self._scores]
+
+    def remember(self, candidates: Sequence[Candidate], scores: Sequence[float]) -> None:
+        """Take the scores of `candidates` computed elsewhere (by a scorer of the same model, params and data)."""
+        for (keeps, precisions), score in zip(candidates, scores, strict=True):
+            self._scores[self.key(keeps, precisions)] = score
 
 
 class DistilledScorer(AdaptiveBNScorer):
