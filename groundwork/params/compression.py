@@ -88,8 +88,9 @@ class SearchParams(Section):
                     "precision, int8 or fp32 (HAQ), priced by the latency table and scored by the distilled reward")
     latency_runs: int = Field(ge=1, le=10000, description="timed calls per cell of the latency table (median)")
     workers: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = Field(
-        description="reward distilled: processes scoring random search's candidates at once, torch's threads "
-                    "shared among them; auto: one per thread on a CPU, one on an accelerator")
+        description="reward distilled: processes scoring the random candidates (random search's, the agent's "
+                    "warm-up) ahead, torch's threads shared among them; auto: one per thread on a CPU, one on an "
+                    "accelerator")
 
     @model_validator(mode="after")
     def _warmup_within_episodes(self) -> SearchParams:
