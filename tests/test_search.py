@@ -523,33 +523,40 @@ def test_the_size_budget_counts_the_bytes_an_int8_file_grows_by(tmp_path: Path, 
         list(zip(files, estimates, strict=True))
 
 
+def _random_candidates_scored_here(params: Params, transferred: Path, target: Path
+                                   ) -> tuple[DigitNet, Any, list[Any], list[float]]:
+    """The transferred model, the search's splits, five random candidates (the first drawn again: scored once) and
+    their distilled rewards computed in this process on one thread."""
+    from groundwork.search.fanout import SEARCH_SPLITS
+    from groundwork.search.methods import random_candidates
+
+    assert params.search.reward == "distilled"
+    model, _ = load_model(transferred)
+    data, _ = load_dataset(target, splits=SEARCH_SPLITS)
+    budget = search_budget(params, None)
+    env = PruningEnv(model.arch, lambda keeps, precisions: 0.0, budget=budget.limit, cost=budget.cost)
+    drawn = random_candidates(env, candidates=5, seed=1)
+    candidates = [*drawn, drawn[0]]
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        here = make_scorer(params, model, data, device=torch.device("cpu"))
+        return model, data, candidates, [here(keeps, precisions) for keeps, precisions in candidates]
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.subprocess
 def test_random_searchs_candidates_scored_in_two_workers_score_as_in_this_process(
         tiny_params: Params, tiny_data: dict[str, Path], tiny_transferred: dict[str, Any]) -> None:
     """With the distilled reward, random search's candidates go to two worker processes (one thread each) ahead of
     the search; the stage's scorer then holds every distinct candidate's reward, equal to what it computes itself
     on one thread, and scores none of them again."""
-    from groundwork.search.fanout import SEARCH_SPLITS, prescorer
-    from groundwork.search.methods import random_candidates
+    from groundwork.search.fanout import prescorer
 
-    assert tiny_params.search.reward == "distilled"
-    model, _ = load_model(tiny_transferred["model"])
-    data, _ = load_dataset(tiny_data["target"], splits=SEARCH_SPLITS)
-    budget = search_budget(tiny_params, None)
-    env = PruningEnv(model.arch, lambda keeps, precisions: 0.0, budget=budget.limit, cost=budget.cost)
-    drawn = random_candidates(env, candidates=5, seed=1)
-    candidates = [*drawn, drawn[0]]  # one drawn twice: scored once
-    device = torch.device("cpu")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        here = make_scorer(tiny_params, model, data, device=device)
-        expected = [here(keeps, precisions) for keeps, precisions in candidates]
-    finally:
-        torch.set_num_threads(before)
-
-    scorer = make_scorer(tiny_params, model, data, device=device)
     paths = {"transferred": tiny_transferred["model"], "target": tiny_data["target"]}
+    model, data, candidates, expected = _random_candidates_scored_here(tiny_params, **paths)
+    scorer = make_scorer(tiny_params, model, data, device=torch.device("cpu"))
     assert prescorer(tiny_params, scorer, workers=1, **paths) is None, "one worker and no scheduler: scored here"
     fast = tiny_params.model_copy(update={"search": tiny_params.search.model_copy(update={"reward": "adaptive_bn"})})
     assert prescorer(fast, scorer, workers=2, **paths) is None, "adaptive_bn: cheaper than starting workers"
@@ -557,4 +564,25 @@ def test_random_searchs_candidates_scored_in_two_workers_score_as_in_this_proces
     assert prescore is not None
     prescore(candidates)
     assert scorer.unscored(candidates) == [], "every distinct candidate remembered"
+    assert [scorer(keeps, precisions) for keeps, precisions in candidates] == expected
+
+
+@pytest.mark.server
+def test_random_candidates_sent_to_a_dask_scheduler_score_as_in_this_process(
+        tiny_params: Params, tiny_data: dict[str, Path], tiny_transferred: dict[str, Any], dask_scheduler: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """With a scheduler set (`dask scheduler` and two one-thread `dask worker` processes on localhost), the
+    candidates go there even at `search.workers: 1`, and score as they do here on one thread."""
+    import dask
+
+    from groundwork.search.fanout import prescorer
+
+    paths = {"transferred": tiny_transferred["model"], "target": tiny_data["target"]}
+    model, data, candidates, expected = _random_candidates_scored_here(tiny_params, **paths)
+    scorer = make_scorer(tiny_params, model, data, device=torch.device("cpu"))
+    with dask.config.set({"scheduler-address": dask_scheduler}), caplog.at_level(logging.INFO):
+        prescore = prescorer(tiny_params, scorer, workers=1, **paths)
+        assert prescore is not None
+        prescore(candidates)
+    assert f"on the Dask cluster at {dask_scheduler}" in caplog.text
     assert [scorer(keeps, precisions) for keeps, precisions in candidates] == expected

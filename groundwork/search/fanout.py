@@ -12,6 +12,7 @@ thread-count caveat of docs/distributed.md.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from groundwork.training.jobs import run_jobs, scheduler_address
 log = logging.getLogger(__name__)
 SEARCH_SPLITS = ("train", "val", "pool")  # what a scorer reads: val scores, pool recalibrates, train distils
 BATCHES_PER_WORKER = 3  # each batch builds its own scorer (about a second); more batches even out the last round
+CLUSTER_BATCH = 8  # on a Dask cluster of one's own (its size unknown here): at most this many candidates a batch
 
 
 @dataclass(frozen=True)
@@ -76,10 +78,12 @@ def prescorer(params: Params, scorer: AdaptiveBNScorer, *, transferred: Path, ta
         todo = scorer.unscored(candidates)
         if not todo:
             return
-        jobs = scoring_jobs(params, todo, transferred=transferred, target=target,
-                            batches=BATCHES_PER_WORKER * workers)
-        log.info("random candidates: %d distinct of %d, scored ahead in %d batches on %d process(es)", len(todo),
-                 len(candidates), len(jobs), workers)
+        batches = BATCHES_PER_WORKER * workers
+        if (address := scheduler_address()) is not None:
+            batches = max(batches, math.ceil(len(todo) / CLUSTER_BATCH))
+        jobs = scoring_jobs(params, todo, transferred=transferred, target=target, batches=batches)
+        log.info("random candidates: %d distinct of %d, scored ahead in %d batches %s", len(todo), len(candidates),
+                 len(jobs), f"on the Dask cluster at {address}" if address else f"in {workers} processes")
         with tqdm(total=len(todo), desc="search random (workers)", unit="candidate", disable=None) as bar:
             for job, scores in zip(jobs, run_jobs(score_batch, jobs, workers), strict=True):
                 scorer.remember(job.candidates, scores)
