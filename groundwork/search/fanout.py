@@ -83,7 +83,7 @@ def prescorer(params: Params, scorer: AdaptiveBNScorer, *, transferred: Path, ta
             batches = max(batches, math.ceil(len(todo) / CLUSTER_BATCH))
         jobs = scoring_jobs(params, todo, transferred=transferred, target=target, batches=batches)
         log.info("random candidates: %d distinct of %d, scored ahead in %d batches %s", len(todo), len(candidates),
-                 len(jobs), f"on the Dask cluster at {address}" if address else f"in {workers} processes")
+                 len(jobs), f"on the Dask cluster at {address}" if address else f"in {workers} process(es)")
         with tqdm(total=len(todo), desc="search random (workers)", unit="candidate", disable=None) as bar:
             for job, scores in zip(jobs, run_jobs(score_batch, jobs, workers), strict=True):
                 scorer.remember(job.candidates, scores)
