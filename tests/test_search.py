@@ -523,20 +523,26 @@ def test_the_size_budget_counts_the_bytes_an_int8_file_grows_by(tmp_path: Path, 
         list(zip(files, estimates, strict=True))
 
 
+def _random_candidates(params: Params, model: DigitNet) -> list[Any]:
+    """Five of random search's candidates for `model`, the first drawn again (scored once)."""
+    from groundwork.search.methods import random_candidates
+
+    budget = search_budget(params, None)
+    env = PruningEnv(model.arch, lambda keeps, precisions: 0.0, budget=budget.limit, cost=budget.cost)
+    drawn = random_candidates(env, candidates=5, seed=1)
+    return [*drawn, drawn[0]]
+
+
 def _random_candidates_scored_here(params: Params, transferred: Path, target: Path
                                    ) -> tuple[DigitNet, Any, list[Any], list[float]]:
-    """The transferred model, the search's splits, five random candidates (the first drawn again: scored once) and
-    their distilled rewards computed in this process on one thread."""
+    """The transferred model, the search's splits, `_random_candidates` and their distilled rewards computed in
+    this process on one thread."""
     from groundwork.search.fanout import SEARCH_SPLITS
-    from groundwork.search.methods import random_candidates
 
     assert params.search.reward == "distilled"
     model, _ = load_model(transferred)
     data, _ = load_dataset(target, splits=SEARCH_SPLITS)
-    budget = search_budget(params, None)
-    env = PruningEnv(model.arch, lambda keeps, precisions: 0.0, budget=budget.limit, cost=budget.cost)
-    drawn = random_candidates(env, candidates=5, seed=1)
-    candidates = [*drawn, drawn[0]]
+    candidates = _random_candidates(params, model)
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -586,3 +592,23 @@ def test_random_candidates_sent_to_a_dask_scheduler_score_as_in_this_process(
         prescore(candidates)
     assert f"on the Dask cluster at {dask_scheduler}" in caplog.text
     assert [scorer(keeps, precisions) for keeps, precisions in candidates] == expected
+
+
+@pytest.mark.subprocess
+def test_a_batch_of_candidates_that_fails_in_a_worker_fails_the_search_naming_it(
+        tiny_params: Params, tiny_data: dict[str, Path], tiny_transferred: dict[str, Any], tmp_path: Path) -> None:
+    """A batch whose worker cannot read the target fails the search with the reader's own error, naming the file,
+    and a note naming the batch; the stage's scorer remembers none of that batch's candidates."""
+    from groundwork.search.fanout import SEARCH_SPLITS, prescorer
+
+    model, _ = load_model(tiny_transferred["model"])
+    data, _ = load_dataset(tiny_data["target"], splits=SEARCH_SPLITS)
+    scorer = make_scorer(tiny_params, model, data, device=torch.device("cpu"))
+    candidates = _random_candidates(tiny_params, model)
+    missing = tmp_path / "gone.npz"
+    prescore = prescorer(tiny_params, scorer, transferred=tiny_transferred["model"], target=missing, workers=2)
+    assert prescore is not None
+    with pytest.raises(DataError, match=r"gone\.npz") as raised:
+        prescore(candidates)
+    assert any(note.startswith("in job 'search candidates, batch 1 of ") for note in raised.value.__notes__)
+    assert len(scorer.unscored(candidates)) == len(candidates) - 1, "nothing remembered (one candidate drawn twice)"
