@@ -102,15 +102,16 @@ def main() -> None:
         ratio = f"{new_s / old_s:.2f}x" if old_s and new_s else ""
         print(f"| {stage} | {old_s if old_s is not None else '(none)'} | "
               f"{new_s if new_s is not None else '(none)'} | {ratio} |")
+    def subtotal(label: str, stages: list[str]) -> None:
+        old_total, new_total = sum(base[s] for s in stages), sum(new[s] for s in stages)
+        print(f"| {label} | {old_total:.1f} | {new_total:.1f} | {new_total / old_total:.2f}x |")
+
     both = [stage for stage in base if stage in new]
-    old_total, new_total = sum(base[s] for s in both), sum(new[s] for s in both)
-    print(f"| the stages both ran | {old_total:.1f} | {new_total:.1f} | {new_total / old_total:.2f}x |")
+    subtotal("the stages both ran", both)
     if args.same_work:
         if missing := [stage for stage in args.same_work if stage not in both]:
             raise SystemExit(f"--same-work: {', '.join(missing)} did not run in both logs")
-        old_same, new_same = sum(base[s] for s in args.same_work), sum(new[s] for s in args.same_work)
-        print(f"| the same work ({', '.join(args.same_work)}) | {old_same:.1f} | {new_same:.1f} | "
-              f"{new_same / old_same:.2f}x |")
+        subtotal(f"the same work ({', '.join(args.same_work)})", args.same_work)
     print(f"| the flow run, first line to final state | {flows[0]:.1f} | {flows[1]:.1f} | "
           f"{flows[1] / flows[0]:.2f}x |")
     if args.results:

@@ -2,7 +2,7 @@
 in worker processes (`search.workers`, groundwork.search.fanout), side by side in one run: seconds, the ratio, each
 method's best reward and widths both ways, and how many of the candidates' rewards differ.
 
-The search is the stage's (`tasks/search.py`: its budget, scorer, prescorer and `compare_methods`), on a project's
+The search is the stage's (`groundwork.search.fanout.search_methods` under the stage's budget), on a project's
 outputs after a run (models/transfer.pt, data/processed/target.npz, reports/latency.csv), at its params. One
 process scores on all of torch's threads; workers share them (two workers on two threads: a thread each), so the
 arithmetic differs and a reward may move by an image now and then, not by a fixed rule.
@@ -20,11 +20,10 @@ import torch
 from groundwork.data.datasets import load_dataset
 from groundwork.models.checkpoint import load_model
 from groundwork.params import load_params
-from groundwork.search.compare import compare_methods, search_budget
-from groundwork.search.fanout import SEARCH_SPLITS, prescorer
+from groundwork.search.compare import search_budget
+from groundwork.search.fanout import SEARCH_SPLITS, search_methods
 from groundwork.search.latency import read_latency_table
 from groundwork.search.methods import SearchResult
-from groundwork.search.scoring import make_scorer
 from groundwork.training.distributed import resolve_device
 from groundwork.training.jobs import worker_count
 
@@ -45,16 +44,13 @@ def main() -> None:
     model, _ = load_model(transferred)
     data, _ = load_dataset(target, splits=SEARCH_SPLITS)
     budget = search_budget(params, read_latency_table(args.project / "reports/latency.csv"))
-    device = resolve_device(params.device)
     runs = {"one process": 1, "workers": workers}
     seconds: dict[str, float] = {}
     results: dict[str, dict[str, SearchResult]] = {}
     for name, count in runs.items():
         started = time.perf_counter()
-        score = make_scorer(params, model, data, device=device)
-        results[name] = compare_methods(model, params.search, score=score, cost=budget.cost, budget=budget.limit,
-                                        seed=params.seed, prescore=prescorer(params, score, transferred=transferred,
-                                                                             target=target, workers=count))
+        results[name] = search_methods(params, model, data, transferred=transferred, target=target, budget=budget,
+                                       workers=count)
         seconds[name] = time.perf_counter() - started
         print(f"  {name:12s} {seconds[name]:7.1f} s", flush=True)
     print(f"  workers against one process: {seconds['one process'] / seconds['workers']:.2f}x faster\n")

@@ -24,12 +24,11 @@ from groundwork.entrypoint import stage_cli
 from groundwork.models.checkpoint import load_model
 from groundwork.params import Params
 from groundwork.plots import search_rewards
-from groundwork.search.compare import BASELINES, compare_methods, search_budget
-from groundwork.search.fanout import prescorer
+from groundwork.search.compare import BASELINES, search_budget
+from groundwork.search.fanout import SEARCH_SPLITS, search_methods
 from groundwork.search.latency import LatencyTable, read_latency_table
 from groundwork.search.methods import SearchResult
 from groundwork.search.policy import write_policy
-from groundwork.search.scoring import make_scorer
 from groundwork.tracking.runs import NullTracker, RunLog
 from groundwork.training.distributed import resolve_device
 from groundwork.training.jobs import worker_count
@@ -82,16 +81,12 @@ def run(params: Params, *, transferred: Path, target: Path, latency: Path, polic
                     "searching at that one instead", key, getattr(cfg, key), budget.cost.describe(budget.asked),
                     budget.cost.describe(budget.limit))
     # pool: unlabelled images for BatchNorm (and distillation); train: the distilled reward's labels
-    data, digest = load_dataset(target, splits=("train", "val", "pool"))
+    data, digest = load_dataset(target, splits=SEARCH_SPLITS)
     tracker.log_dataset("target", target, digest, context="input")
     model, _ = load_model(transferred)
     started = time.perf_counter()
-    device = resolve_device(params.device)
-    score = make_scorer(params, model, data, device=device)
-    prescore = prescorer(params, score, transferred=transferred, target=target,
-                         workers=worker_count(cfg.workers, cfg.episodes, device))
-    results = compare_methods(model, cfg, score=score, cost=budget.cost, budget=budget.limit, seed=params.seed,
-                              prescore=prescore)
+    results = search_methods(params, model, data, transferred=transferred, target=target, budget=budget,
+                             workers=worker_count(cfg.workers, cfg.episodes, resolve_device(params.device)))
     seconds = time.perf_counter() - started
     methods = summary(results, latency_table)
     agent = methods["agent"]

@@ -19,11 +19,12 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from groundwork.data.datasets import load_dataset
+from groundwork.data.datasets import Dataset, load_dataset
 from groundwork.models.checkpoint import load_model
+from groundwork.models.digitnet import DigitNet
 from groundwork.params import Params
-from groundwork.search.compare import Prescore
-from groundwork.search.methods import Candidate
+from groundwork.search.compare import Budget, Prescore, compare_methods
+from groundwork.search.methods import Candidate, SearchResult
 from groundwork.search.scoring import AdaptiveBNScorer, make_scorer
 from groundwork.training.distributed import resolve_device
 from groundwork.training.jobs import run_jobs, scheduler_address
@@ -89,3 +90,13 @@ def prescorer(params: Params, scorer: AdaptiveBNScorer, *, transferred: Path, ta
                 scorer.remember(job.candidates, scores)
                 bar.update(len(scores))
     return prescore
+
+
+def search_methods(params: Params, model: DigitNet, data: Dataset, *, transferred: Path, target: Path, budget: Budget,
+                   workers: int) -> dict[str, SearchResult]:
+    """The search stage's search: every method under `budget`, scored by the params' reward, the random candidates
+    scored ahead in `workers` processes (or on the Dask cluster set) where `prescorer` says so. `model` and `data`
+    are what `transferred` and `target` hold (the workers read the files)."""
+    score = make_scorer(params, model, data, device=resolve_device(params.device))
+    return compare_methods(model, params.search, score=score, cost=budget.cost, budget=budget.limit, seed=params.seed,
+                           prescore=prescorer(params, score, transferred=transferred, target=target, workers=workers))
